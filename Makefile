@@ -1,0 +1,34 @@
+# Developer entry points; every target uses the project virtualenv in .venv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Stamp so that an installed venv makes `make test` start at once; pyproject changes reinstall.
+INSTALLED := $(VENV)/.installed
+
+.PHONY: .venv install demo lint test test-reliability bench
+
+.venv install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/wfe demo
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict engine temporal_workflows activities
+
+# lint is a prerequisite, so it finishes before pytest starts even under make -j.
+test: $(INSTALLED) lint
+	$(BIN)/pytest -q
+
+test-reliability: $(INSTALLED)
+	$(BIN)/pytest -q -m reliability
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/overhead.py

@@ -1,0 +1,121 @@
+"""Local activities that write run and stage state to the side-store, one transaction each.
+
+They run inside the worker during the workflow task that needs them: no extra round trip to
+the Temporal server, and Temporal retries them with their input (the buffered outcome)
+intact when the database fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from temporalio import activity
+
+from engine.store import SqlStore
+from engine.store.runs import NewStage
+from engine.workflows import Workflow
+from temporal_workflows.payloads import (
+    CommitResult,
+    FinalizeRun,
+    RetrySpec,
+    RunPlan,
+    StageCommit,
+    StageSpec,
+    StartRun,
+)
+
+__all__ = ["RunActivities", "plan_of"]
+
+
+def plan_of(workflow: Workflow, config: Mapping[str, Any]) -> list[list[StageSpec]]:
+    """The workflow's groups as stage specs, each carrying its slice of the run config."""
+    groups = []
+    number = 0
+    for index, group in enumerate(workflow.groups, start=1):
+        specs = []
+        for stage in group:
+            number += 1
+            policy = stage.retry_policy
+            retry = None
+            if policy is not None:
+                retry = RetrySpec(
+                    initial_interval=policy.initial_interval,
+                    backoff_coefficient=policy.backoff_coefficient,
+                    maximum_interval=policy.maximum_interval,
+                    maximum_attempts=policy.maximum_attempts,
+                    non_retryable_error_types=list(policy.non_retryable_error_types or []),
+                )
+            specs.append(
+                StageSpec(
+                    stage_id=stage.id,
+                    name=stage.name,
+                    number=number,
+                    group=index,
+                    kind=stage.kind,
+                    config=dict(config.get(stage.id) or {}),
+                    start_to_close_timeout=stage.start_to_close_timeout,
+                    heartbeat_timeout=stage.heartbeat_timeout,
+                    retry=retry,
+                )
+            )
+        groups.append(specs)
+    return groups
+
+
+def new_stages(specs: Sequence[StageSpec]) -> list[NewStage]:
+    """PENDING records for stage specs."""
+    return [NewStage(s.stage_id, s.name, s.number, s.group, s.config) for s in specs]
+
+
+class RunActivities:
+    """Side-store writes of the run workflow; built with the side-store and the registry."""
+
+    def __init__(self, store: SqlStore, workflows: Mapping[str, Workflow]) -> None:
+        self._store = store
+        self._workflows = workflows
+
+    @activity.defn(name="wfe.start_run")
+    async def start_run(self, start: StartRun) -> RunPlan:
+        """Mark the run RUNNING, open the starting group, and return the plan."""
+        workflow = self._workflows.get(start.workflow_id)
+        if workflow is None:
+            await self._store.start_run(start.run_id, None, causation_id=start.run_id)
+            return RunPlan(status="failed")
+        index = start.start_group - 1
+
+        def first_group(config: dict[str, Any]) -> list[NewStage]:
+            return new_stages(plan_of(workflow, config)[index])
+
+        started = await self._store.start_run(start.run_id, first_group, causation_id=start.run_id)
+        if started.status != "ok":
+            return RunPlan(status="not_running" if started.status == "not_running" else "failed")
+        return RunPlan(
+            status="ok",
+            groups=plan_of(workflow, started.config),
+            run_input=started.run_input,
+            outputs=started.outputs,
+            attempt=started.attempt,
+        )
+
+    @activity.defn(name="wfe.commit_stage")
+    async def commit_stage(self, commit: StageCommit) -> CommitResult:
+        """Write a stage outcome, its logs, annotations and events in one transaction."""
+        return await self._store.commit_stage(commit)
+
+    @activity.defn(name="wfe.cancel_run")
+    async def cancel_run(self, run_id: str) -> bool:
+        """Cancel the run in the side-store (its workflow was cancelled from Temporal)."""
+        return await self._store.cancel_run(run_id, "cancelled from Temporal", causation_id=run_id)
+
+    @activity.defn(name="wfe.finalize_run")
+    async def finalize_run(self, final: FinalizeRun) -> bool:
+        """End the run COMPLETED or FAILED."""
+        return await self._store.finalize_run(
+            final.run_id,
+            status=final.status,
+            output=final.output,
+            error=final.error,
+            now=final.now,
+            commit_id=final.commit_id,
+        )

@@ -1,0 +1,109 @@
+"""A durable stage-pipeline engine with first-class provenance, running on Temporal.
+
+Define stages and workflows, run them through a :class:`Kernel` and a worker from
+:func:`create_worker`, and query what each stage decided through ``kernel.annotations``.
+"""
+
+from engine.annotations import Actor, AnnotationLimits, RunCreateAnnotation
+from engine.commands import (
+    OutboxFlush,
+    OutboxFlushResult,
+    PluginReplayDLQ,
+    PluginReplayDLQResult,
+    RunCancel,
+    RunCancelResult,
+    RunClaimPending,
+    RunClaimPendingResult,
+    RunCreate,
+    RunCreateResult,
+    RunRerunFrom,
+    RunRerunFromResult,
+)
+from engine.context import CompletionContext, StageContext
+from engine.errors import (
+    AnnotationError,
+    ArtifactNotFoundError,
+    EngineError,
+    IdempotencyInProgressError,
+    InvalidConfigError,
+    InvalidInputError,
+    InvalidStateError,
+    RunNotFoundError,
+    SchemaOutOfDateError,
+    StageNotFoundError,
+    WorkflowDefinitionError,
+    WorkflowNotFoundError,
+)
+from engine.kernel import Kernel
+from engine.outbox import EventSink
+from engine.records import (
+    Annotation,
+    LogRecord,
+    OutboxEventRecord,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+    StageStatus,
+)
+from engine.stages import (
+    CompletionCheck,
+    Stage,
+    StageResult,
+    Suspend,
+    define_async_batch_stage,
+    define_stage,
+)
+from engine.worker import create_worker
+from engine.workflows import ConfigIssue, ConfigValidation, Workflow, define_workflow
+
+__all__ = [
+    "Actor",
+    "Annotation",
+    "AnnotationError",
+    "AnnotationLimits",
+    "ArtifactNotFoundError",
+    "CompletionCheck",
+    "CompletionContext",
+    "ConfigIssue",
+    "ConfigValidation",
+    "EngineError",
+    "EventSink",
+    "IdempotencyInProgressError",
+    "InvalidConfigError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "Kernel",
+    "LogRecord",
+    "OutboxEventRecord",
+    "OutboxFlush",
+    "OutboxFlushResult",
+    "PluginReplayDLQ",
+    "PluginReplayDLQResult",
+    "RunCancel",
+    "RunCancelResult",
+    "RunClaimPending",
+    "RunClaimPendingResult",
+    "RunCreate",
+    "RunCreateAnnotation",
+    "RunCreateResult",
+    "RunNotFoundError",
+    "RunRecord",
+    "RunRerunFrom",
+    "RunRerunFromResult",
+    "RunStatus",
+    "SchemaOutOfDateError",
+    "Stage",
+    "StageContext",
+    "StageNotFoundError",
+    "StageRecord",
+    "StageResult",
+    "StageStatus",
+    "Suspend",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowNotFoundError",
+    "create_worker",
+    "define_async_batch_stage",
+    "define_stage",
+    "define_workflow",
+]

@@ -1,0 +1,258 @@
+"""Annotation values: the actor envelope, attribute rules, and the per-stage write buffer.
+
+Key naming rules (lowercase, dot-delimited segments such as ``decision.outcome``) are
+documented and checked only in strict mode, as in the original engine: any non-empty key up to
+255 characters is accepted by default. ``None`` values are dropped (as OpenTelemetry does);
+``""``, ``0``, ``False`` and ``[]`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.conventions import TypedKey
+from engine.errors import AnnotationError
+
+__all__ = [
+    "Actor",
+    "AnnotationBuffer",
+    "AnnotationDraft",
+    "AnnotationLimits",
+    "RunCreateAnnotation",
+    "build_drafts",
+    "typed_columns",
+]
+
+T = TypeVar("T")
+
+_STRICT_KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+TEXT_INDEX_LIMIT = 1024
+"""Strings up to this length are copied into the indexed ``value_text`` column."""
+
+
+class Actor(BaseModel):
+    """Who or what made an annotation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    """E.g. ``"user"``, ``"agent"``, ``"system"``."""
+    id: str
+    version: str | None = None
+
+
+class RunCreateAnnotation(BaseModel):
+    """An annotation envelope given at run creation (``RunCreate.annotations``)."""
+
+    attributes: dict[str, Any]
+    actor: Actor | None = None
+    payload: Any = None
+    idempotency_key: str | None = None
+    emit_event: bool = False
+
+
+class AnnotationDraft(BaseModel):
+    """One validated attribute waiting to be written (one row)."""
+
+    key: str
+    value: Any
+    actor: Actor | None = None
+    payload: Any = None
+    idempotency_key: str | None = None
+    emit_event: bool = False
+
+
+@dataclass(frozen=True)
+class AnnotationLimits:
+    """Size and naming limits checked before anything is written."""
+
+    max_key_length: int = 255
+    max_value_bytes: int = 64 * 1024
+    max_payload_bytes: int = 1024 * 1024
+    strict_keys: bool = False
+    """Enforce lowercase dot-delimited keys (off by default, as in the original)."""
+
+
+DEFAULT_LIMITS = AnnotationLimits()
+
+
+def _json_size(what: str, key: str, value: Any) -> int:
+    try:
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise AnnotationError(
+            f"annotation {what} for key {key!r} is not JSON-serializable: {exc}", key=key
+        ) from None
+    # PostgreSQL's jsonb cannot hold NUL characters; refuse them everywhere so both backends agree.
+    if "\\u0000" in encoded or "\x00" in encoded:
+        raise AnnotationError(
+            f"annotation {what} for key {key!r} contains a NUL character", key=key
+        )
+    return len(encoded.encode())
+
+
+def _check_key(key: Any, limits: AnnotationLimits) -> str:
+    if not isinstance(key, str) or not key:
+        raise AnnotationError(f"annotation key must be a non-empty string, got {key!r}", key=None)
+    if len(key) > limits.max_key_length:
+        raise AnnotationError(
+            f"annotation key {key[:40]!r}… is {len(key)} characters (max {limits.max_key_length})",
+            key=key,
+        )
+    if "\x00" in key:
+        raise AnnotationError("annotation key contains a NUL character", key=key)
+    if limits.strict_keys and not _STRICT_KEY.match(key):
+        raise AnnotationError(
+            f"annotation key {key!r} is not lowercase dot-delimited (strict mode)", key=key
+        )
+    return key
+
+
+def build_drafts(
+    attributes: Mapping[str, Any],
+    *,
+    actor: Actor | None = None,
+    payload: Any = None,
+    idempotency_key: str | None = None,
+    emit_event: bool = False,
+    limits: AnnotationLimits = DEFAULT_LIMITS,
+) -> list[AnnotationDraft]:
+    """Validate an envelope and return one draft per attribute whose value is not ``None``.
+
+    Raises:
+        AnnotationError: a bad key, a non-JSON value or payload, or a size over the limits.
+    """
+    if not isinstance(attributes, Mapping):
+        raise AnnotationError(f"attributes must be a mapping, got {type(attributes).__name__}")
+    if payload is not None:
+        size = _json_size("payload", "<payload>", payload)
+        if size > limits.max_payload_bytes:
+            raise AnnotationError(
+                f"annotation payload is {size} bytes (max {limits.max_payload_bytes})"
+            )
+    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
+        raise AnnotationError("idempotency_key must be 1 to 255 characters")
+    drafts = []
+    for raw_key, value in attributes.items():
+        key = _check_key(raw_key, limits)
+        if value is None:
+            continue
+        size = _json_size("value", key, value)
+        if size > limits.max_value_bytes:
+            raise AnnotationError(
+                f"annotation value for key {key!r} is {size} bytes (max {limits.max_value_bytes})",
+                key=key,
+            )
+        drafts.append(
+            AnnotationDraft(
+                key=key,
+                value=value,
+                actor=actor,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                emit_event=emit_event,
+            )
+        )
+    return drafts
+
+
+def typed_columns(value: Any) -> tuple[str | None, float | None, bool | None]:
+    """The (text, number, boolean) copies of a JSON value that cross-run queries index."""
+    if isinstance(value, bool):
+        return None, None, value
+    if isinstance(value, int | float):
+        number = float(value)
+        return None, (number if math.isfinite(number) else None), None
+    if isinstance(value, str) and len(value) <= TEXT_INDEX_LIMIT:
+        return value, None, None
+    return None, None, None
+
+
+class AnnotationBuffer:
+    """Collects a stage's annotations; they are written with its outcome in one transaction."""
+
+    def __init__(self, limits: AnnotationLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.drafts: list[AnnotationDraft] = []
+
+    @overload
+    def annotate(
+        self,
+        key: TypedKey[T],
+        value: T,
+        *,
+        actor: Actor | None = None,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        emit_event: bool = False,
+    ) -> None: ...
+
+    @overload
+    def annotate(
+        self,
+        key: str,
+        value: Any,
+        *,
+        actor: Actor | None = None,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        emit_event: bool = False,
+    ) -> None: ...
+
+    @overload
+    def annotate(
+        self,
+        *,
+        attributes: Mapping[str, Any],
+        actor: Actor | None = None,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        emit_event: bool = False,
+    ) -> None: ...
+
+    def annotate(
+        self,
+        key: TypedKey[Any] | str | None = None,
+        value: Any = None,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        actor: Actor | None = None,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        emit_event: bool = False,
+    ) -> None:
+        """Buffer annotations in one of three forms: typed key, string key, or a batch.
+
+        Raises:
+            TypeError: a typed key was given a value of the wrong type.
+            AnnotationError: a bad key or value (nothing of the call is buffered).
+        """
+        if attributes is not None:
+            if key is not None:
+                raise AnnotationError("pass either a key and value or attributes=, not both")
+            batch: Mapping[str, Any] = attributes
+        elif isinstance(key, TypedKey):
+            if value is not None:
+                key.check(value)
+            batch = {key.key: value}
+        elif isinstance(key, str):
+            batch = {key: value}
+        else:
+            raise AnnotationError(f"annotation key must be a string or TypedKey, got {key!r}")
+        self.drafts.extend(
+            build_drafts(
+                batch,
+                actor=actor,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                emit_event=emit_event,
+                limits=self.limits,
+            )
+        )

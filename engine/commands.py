@@ -1,0 +1,149 @@
+"""Commands accepted by ``Kernel.dispatch`` and the results they return.
+
+``dispatch`` takes these models or plain dicts with a ``"type"`` and fields in snake_case or
+the original engine's camelCase (``{"type": "run.create", "workflowId": ...}``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+from engine.annotations import RunCreateAnnotation
+from engine.records import RunStatus
+
+__all__ = [
+    "Command",
+    "OutboxFlush",
+    "OutboxFlushResult",
+    "PluginReplayDLQ",
+    "PluginReplayDLQResult",
+    "RunCancel",
+    "RunCancelResult",
+    "RunClaimPending",
+    "RunClaimPendingResult",
+    "RunCreate",
+    "RunCreateResult",
+    "RunRerunFrom",
+    "RunRerunFromResult",
+    "parse_command",
+]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid"
+    )
+
+
+class RunCreate(_Message):
+    """Create a run of a registered workflow and start its Temporal workflow."""
+
+    type: Literal["run.create"] = "run.create"
+    workflow_id: str
+    input: Any
+    idempotency_key: str | None = None
+    """Repeats with the same key return the same run; a fresh key is made when absent."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 5
+    metadata: dict[str, Any] | None = None
+    """Deprecated: use ``annotations``. Still stored on the run and listed as
+    ``legacy.metadata.*`` annotations."""
+    annotations: list[RunCreateAnnotation] = Field(default_factory=list)
+
+
+class RunCreateResult(_Message):
+    """The run a ``RunCreate`` made (or found through its idempotency key)."""
+
+    workflow_run_id: str
+    status: RunStatus
+
+
+class RunCancel(_Message):
+    """Cancel a PENDING or RUNNING run."""
+
+    type: Literal["run.cancel"] = "run.cancel"
+    workflow_run_id: str
+    reason: str | None = None
+
+
+class RunCancelResult(_Message):
+    """Whether the run was cancelled (False for unknown or terminal runs)."""
+
+    cancelled: bool
+
+
+class RunRerunFrom(_Message):
+    """Rerun a COMPLETED or FAILED run from one stage's group on."""
+
+    type: Literal["run.rerunFrom"] = "run.rerunFrom"
+    workflow_run_id: str
+    from_stage_id: str
+    idempotency_key: str | None = None
+
+
+class RunRerunFromResult(_Message):
+    """Which stage records the rerun deleted."""
+
+    workflow_run_id: str
+    from_stage_id: str
+    deleted_stages: list[str]
+
+
+class RunClaimPending(_Message):
+    """Start the Temporal workflow of PENDING runs whose start was lost."""
+
+    type: Literal["run.claimPending"] = "run.claimPending"
+    max_claims: int = Field(default=10, ge=1, le=1000)
+
+
+class RunClaimPendingResult(_Message):
+    """Runs whose workflow this call started."""
+
+    started: list[str]
+
+
+class OutboxFlush(_Message):
+    """Publish unpublished outbox events to the kernel's event sink."""
+
+    type: Literal["outbox.flush"] = "outbox.flush"
+    max_events: int = Field(default=100, ge=1, le=10_000)
+
+
+class OutboxFlushResult(_Message):
+    """How many events were published."""
+
+    published: int
+
+
+class PluginReplayDLQ(_Message):
+    """Put dead-lettered outbox events back for publishing."""
+
+    type: Literal["plugin.replayDLQ"] = "plugin.replayDLQ"
+    max_events: int = Field(default=100, ge=1, le=10_000)
+
+
+class PluginReplayDLQResult(_Message):
+    """How many events were put back."""
+
+    replayed: int
+
+
+Command = Annotated[
+    RunCreate | RunCancel | RunRerunFrom | RunClaimPending | OutboxFlush | PluginReplayDLQ,
+    Field(discriminator="type"),
+]
+_command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def parse_command(raw: Any) -> Command:
+    """A command model from a model or a dict; raises pydantic's ValidationError naming fields."""
+    if isinstance(raw, RunCreate | RunCancel | RunRerunFrom | RunClaimPending | OutboxFlush):
+        return raw
+    if isinstance(raw, PluginReplayDLQ):
+        return raw
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump()
+    return _command_adapter.validate_python(raw)

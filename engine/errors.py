@@ -1,0 +1,99 @@
+"""The engine's exceptions.
+
+Every error the engine raises on purpose derives from :class:`EngineError`::
+
+    EngineError
+    ├── WorkflowDefinitionError      a workflow or stage definition is malformed (at build time)
+    ├── WorkflowNotFoundError        a workflow id is not registered with the kernel
+    ├── RunNotFoundError             no run has that id
+    ├── StageNotFoundError           the run's workflow has no such stage
+    ├── InvalidInputError            run input failed the workflow's input model
+    ├── InvalidConfigError           a stage's config slice failed its config model
+    ├── InvalidStateError            the run or stage is in the wrong status for the command
+    ├── AnnotationError              bad annotation key, non-JSON value, or over the size limit
+    ├── IdempotencyInProgressError   an idempotency key is held by a command still running
+    ├── ArtifactNotFoundError        ``ctx.storage.load`` of a missing key
+    └── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnnotationError",
+    "ArtifactNotFoundError",
+    "EngineError",
+    "IdempotencyInProgressError",
+    "InvalidConfigError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "RunNotFoundError",
+    "SchemaOutOfDateError",
+    "StageNotFoundError",
+    "WorkflowDefinitionError",
+    "WorkflowNotFoundError",
+]
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_run_id: str | None = None,
+        stage_id: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.workflow_run_id = workflow_run_id
+        """The run the error concerns, when there is one."""
+        self.stage_id = stage_id
+        """The stage the error concerns, when there is one."""
+        self.key = key
+        """The annotation or idempotency key the error concerns, when there is one."""
+
+
+class WorkflowDefinitionError(EngineError):
+    """A workflow or stage definition is malformed; raised by ``build()`` and ``define_*``."""
+
+
+class WorkflowNotFoundError(EngineError):
+    """The workflow id is not registered with the kernel."""
+
+
+class RunNotFoundError(EngineError):
+    """No run has the given id."""
+
+
+class StageNotFoundError(EngineError):
+    """The run's workflow has no stage with the given id."""
+
+
+class InvalidInputError(EngineError):
+    """Run input failed the input model; the message starts ``Invalid workflow input``."""
+
+
+class InvalidConfigError(EngineError):
+    """A config slice failed its stage's model; the message starts ``Invalid workflow config``."""
+
+
+class InvalidStateError(EngineError):
+    """The run or stage is not in a status that allows the command."""
+
+
+class AnnotationError(EngineError):
+    """An annotation was rejected before anything was written."""
+
+
+class IdempotencyInProgressError(EngineError):
+    """The idempotency key belongs to a command that has not finished."""
+
+
+class ArtifactNotFoundError(EngineError):
+    """No artifact is stored under the key."""
+
+
+class SchemaOutOfDateError(EngineError):
+    """The side-store schema is behind the code; run ``wfe db upgrade``."""

@@ -1,0 +1,40 @@
+"""Time-ordered string ids, so rows sort in insertion order by id alone."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+__all__ = ["new_id"]
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase: sorts like the number
+_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id() -> str:
+    """Return a 26-character ULID-style id: 48 bits of milliseconds, then 80 bits of entropy.
+
+    Within one process, ids made in the same millisecond increment the entropy instead of
+    drawing it again, so ids from one writer are strictly increasing.
+    """
+    global _last_ms, _last_rand
+    with _lock:
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms <= _last_ms:
+            now_ms = _last_ms
+            _last_rand += 1
+        else:
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
+        _last_ms = now_ms
+        return _encode(now_ms, 10) + _encode(_last_rand, 16)

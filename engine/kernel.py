@@ -1,0 +1,416 @@
+"""The kernel: the client-side API of the engine (commands, reads, annotations)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from activities.run import new_stages, plan_of
+from engine.annotations import Actor, AnnotationLimits, build_drafts
+from engine.commands import (
+    OutboxFlush,
+    OutboxFlushResult,
+    PluginReplayDLQ,
+    PluginReplayDLQResult,
+    RunCancel,
+    RunCancelResult,
+    RunClaimPending,
+    RunClaimPendingResult,
+    RunCreate,
+    RunCreateResult,
+    RunRerunFrom,
+    RunRerunFromResult,
+    parse_command,
+)
+from engine.errors import InvalidStateError, StageNotFoundError, WorkflowNotFoundError
+from engine.kernel_annotations import KernelAnnotations
+from engine.outbox import EventSink, OutboxRelay
+from engine.records import (
+    TERMINAL_STATUSES,
+    LogRecord,
+    OutboxEventRecord,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+)
+from engine.settings import Settings
+from engine.store import SqlStore
+from engine.store.runs import NewRun
+from engine.workflows import Workflow
+from temporal_workflows.payloads import ResumeRequest, RunWorkflowInput
+from temporal_workflows.run import RUN_STATUS_ATTRIBUTE, RunWorkflow
+
+__all__ = ["Kernel"]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+ENGINE_SEARCH_ATTRIBUTES = ("WfeRunStatus", "WfeWorkflowId", "DecisionOutcome")
+
+
+def temporal_workflow_id(run_id: str, attempt: int = 0) -> str:
+    """The Temporal workflow id of a run's first execution, or of its ``attempt``-th rerun."""
+    return f"wfe-run-{run_id}" if attempt == 0 else f"wfe-run-{run_id}-rerun-{attempt}"
+
+
+class Kernel:
+    """Creates, controls and reads runs; the worker (``create_worker``) executes them.
+
+    Args:
+        client: A connected Temporal client (re-wrapped with the pydantic data converter if it
+            has another one).
+        store: The SQL side-store.
+        workflows: The workflows this kernel may run.
+        task_queue: Task queue of the engine's worker.
+        annotation_limits: Size and naming limits for annotations.
+        viewer_url: Base URL of the provenance viewer, linked from the Temporal UI.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        store: SqlStore,
+        workflows: Iterable[Workflow] = (),
+        task_queue: str = "workflow-engine",
+        annotation_limits: AnnotationLimits | None = None,
+        viewer_url: str | None = None,
+        event_sink: EventSink | None = None,
+    ) -> None:
+        if client.data_converter is not pydantic_data_converter:
+            config = client.config()
+            config["data_converter"] = pydantic_data_converter
+            client = Client(**config)
+        self.client = client
+        self.store = store
+        self.task_queue = task_queue
+        self.workflows: dict[str, Workflow] = {}
+        for workflow in workflows:
+            if workflow.id in self.workflows:
+                raise ValueError(f"workflow {workflow.id!r} is registered twice")
+            self.workflows[workflow.id] = workflow
+        self.annotation_limits = annotation_limits or AnnotationLimits()
+        self.annotations = KernelAnnotations(store, self.annotation_limits)
+        """Attach, list and query annotations (see :class:`KernelAnnotations`)."""
+        self.viewer_url = viewer_url
+        self.event_sink = event_sink
+        """Where ``OutboxFlush`` publishes events (``None``: marks them published)."""
+        self._search_attributes: bool | None = None
+        self._owns: list[Any] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        temporal_address: str | None = None,
+        namespace: str | None = None,
+        task_queue: str | None = None,
+        database_url: str | None = None,
+        workflows: Iterable[Workflow] = (),
+        **kwargs: Any,
+    ) -> Kernel:
+        """Connect to Temporal and the side-store (settings default to ``WFE_*`` variables).
+
+        Raises:
+            SchemaOutOfDateError: the side-store schema is behind; run ``wfe db upgrade``.
+        """
+        settings = Settings()
+        store = SqlStore(database_url or settings.database_url)
+        try:
+            await store.ensure_current()
+            client = await Client.connect(
+                temporal_address or settings.temporal_address,
+                namespace=namespace or settings.namespace,
+                data_converter=pydantic_data_converter,
+            )
+        except BaseException:
+            await store.dispose()
+            raise
+        kernel = cls(
+            client=client,
+            store=store,
+            workflows=workflows,
+            task_queue=task_queue or settings.task_queue,
+            **kwargs,
+        )
+        kernel._owns.append(store)
+        return kernel
+
+    async def close(self) -> None:
+        """Release what :meth:`connect` opened."""
+        for owned in self._owns:
+            await owned.dispose()
+        self._owns.clear()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def dispatch(self, command: Any) -> Any:
+        """Run one command (a model from :mod:`engine.commands` or a dict with ``"type"``)."""
+        parsed = parse_command(command)
+        if isinstance(parsed, RunCreate):
+            return await self._create(parsed)
+        if isinstance(parsed, RunCancel):
+            return await self._cancel(parsed)
+        if isinstance(parsed, RunRerunFrom):
+            return await self._rerun(parsed)
+        if isinstance(parsed, RunClaimPending):
+            return await self._claim_pending(parsed)
+        if isinstance(parsed, OutboxFlush):
+            return OutboxFlushResult(published=await self._outbox().flush(parsed.max_events))
+        if isinstance(parsed, PluginReplayDLQ):
+            return PluginReplayDLQResult(
+                replayed=await self._outbox().replay_dlq(parsed.max_events)
+            )
+        raise TypeError(f"unknown command {parsed!r}")  # pragma: no cover - union is exhaustive
+
+    def _outbox(self) -> OutboxRelay:
+        return OutboxRelay(self.store, self.event_sink)
+
+    def workflow(self, workflow_id: str) -> Workflow:
+        """The registered workflow, or :class:`WorkflowNotFoundError`."""
+        try:
+            return self.workflows[workflow_id]
+        except KeyError:
+            raise WorkflowNotFoundError(f"Workflow {workflow_id} not found in registry") from None
+
+    async def _create(self, command: RunCreate) -> RunCreateResult:
+        workflow = self.workflow(command.workflow_id)
+        workflow.parse_input(command.input)
+        config = workflow.merge_config(command.config)
+        annotations = [
+            (
+                build_drafts(
+                    envelope.attributes,
+                    actor=envelope.actor,
+                    payload=envelope.payload,
+                    idempotency_key=envelope.idempotency_key,
+                    emit_event=envelope.emit_event,
+                    limits=self.annotation_limits,
+                ),
+                envelope.emit_event,
+            )
+            for envelope in command.annotations
+        ]
+        if command.metadata is not None:
+            warnings.warn(
+                "RunCreate(metadata=...) is deprecated: pass annotations=[...] instead",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        new = NewRun(
+            workflow_id=workflow.id,
+            workflow_name=workflow.name,
+            input=command.input,
+            config=config,
+            priority=command.priority,
+            metadata=command.metadata,
+            idempotency_key=command.idempotency_key or str(uuid.uuid4()),
+            annotations=annotations,
+        )
+        run_id, _created = await self.store.create_run(new, temporal_workflow_id("{run_id}"))
+        run = await self.store.get_run(run_id)
+        if run.status == RunStatus.PENDING:
+            # Also on a repeat: the first caller may have crashed before starting. The
+            # workflow id is derived from the run id and never reused, so this starts at
+            # most one workflow.
+            await self._start(run_id, workflow.id, start_group=1, attempt=0)
+        return RunCreateResult(workflow_run_id=run_id, status=run.status)
+
+    async def _search_attributes_enabled(self) -> bool:
+        """Whether the engine's search attributes exist on the server (checked once)."""
+        if self._search_attributes is None:
+            try:
+                from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+
+                response = await self.client.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace=self.client.namespace)
+                )
+                known = set(response.custom_attributes)
+                self._search_attributes = all(a in known for a in ENGINE_SEARCH_ATTRIBUTES)
+            except RPCError:
+                self._search_attributes = False
+            if not self._search_attributes:
+                log.warning(
+                    "Temporal server lacks the search attributes %s: runs will not be "
+                    "filterable by them in the Temporal UI (wfe dev registers them)",
+                    ", ".join(ENGINE_SEARCH_ATTRIBUTES),
+                )
+        return self._search_attributes
+
+    async def _start(
+        self, run_id: str, workflow_id: str, *, start_group: int, attempt: int
+    ) -> bool:
+        """Start the run's Temporal workflow; False if it was already started."""
+        enabled = await self._search_attributes_enabled()
+        search = (
+            TypedSearchAttributes([SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING")])
+            if enabled
+            else None
+        )
+        details = f"Provenance: {self.viewer_url}/runs/{run_id}" if self.viewer_url else None
+        try:
+            await self.client.start_workflow(
+                RunWorkflow.run,
+                RunWorkflowInput(
+                    run_id=run_id,
+                    workflow_id=workflow_id,
+                    start_group=start_group,
+                    search_attributes=enabled,
+                ),
+                id=temporal_workflow_id(run_id, attempt),
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=search,
+                static_summary=f"engine workflow `{workflow_id}` · run `{run_id}`",
+                static_details=details,
+            )
+        except WorkflowAlreadyStartedError:
+            return False
+        return True
+
+    def _handle(self, temporal_id: str) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(temporal_id)
+
+    async def _cancel(self, command: RunCancel) -> RunCancelResult:
+        cancelled = await self.store.cancel_run(
+            command.workflow_run_id, command.reason, causation_id=str(uuid.uuid4())
+        )
+        if cancelled:
+            temporal_id = await self.store.temporal_workflow_id(command.workflow_run_id)
+            if temporal_id:
+                try:
+                    await self._handle(temporal_id).cancel()
+                except RPCError as err:  # already closed or never started: SQL decides
+                    log.info("cancel of %s: %s", temporal_id, err)
+        return RunCancelResult(cancelled=cancelled)
+
+    async def _rerun(self, command: RunRerunFrom) -> RunRerunFromResult:
+        run = await self.store.get_run(command.workflow_run_id)
+        workflow = self.workflow(run.workflow_id)
+        if not workflow.has_stage(command.from_stage_id):
+            raise StageNotFoundError(
+                f"Stage {command.from_stage_id} not found in workflow {workflow.id}",
+                workflow_run_id=run.id,
+                stage_id=command.from_stage_id,
+            )
+        group = workflow.get_execution_group_index(command.from_stage_id)
+        plan = plan_of(workflow, run.config)
+        before = [spec.stage_id for specs in plan[: group - 1] for spec in specs]
+        rerun = await self.store.rerun_from(
+            run.id,
+            target_group=group,
+            groups_before=before,
+            target_stages=new_stages(plan[group - 1]),
+            temporal_workflow_id=temporal_workflow_id(run.id, 1_000_000).replace(
+                "1000000", "{attempt}"
+            ),
+            causation_id=command.idempotency_key or str(uuid.uuid4()),
+        )
+        await self._start(run.id, workflow.id, start_group=group, attempt=rerun.attempt)
+        return RunRerunFromResult(
+            workflow_run_id=run.id,
+            from_stage_id=command.from_stage_id,
+            deleted_stages=rerun.deleted_stages,
+        )
+
+    async def _claim_pending(self, command: RunClaimPending) -> RunClaimPendingResult:
+        started = []
+        for run_id, workflow_id, _temporal_id in await self.store.pending_runs(command.max_claims):
+            if await self._start(run_id, workflow_id, start_group=1, attempt=0):
+                started.append(run_id)
+        return RunClaimPendingResult(started=started)
+
+    async def resume_stage(
+        self,
+        run_id: str,
+        stage_id: str,
+        *,
+        output: Any = None,
+        data: Any = None,
+        attributes: Mapping[str, Any] | None = None,
+        actor: Actor | None = None,
+    ) -> None:
+        """Wake a SUSPENDED stage now: complete it with ``output``, or check it with ``data``.
+
+        Raises:
+            RunNotFoundError: no such run.
+            StageNotFoundError: the run has no such stage.
+            InvalidStateError: the stage is not SUSPENDED.
+        """
+        stages = {s.stage_id: s for s in await self.store.list_stages(run_id)}
+        if stage_id not in stages:
+            raise StageNotFoundError(
+                f"Stage {stage_id} not found in run {run_id}",
+                workflow_run_id=run_id,
+                stage_id=stage_id,
+            )
+        if stages[stage_id].status != RunStatus.SUSPENDED:
+            raise InvalidStateError(
+                f"Stage {stage_id} is {stages[stage_id].status}, expected SUSPENDED",
+                workflow_run_id=run_id,
+                stage_id=stage_id,
+            )
+        drafts = build_drafts(attributes or {}, actor=actor, limits=self.annotation_limits)
+        temporal_id = await self.store.temporal_workflow_id(run_id)
+        assert temporal_id is not None
+        await self._handle(temporal_id).execute_update(  # type: ignore[unused-coroutine]
+            RunWorkflow.resume_stage,
+            ResumeRequest(stage_id=stage_id, output=output, data=data, annotations=drafts),
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The run; raises :class:`RunNotFoundError`."""
+        return await self.store.get_run(run_id)
+
+    async def list_stages(self, run_id: str) -> list[StageRecord]:
+        """The run's stage records in execution order."""
+        return await self.store.list_stages(run_id)
+
+    async def list_logs(self, run_id: str) -> list[LogRecord]:
+        """The run's log lines, oldest first."""
+        return await self.store.list_logs(run_id)
+
+    async def list_outbox_events(self, run_id: str) -> list[OutboxEventRecord]:
+        """The run's outbox events in sequence order."""
+        return await self.store.list_outbox_events(run_id)
+
+    async def wait_for_run(
+        self, run_id: str, timeout: timedelta = timedelta(seconds=30)
+    ) -> RunRecord:
+        """Wait (on the side-store, in real time) until the run is terminal.
+
+        Raises:
+            TimeoutError: the run is still active after ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout.total_seconds()
+        delay = 0.01
+        while True:
+            run = await self.store.get_run(run_id)
+            if run.status in TERMINAL_STATUSES:
+                return run
+            if loop.time() >= deadline:
+                raise TimeoutError(f"run {run_id} still {run.status} after {timeout}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def stage_specs(self, workflow_id: str, config: Mapping[str, Any]) -> Sequence[Any]:
+        """The plan of a registered workflow as stage specs (the CLI shows it)."""
+        return plan_of(self.workflow(workflow_id), config)

@@ -1,0 +1,167 @@
+"""``kernel.annotations``: attach, list and query provenance annotations."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.annotations import Actor, AnnotationLimits, build_drafts
+from engine.records import Annotation
+from engine.store import SqlStore
+from engine.store.annotation_rows import (
+    DEFAULT_LIST_LIMIT,
+    AnnotationFilters,
+    CrossRunFilters,
+    RowContext,
+)
+
+__all__ = ["AnnotationPage", "KernelAnnotations"]
+
+
+@dataclass(frozen=True)
+class AnnotationPage:
+    """One page of a cross-run query; pass ``next_cursor`` back for the next page."""
+
+    items: list[Annotation]
+    next_cursor: str | None
+
+
+class KernelAnnotations:
+    """Annotation operations that need no Temporal workflow: they go to SQL directly, so they
+    work on runs in any status, long after their Temporal workflow closed."""
+
+    def __init__(self, store: SqlStore, limits: AnnotationLimits) -> None:
+        self._store = store
+        self._limits = limits
+
+    async def attach(
+        self,
+        run_id: str,
+        *,
+        attributes: Mapping[str, Any],
+        actor: Actor | None = None,
+        scope: str = "run",
+        scope_id: str | None = None,
+        workflow_stage_record_id: str | None = None,
+        attempt: int = 0,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        emit_event: bool = False,
+    ) -> list[Annotation]:
+        """Attach annotations to a run in one transaction: all attributes or none.
+
+        Returns:
+            The rows actually inserted; rows deduplicated by ``idempotency_key`` are left out
+            and emit no ``annotation:created`` event.
+
+        Raises:
+            RunNotFoundError: no such run (nothing is written).
+            AnnotationError: a bad key, value or payload (nothing is written).
+        """
+        drafts = build_drafts(
+            attributes,
+            actor=actor,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            emit_event=emit_event,
+            limits=self._limits,
+        )
+        where = RowContext(
+            run_id, scope, scope_id, stage_record_id=workflow_stage_record_id, attempt=attempt
+        )
+        return await self._store.attach_annotations(
+            run_id, drafts, where, causation_id=idempotency_key or str(uuid.uuid4())
+        )
+
+    async def list(
+        self,
+        run_id: str,
+        *,
+        key: str | None = None,
+        key_prefix: str | None = None,
+        scope: str | None = None,
+        scope_id: str | None = None,
+        actor_id: str | None = None,
+        actor_kind: str | None = None,
+        attempt: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+    ) -> list[Annotation]:
+        """A run's annotations, oldest first (then by id), every given filter combined (AND).
+
+        ``key_prefix`` is a literal, case-sensitive prefix; a given ``key`` makes it ignored.
+        Legacy ``metadata`` shows as ``legacy.metadata.*`` rows until migrated.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        filters = AnnotationFilters(
+            key=key,
+            key_prefix=key_prefix,
+            scope=scope,
+            scope_id=scope_id,
+            actor_id=actor_id,
+            actor_kind=actor_kind,
+            attempt=attempt,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return await self._store.list_annotations(run_id, filters)
+
+    async def query(
+        self,
+        *,
+        key: str | None = None,
+        value: Any = None,
+        key_prefix: str | None = None,
+        workflow_id: str | None = None,
+        actor_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> AnnotationPage:
+        """Annotations across runs, oldest first, by key (or prefix) and typed value.
+
+        Values compare by type: a string matches strings, a number numbers, a boolean
+        booleans, through indexed typed columns (strings up to 1024 characters).
+        """
+        filters = CrossRunFilters(
+            key=key,
+            value=value,
+            key_prefix=key_prefix,
+            workflow_id=workflow_id,
+            actor_id=actor_id,
+            since=since,
+            until=until,
+        )
+        items, next_cursor = await self._store.query_annotations(
+            filters, limit=limit, cursor=cursor
+        )
+        return AnnotationPage(items=items, next_cursor=next_cursor)
+
+    async def count_runs(
+        self,
+        key: str | None = None,
+        value: Any = None,
+        *,
+        match: Mapping[str, Any] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        workflow_id: str | None = None,
+    ) -> int:
+        """How many runs carry ``key = value`` (and every pair of ``match``), e.g.
+        ``count_runs(match={"decision.outcome": "low", "decision.used_fallback": True})``."""
+        pairs = dict(match or {})
+        if key is not None:
+            pairs[key] = value
+        return await self._store.count_runs(
+            pairs, since=since, until=until, workflow_id=workflow_id
+        )

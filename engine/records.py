@@ -1,0 +1,154 @@
+"""Read models returned by the kernel: runs, stages, logs, outbox events, annotations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Annotation",
+    "LogLevel",
+    "LogRecord",
+    "OutboxEventRecord",
+    "RunRecord",
+    "RunStatus",
+    "StageRecord",
+    "StageStatus",
+    "TERMINAL_STATUSES",
+]
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a run (one execution of a workflow for one input).
+
+    PENDING → RUNNING when its Temporal workflow starts; RUNNING → COMPLETED or FAILED when the
+    last group settles; PENDING/RUNNING → CANCELLED by ``RunCancel`` (final); COMPLETED/FAILED →
+    RUNNING by ``RunRerunFrom``. A run with a suspended stage stays RUNNING, so SUSPENDED and
+    SKIPPED are never written for runs; they exist because the enum is shared with stages.
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
+
+
+StageStatus = RunStatus
+"""Lifecycle of a stage record (same values as :class:`RunStatus`).
+
+PENDING when its group opens; RUNNING while ``execute`` runs; then COMPLETED, FAILED or
+SUSPENDED. A SUSPENDED stage is polled until COMPLETED or FAILED. Any non-terminal stage becomes
+CANCELLED when its run is cancelled. ``RunRerunFrom`` deletes records and recreates them PENDING.
+"""
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class LogLevel(StrEnum):
+    """Severity of a stage log line."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARN = "WARN"
+    ERROR = "ERROR"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class RunRecord(_Record):
+    """One run as stored in the side-store."""
+
+    id: str
+    workflow_id: str
+    workflow_name: str
+    status: RunStatus
+    input: Any
+    output: Any = None
+    config: dict[str, Any]
+    priority: int
+    metadata: dict[str, Any] | None = None
+    total_cost: float = 0.0
+    total_tokens: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
+
+
+class StageRecord(_Record):
+    """One stage of one run (one row per run and stage id; reruns replace it)."""
+
+    id: str
+    workflow_run_id: str
+    stage_id: str
+    stage_name: str
+    stage_number: int
+    execution_group: int
+    attempt: int
+    status: RunStatus
+    input_data: Any = None
+    output_data: Any = None
+    config: dict[str, Any] | None = None
+    suspended_state: Any = None
+    next_poll_at: datetime | None = None
+    poll_interval_ms: int | None = None
+    max_wait_until: datetime | None = None
+    metrics: dict[str, Any] | None = None
+    error_message: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
+
+
+class LogRecord(_Record):
+    """A log line written by a stage through ``ctx.log``."""
+
+    id: str
+    created_at: datetime
+    workflow_run_id: str | None
+    stage_id: str | None
+    level: LogLevel
+    message: str
+    metadata: dict[str, Any] | None = None
+
+
+class OutboxEventRecord(_Record):
+    """An event written to the outbox in the same transaction as the change it reports."""
+
+    id: str
+    workflow_run_id: str
+    sequence: int
+    event_type: str
+    payload: dict[str, Any]
+    causation_id: str
+    occurred_at: datetime
+    published_at: datetime | None = None
+    retry_count: int = 0
+    dlq_at: datetime | None = None
+
+
+class Annotation(_Record):
+    """One stored (or, for legacy metadata, synthesized) provenance attribute."""
+
+    id: str
+    created_at: datetime
+    workflow_run_id: str
+    workflow_stage_record_id: str | None = None
+    attempt: int = 0
+    scope: str
+    scope_id: str | None = None
+    actor_kind: str | None = None
+    actor_id: str | None = None
+    actor_version: str | None = None
+    key: str
+    value: Any
+    payload: Any = None
+    idempotency_key: str | None = None

@@ -1,0 +1,5 @@
+"""The SQL side-store: what users query beside the Temporal UI."""
+
+from engine.store.sql_store import SqlStore
+
+__all__ = ["SqlStore"]

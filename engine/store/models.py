@@ -1,0 +1,281 @@
+"""SQLAlchemy ORM models of the side-store: the tables users query beside the Temporal UI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AICall",
+    "Base",
+    "IdempotencyKey",
+    "OutboxEvent",
+    "WorkflowAnnotation",
+    "WorkflowArtifact",
+    "WorkflowLog",
+    "WorkflowRun",
+    "WorkflowStage",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored: pass a timezone-aware value")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONValue = JSON().with_variant(JSONB(), "postgresql")
+# Byte-order collation on PostgreSQL so that a key prefix is an index range scan, as on SQLite.
+AnnotationKey = String(255).with_variant(String(255, collation="C"), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Wall-clock now in UTC, for columns the activities stamp."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the constraint naming convention Alembic relies on."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONValue,
+        Any: JSONValue,
+    }
+
+
+class WorkflowRun(Base):
+    """One execution of a workflow for one input."""
+
+    __tablename__ = "workflow_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    workflow_id: Mapped[str] = mapped_column(String(255), index=True)
+    workflow_name: Mapped[str] = mapped_column(String(255))
+    workflow_type: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    input: Mapped[Any] = mapped_column(JSONValue)
+    output: Mapped[Any | None] = mapped_column(JSONValue)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)
+    total_cost: Mapped[float] = mapped_column(Float, default=0.0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONValue)
+    temporal_workflow_id: Mapped[str | None] = mapped_column(String(255))
+    """Id of the Temporal workflow execution currently driving the run (changes on rerun)."""
+
+
+class WorkflowStage(Base):
+    """One stage of one run."""
+
+    __tablename__ = "workflow_stages"
+    __table_args__ = (
+        UniqueConstraint("workflow_run_id", "stage_id"),
+        Index(None, "next_poll_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    workflow_run_id: Mapped[str] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True
+    )
+    stage_id: Mapped[str] = mapped_column(String(255))
+    stage_name: Mapped[str] = mapped_column(String(255))
+    stage_number: Mapped[int] = mapped_column(Integer)
+    execution_group: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    input_data: Mapped[Any | None] = mapped_column(JSONValue)
+    resume_data: Mapped[Any | None] = mapped_column(JSONValue)
+    output_data: Mapped[Any | None] = mapped_column(JSONValue)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    suspended_state: Mapped[Any | None] = mapped_column(JSONValue)
+    next_poll_at: Mapped[datetime | None]
+    poll_interval_ms: Mapped[int | None] = mapped_column(BigInteger)
+    max_wait_until: Mapped[datetime | None]
+    poll_count: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    embedding_info: Mapped[Any | None] = mapped_column(JSONValue)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkflowLog(Base):
+    """A log line written by a stage."""
+
+    __tablename__ = "workflow_logs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    workflow_run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True
+    )
+    workflow_stage_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflow_stages.id", ondelete="CASCADE"), index=True
+    )
+    stage_id: Mapped[str | None] = mapped_column(String(255))
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONValue)
+
+
+class WorkflowArtifact(Base):
+    """A stored blob of a run (stage artifacts and large outputs)."""
+
+    __tablename__ = "workflow_artifacts"
+    __table_args__ = (UniqueConstraint("workflow_run_id", "key"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    workflow_run_id: Mapped[str] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(512))
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[Any] = mapped_column(JSONValue)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class WorkflowAnnotation(Base):
+    """One provenance attribute; append-only.
+
+    ``value`` keeps the JSON value as given; ``value_text``, ``value_number`` and
+    ``value_bool`` hold it again, typed, so cross-run queries by key and value are index scans.
+    """
+
+    __tablename__ = "workflow_annotations"
+    __table_args__ = (
+        UniqueConstraint("workflow_run_id", "key", "idempotency_key"),
+        Index(None, "workflow_run_id", "key"),
+        Index(None, "workflow_run_id", "created_at"),
+        Index(None, "workflow_run_id", "scope"),
+        Index(None, "workflow_run_id", "actor_id"),
+        Index(None, "key", "value_text", "created_at"),
+        Index(None, "key", "value_number", "created_at"),
+        Index(None, "key", "value_bool", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    workflow_run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"))
+    workflow_stage_record_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflow_stages.id", ondelete="SET NULL")
+    )
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    scope: Mapped[str] = mapped_column(String(64))
+    scope_id: Mapped[str | None] = mapped_column(String(255))
+    actor_kind: Mapped[str | None] = mapped_column(String(64))
+    actor_id: Mapped[str | None] = mapped_column(String(255))
+    actor_version: Mapped[str | None] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(AnnotationKey)
+    value: Mapped[Any] = mapped_column(JSONValue)
+    value_text: Mapped[str | None] = mapped_column(String(1024))
+    value_number: Mapped[float | None] = mapped_column(Float)
+    value_bool: Mapped[bool | None] = mapped_column(Boolean)
+    payload: Mapped[Any | None] = mapped_column(JSONValue)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as the change it reports."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (UniqueConstraint("workflow_run_id", "sequence"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    workflow_run_id: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    causation_id: Mapped[str] = mapped_column(String(255))
+    occurred_at: Mapped[datetime]
+    published_at: Mapped[datetime | None] = mapped_column(index=True)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    dlq_at: Mapped[datetime | None]
+
+
+class IdempotencyKey(Base):
+    """A claimed idempotency key and the result of the command that claimed it."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("key", "command_type"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    key: Mapped[str] = mapped_column(String(255))
+    command_type: Mapped[str] = mapped_column(String(64))
+    result: Mapped[Any] = mapped_column(JSONValue)
+
+
+class AICall(Base):
+    """One recorded call to a language model, with its cost."""
+
+    __tablename__ = "ai_calls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    workflow_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    stage_id: Mapped[str | None] = mapped_column(String(255))
+    topic: Mapped[str] = mapped_column(String(255))
+    call_type: Mapped[str] = mapped_column(String(64))
+    model_key: Mapped[str] = mapped_column(String(255))
+    model_id: Mapped[str] = mapped_column(String(255))
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONValue)

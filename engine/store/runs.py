@@ -1,0 +1,413 @@
+"""Run-level writes: create, start, finalize, cancel and rerun, each one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.annotations import AnnotationDraft
+from engine.errors import InvalidStateError
+from engine.ids import new_id
+from engine.records import RunStatus
+from engine.store.annotation_rows import RowContext, insert_annotations
+from engine.store.models import (
+    IdempotencyKey,
+    WorkflowAnnotation,
+    WorkflowArtifact,
+    WorkflowLog,
+    WorkflowRun,
+    WorkflowStage,
+)
+from engine.store.sql import append_events, insert_ignore, lock_run
+
+__all__ = [
+    "NewRun",
+    "NewStage",
+    "cancel_run",
+    "claim_idempotency",
+    "create_run",
+    "finalize_run",
+    "open_stages",
+    "rerun_from",
+    "start_run",
+]
+
+ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
+
+
+@dataclass(frozen=True)
+class NewStage:
+    """A stage record to open PENDING."""
+
+    stage_id: str
+    name: str
+    number: int
+    group: int
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A validated ``RunCreate``, ready to write."""
+
+    workflow_id: str
+    workflow_name: str
+    input: Any
+    config: dict[str, Any]
+    priority: int
+    metadata: dict[str, Any] | None
+    idempotency_key: str
+    annotations: Sequence[tuple[list[AnnotationDraft], bool]] = field(default_factory=tuple)
+
+
+def annotation_events(rows: Sequence[Any], emit: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``annotation:created`` events for the inserted rows whose draft asked for one."""
+    events = []
+    for row in rows:
+        if row.id not in emit:
+            continue
+        body: dict[str, Any] = {"key": row.key, "value": row.value, "scope": row.scope}
+        for name in ("scope_id", "actor_kind", "actor_id", "actor_version"):
+            if getattr(row, name) is not None:
+                body[name] = getattr(row, name)
+        body["attempt"] = row.attempt
+        events.append(("annotation:created", body))
+    return events
+
+
+async def write_annotations(
+    session: AsyncSession,
+    drafts: Sequence[AnnotationDraft],
+    where: RowContext,
+    now: datetime,
+) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+    """Insert drafts and build the events for the inserted rows that asked for one."""
+    inserted = await insert_annotations(session, drafts, where, now)
+    wanted = {(d.key, d.idempotency_key) for d in drafts if d.emit_event}
+    emit = {row.id for row in inserted if (row.key, row.idempotency_key) in wanted}
+    return inserted, annotation_events(inserted, emit)
+
+
+async def claim_idempotency(
+    session: AsyncSession, key: str, command_type: str, result: Any, now: datetime
+) -> Any | None:
+    """Claim ``key`` for ``command_type`` inside the caller's transaction.
+
+    Returns ``None`` when this transaction claimed it (so its work goes ahead and commits with
+    the key), or the result stored by the transaction that claimed it first.
+    """
+    table = IdempotencyKey.__table__
+    claimed = await session.execute(
+        insert_ignore(session, table)
+        .values(id=new_id(), created_at=now, key=key, command_type=command_type, result=result)
+        .returning(table.c.id)
+    )
+    if claimed.scalar_one_or_none() is not None:
+        return None
+    return await session.scalar(
+        select(IdempotencyKey.result).where(
+            IdempotencyKey.key == key, IdempotencyKey.command_type == command_type
+        )
+    )
+
+
+async def create_run(session: AsyncSession, new: NewRun, now: datetime) -> tuple[str, bool]:
+    """Insert a PENDING run, its annotations and events; returns (run id, created)."""
+    run_id = new_id()
+    existing = await claim_idempotency(
+        session, new.idempotency_key, "run.create", {"workflow_run_id": run_id}, now
+    )
+    if existing is not None:
+        return str(existing["workflow_run_id"]), False
+    session.add(
+        WorkflowRun(
+            id=run_id,
+            created_at=now,
+            updated_at=now,
+            workflow_id=new.workflow_id,
+            workflow_name=new.workflow_name,
+            workflow_type=new.workflow_id,
+            status=RunStatus.PENDING,
+            input=new.input,
+            config=new.config,
+            priority=new.priority,
+            metadata_=new.metadata,
+        )
+    )
+    await session.flush()
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("workflow:created", {"workflow_id": new.workflow_id})
+    ]
+    for drafts, _ in new.annotations:
+        _, created = await write_annotations(session, drafts, RowContext(run_id, "run"), now)
+        events.extend(created)
+    await append_events(session, run_id, events, causation_id=new.idempotency_key, now=now)
+    return run_id, True
+
+
+async def open_stages(
+    session: AsyncSession, run_id: str, stages: Sequence[NewStage], attempt: int, now: datetime
+) -> None:
+    """Create PENDING records for ``stages``; records that already exist are left alone."""
+    table = WorkflowStage.__table__
+    for stage in stages:
+        await session.execute(
+            insert_ignore(session, table).values(
+                id=new_id(),
+                created_at=now,
+                updated_at=now,
+                version=1,
+                workflow_run_id=run_id,
+                stage_id=stage.stage_id,
+                stage_name=stage.name,
+                stage_number=stage.number,
+                execution_group=stage.group,
+                attempt=attempt,
+                status=RunStatus.PENDING,
+                config=stage.config,
+                poll_count=0,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """What ``start_run`` found."""
+
+    status: str
+    run_input: Any = None
+    config: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+
+async def start_run(
+    session: AsyncSession,
+    run_id: str,
+    first_group_of: Callable[[dict[str, Any]], Sequence[NewStage]] | None,
+    now: datetime,
+    causation_id: str,
+) -> StartedRun:
+    """Move a PENDING run to RUNNING and open its first group; repeats are harmless.
+
+    ``first_group_of`` builds the group's records from the run's config; ``None`` means the
+    workflow is not registered: the run fails with ``WORKFLOW_NOT_FOUND`` (as the original's
+    claim did).
+    """
+    run = await lock_run(session, run_id)
+    if run is None:
+        return StartedRun(status="not_running")
+    if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+        return StartedRun(status="not_running")
+    if first_group_of is None:
+        message = f"Workflow {run.workflow_id} not found in registry"
+        run.status = RunStatus.FAILED
+        run.completed_at = now
+        run.output = {"error": {"code": "WORKFLOW_NOT_FOUND", "message": message}}
+        session.add(
+            WorkflowLog(
+                id=new_id(), created_at=now, workflow_run_id=run_id, level="ERROR", message=message
+            )
+        )
+        await append_events(
+            session,
+            run_id,
+            [("workflow:failed", {"error": message})],
+            causation_id=causation_id,
+            now=now,
+        )
+        return StartedRun(status="failed")
+    if run.status == RunStatus.PENDING:
+        run.status = RunStatus.RUNNING
+        run.started_at = now
+        await append_events(
+            session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now
+        )
+    records = (
+        await session.scalars(select(WorkflowStage).where(WorkflowStage.workflow_run_id == run_id))
+    ).all()
+    attempt = max((r.attempt for r in records), default=0)
+    first_group = first_group_of(run.config)
+    await open_stages(session, run_id, first_group, attempt, now)
+    first = min((s.group for s in first_group), default=1)
+    outputs = {
+        r.stage_id: r.output_data
+        for r in records
+        if r.status == RunStatus.COMPLETED and r.execution_group < first
+    }
+    return StartedRun(
+        status="ok", run_input=run.input, config=run.config, outputs=outputs, attempt=attempt
+    )
+
+
+async def finalize_run(
+    session: AsyncSession,
+    run_id: str,
+    *,
+    status: str,
+    output: Any,
+    error: str | None,
+    now: datetime,
+    commit_id: str,
+) -> bool:
+    """End a RUNNING run COMPLETED (with totals and output) or FAILED; idempotent."""
+    run = await lock_run(session, run_id)
+    if run is None or run.status != RunStatus.RUNNING:
+        return False
+    if await claim_idempotency(session, commit_id, "run.finalize", True, now) is not None:
+        return False
+    run.completed_at = now
+    run.duration_ms = int((now - run.created_at).total_seconds() * 1000)
+    events: list[tuple[str, dict[str, Any]]]
+    if status == RunStatus.FAILED:
+        run.status = RunStatus.FAILED
+        events = [("workflow:failed", {"error": error or "Stage failed"})]
+    else:
+        metrics = (
+            await session.scalars(
+                select(WorkflowStage.metrics).where(WorkflowStage.workflow_run_id == run_id)
+            )
+        ).all()
+        run.total_cost = sum(float((m or {}).get("total_cost", 0) or 0) for m in metrics)
+        run.total_tokens = sum(int((m or {}).get("total_tokens", 0) or 0) for m in metrics)
+        run.status = RunStatus.COMPLETED
+        run.output = output
+        events = [
+            (
+                "workflow:completed",
+                {
+                    "duration": run.duration_ms,
+                    "total_cost": run.total_cost,
+                    "total_tokens": run.total_tokens,
+                    "output": output,
+                },
+            )
+        ]
+    await append_events(session, run_id, events, causation_id=commit_id, now=now)
+    return True
+
+
+async def cancel_run(
+    session: AsyncSession, run_id: str, reason: str | None, now: datetime, causation_id: str
+) -> bool:
+    """Cancel a PENDING or RUNNING run and its non-terminal stages; False if nothing to do."""
+    run = await lock_run(session, run_id)
+    if run is None or run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+        return False
+    run.status = RunStatus.CANCELLED
+    run.completed_at = now
+    await session.execute(
+        update(WorkflowStage)
+        .where(WorkflowStage.workflow_run_id == run_id, WorkflowStage.status.in_(ACTIVE))
+        .values(status=RunStatus.CANCELLED, completed_at=now, next_poll_at=None, updated_at=now)
+    )
+    body = {"reason": reason} if reason is not None else {}
+    await append_events(
+        session, run_id, [("workflow:cancelled", body)], causation_id=causation_id, now=now
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """What a rerun removed and the generation it starts."""
+
+    deleted_stages: list[str]
+    attempt: int
+
+
+async def rerun_from(
+    session: AsyncSession,
+    run_id: str,
+    *,
+    target_group: int,
+    groups_before: Sequence[str],
+    target_stages: Sequence[NewStage],
+    temporal_workflow_id: str,
+    now: datetime,
+    causation_id: str,
+) -> Rerun:
+    """Delete the records of ``target_group`` and later, and reopen the target group.
+
+    Raises:
+        InvalidStateError: the run is not COMPLETED or FAILED, or an earlier stage has no
+            COMPLETED record (the original only asked for *some* earlier record).
+    """
+    run = await lock_run(session, run_id)
+    if run is None:
+        raise InvalidStateError(f"Run {run_id} not found", workflow_run_id=run_id)
+    if run.status not in (RunStatus.COMPLETED, RunStatus.FAILED):
+        raise InvalidStateError(
+            f"Cannot rerun workflow in {run.status} state. Must be COMPLETED or FAILED.",
+            workflow_run_id=run_id,
+        )
+    records = (
+        await session.scalars(select(WorkflowStage).where(WorkflowStage.workflow_run_id == run_id))
+    ).all()
+    completed = {r.stage_id for r in records if r.status == RunStatus.COMPLETED}
+    missing = [s for s in groups_before if s not in completed]
+    if missing:
+        raise InvalidStateError(
+            f"Cannot rerun from group {target_group}: previous stages have not been executed "
+            f"(not COMPLETED: {', '.join(missing)})",
+            workflow_run_id=run_id,
+        )
+    removed = [r for r in records if r.execution_group >= target_group]
+    removed_ids = [r.id for r in removed]
+    attempt = max((r.attempt for r in removed), default=-1) + 1
+    if removed_ids:
+        # Done explicitly rather than through FK actions, which SQLite applies only when
+        # foreign keys are switched on for the connection.
+        await session.execute(
+            update(WorkflowAnnotation)
+            .where(WorkflowAnnotation.workflow_stage_record_id.in_(removed_ids))
+            .values(workflow_stage_record_id=None)
+        )
+        await session.execute(
+            delete(WorkflowLog).where(WorkflowLog.workflow_stage_id.in_(removed_ids))
+        )
+        await session.execute(delete(WorkflowStage).where(WorkflowStage.id.in_(removed_ids)))
+    stage_ids = [r.stage_id for r in removed]
+    if stage_ids:
+        prefixes = [f"{stage_id}/" for stage_id in stage_ids]
+        artifact_keys = (
+            await session.scalars(
+                select(WorkflowArtifact.key).where(WorkflowArtifact.workflow_run_id == run_id)
+            )
+        ).all()
+        doomed = [k for k in artifact_keys if any(k.startswith(p) for p in prefixes)]
+        if doomed:
+            await session.execute(
+                delete(WorkflowArtifact).where(
+                    WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key.in_(doomed)
+                )
+            )
+    run.status = RunStatus.RUNNING
+    run.started_at = now
+    run.completed_at = None
+    run.duration_ms = None
+    run.output = None
+    run.total_cost = 0.0
+    run.total_tokens = 0
+    run.temporal_workflow_id = temporal_workflow_id
+    run.version = run.version + 1
+    await open_stages(session, run_id, target_stages, attempt, now)
+    await append_events(
+        session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now
+    )
+    return Rerun(deleted_stages=stage_ids, attempt=attempt)
+
+
+async def count_rows(session: AsyncSession, model: Any, run_id: str) -> int:
+    """Rows of ``model`` belonging to ``run_id`` (tests and benchmarks use it)."""
+    return int(
+        await session.scalar(
+            select(func.count()).select_from(model).where(model.workflow_run_id == run_id)
+        )
+        or 0
+    )

@@ -1,0 +1,78 @@
+"""Small SQL building blocks shared by the store modules."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import FromClause, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.ids import new_id
+from engine.store.models import OutboxEvent, WorkflowRun
+
+__all__ = ["append_events", "insert_ignore", "lock_run"]
+
+
+def insert_ignore(session: AsyncSession, table: FromClause) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` for the session's dialect (both support it)."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
+
+
+async def lock_run(session: AsyncSession, run_id: str) -> WorkflowRun | None:
+    """Read the run row under a row lock (``FOR UPDATE``; SQLite already holds the write lock).
+
+    Every write that depends on the run's status takes this lock first, so a cancel and a
+    stage commit cannot interleave, and outbox sequences per run are handed out one at a time.
+    """
+    result = await session.execute(
+        select(WorkflowRun).where(WorkflowRun.id == run_id).with_for_update()
+    )
+    return result.scalar_one_or_none()
+
+
+async def append_events(
+    session: AsyncSession,
+    run_id: str,
+    events: list[tuple[str, dict[str, Any]]],
+    *,
+    causation_id: str,
+    now: datetime,
+) -> None:
+    """Write outbox events with the run's next gap-free sequence numbers.
+
+    The caller must hold the run's lock (:func:`lock_run`) or have just created the run.
+    """
+    if not events:
+        return
+    last = await session.scalar(
+        select(func.max(OutboxEvent.sequence)).where(OutboxEvent.workflow_run_id == run_id)
+    )
+    sequence = last or 0
+    rows = []
+    for event_type, body in events:
+        sequence += 1
+        payload = {
+            "type": event_type,
+            "timestamp": now.isoformat(),
+            "workflow_run_id": run_id,
+            **body,
+        }
+        rows.append(
+            {
+                "id": new_id(),
+                "created_at": now,
+                "workflow_run_id": run_id,
+                "sequence": sequence,
+                "event_type": event_type,
+                "payload": payload,
+                "causation_id": causation_id,
+                "occurred_at": now,
+                "retry_count": 0,
+            }
+        )
+    table: Table = OutboxEvent.__table__  # type: ignore[assignment]
+    await session.execute(table.insert(), rows)

@@ -1,0 +1,317 @@
+"""``SqlStore``: the side-store facade the kernel and activities talk to."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from engine.annotations import AnnotationDraft
+from engine.errors import RunNotFoundError
+from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
+from engine.store import annotation_rows, migrate, runs, stage_rows
+from engine.store.annotation_rows import AnnotationFilters, CrossRunFilters, RowContext
+from engine.store.database import create_engine_for_url, is_sqlite
+from engine.store.models import (
+    Base,
+    OutboxEvent,
+    WorkflowLog,
+    WorkflowRun,
+    WorkflowStage,
+    utcnow,
+)
+from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
+from engine.store.sql import append_events, lock_run
+from temporal_workflows.payloads import CommitResult, StageCommit, StageSpec
+
+__all__ = ["SqlStore"]
+
+
+def _run_record(row: WorkflowRun) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        workflow_id=row.workflow_id,
+        workflow_name=row.workflow_name,
+        status=row.status,
+        input=row.input,
+        output=row.output,
+        config=row.config,
+        priority=row.priority,
+        metadata=row.metadata_,
+        total_cost=row.total_cost,
+        total_tokens=row.total_tokens,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        duration_ms=row.duration_ms,
+    )
+
+
+class SqlStore:
+    """The SQL side-store on SQLite (default) or PostgreSQL.
+
+    Every write method is one transaction; those that activities call are idempotent under
+    Temporal's at-least-once delivery.
+
+    Args:
+        url: SQLAlchemy URL, ``sqlite+aiosqlite:///path`` or ``postgresql+psycopg://...``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_engine_for_url(url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the backend is SQLite."""
+        return is_sqlite(self.engine)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on exit, rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    # -- schema -------------------------------------------------------------------------------
+
+    async def upgrade(self, revision: str = "head") -> None:
+        """Apply Alembic migrations up to ``revision`` (what ``wfe db upgrade`` runs)."""
+        await migrate.upgrade(self.engine, revision)
+
+    async def downgrade(self, revision: str) -> None:
+        """Revert Alembic migrations down to ``revision`` (``"base"`` drops everything)."""
+        await migrate.downgrade(self.engine, revision)
+
+    async def ensure_current(self) -> None:
+        """Raise :class:`~engine.errors.SchemaOutOfDateError` unless the schema is at head."""
+        await migrate.check_current(self.engine)
+
+    async def truncate_all(self) -> None:
+        """Empty every table (tests use it to reset a shared database)."""
+        async with self.engine.begin() as conn:
+            if self.is_sqlite:
+                for table in reversed(Base.metadata.sorted_tables):
+                    await conn.execute(table.delete())
+            else:
+                names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+                await conn.execute(text(f"TRUNCATE {names} CASCADE"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def create_run(self, new: NewRun, temporal_workflow_id: str) -> tuple[str, bool]:
+        """Insert a run (or find the one holding its idempotency key): (run id, created)."""
+        async with self.transaction() as session:
+            run_id, created = await runs.create_run(session, new, utcnow())
+            if created:
+                run = await session.get(WorkflowRun, run_id)
+                assert run is not None
+                run.temporal_workflow_id = temporal_workflow_id.format(run_id=run_id)
+            return run_id, created
+
+    async def start_run(
+        self,
+        run_id: str,
+        first_group_of: Callable[[dict[str, Any]], Sequence[NewStage]] | None,
+        causation_id: str,
+    ) -> StartedRun:
+        """Mark the run RUNNING and open its first group (see :func:`runs.start_run`)."""
+        async with self.transaction() as session:
+            return await runs.start_run(session, run_id, first_group_of, utcnow(), causation_id)
+
+    async def finalize_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        output: Any,
+        error: str | None,
+        now: datetime,
+        commit_id: str,
+    ) -> bool:
+        """End the run COMPLETED or FAILED (idempotent)."""
+        async with self.transaction() as session:
+            return await runs.finalize_run(
+                session,
+                run_id,
+                status=status,
+                output=output,
+                error=error,
+                now=now,
+                commit_id=commit_id,
+            )
+
+    async def cancel_run(self, run_id: str, reason: str | None, causation_id: str) -> bool:
+        """Cancel a PENDING or RUNNING run; False when unknown or already terminal."""
+        async with self.transaction() as session:
+            return await runs.cancel_run(session, run_id, reason, utcnow(), causation_id)
+
+    async def rerun_from(
+        self,
+        run_id: str,
+        *,
+        target_group: int,
+        groups_before: Sequence[str],
+        target_stages: Sequence[NewStage],
+        temporal_workflow_id: str,
+        causation_id: str,
+    ) -> Rerun:
+        """Delete the records from ``target_group`` on and reopen that group."""
+        async with self.transaction() as session:
+            return await runs.rerun_from(
+                session,
+                run_id,
+                target_group=target_group,
+                groups_before=groups_before,
+                target_stages=target_stages,
+                temporal_workflow_id=temporal_workflow_id,
+                now=utcnow(),
+                causation_id=causation_id,
+            )
+
+    async def pending_runs(self, limit: int) -> list[tuple[str, str, str | None]]:
+        """PENDING runs, highest priority then oldest first: (run id, workflow id, temporal id)."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
+                .where(WorkflowRun.status == "PENDING")
+                .order_by(WorkflowRun.priority.desc(), WorkflowRun.created_at, WorkflowRun.id)
+                .limit(limit)
+            )
+            return [(r[0], r[1], r[2]) for r in rows.all()]
+
+    async def temporal_workflow_id(self, run_id: str) -> str | None:
+        """Id of the Temporal workflow currently driving the run."""
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(WorkflowRun.temporal_workflow_id).where(WorkflowRun.id == run_id)
+            )
+
+    # -- stages -------------------------------------------------------------------------------
+
+    async def begin_stage(self, run_id: str, spec: StageSpec, attempt: int) -> str | None:
+        """Mark a stage RUNNING; ``None`` when it must not run."""
+        async with self.transaction() as session:
+            return await stage_rows.begin_stage(session, run_id, spec, attempt, utcnow())
+
+    async def commit_stage(self, commit: StageCommit) -> CommitResult:
+        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""
+        async with self.transaction() as session:
+            return await stage_rows.commit_stage(session, commit)
+
+    # -- annotations --------------------------------------------------------------------------
+
+    async def attach_annotations(
+        self,
+        run_id: str,
+        drafts: Sequence[AnnotationDraft],
+        where: RowContext,
+        causation_id: str,
+    ) -> list[Annotation]:
+        """Insert annotations on a run of any status, all or none; unknown run raises."""
+        async with self.transaction() as session:
+            run = await lock_run(session, run_id)
+            if run is None:
+                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+            if not drafts:
+                return []
+            now = utcnow()
+            inserted, events = await runs.write_annotations(session, drafts, where, now)
+            await append_events(session, run_id, events, causation_id=causation_id, now=now)
+            return inserted
+
+    async def list_annotations(self, run_id: str, filters: AnnotationFilters) -> list[Annotation]:
+        """A run's annotations (see :func:`annotation_rows.list_annotations`)."""
+        async with self.sessions() as session:
+            run = await session.get(WorkflowRun, run_id)
+            if run is None:
+                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+            return await annotation_rows.list_annotations(session, run, filters)
+
+    async def query_annotations(
+        self, filters: CrossRunFilters, *, limit: int, cursor: str | None
+    ) -> tuple[list[Annotation], str | None]:
+        """Annotations across runs, one keyset page at a time."""
+        async with self.sessions() as session:
+            return await annotation_rows.query_annotations(
+                session, filters, limit=limit, cursor=cursor
+            )
+
+    async def count_runs(
+        self,
+        match: Mapping[str, Any],
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        workflow_id: str | None,
+    ) -> int:
+        """Runs carrying every ``key = value`` pair of ``match``."""
+        async with self.sessions() as session:
+            return await annotation_rows.count_runs(
+                session, match, since=since, until=until, workflow_id=workflow_id
+            )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The run, or :class:`RunNotFoundError`."""
+        async with self.sessions() as session:
+            row = await session.get(WorkflowRun, run_id)
+            if row is None:
+                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+            return _run_record(row)
+
+    async def _require_run(self, session: AsyncSession, run_id: str) -> None:
+        if await session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
+            raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+
+    async def list_stages(self, run_id: str) -> list[StageRecord]:
+        """The run's stage records in execution order."""
+        async with self.sessions() as session:
+            await self._require_run(session, run_id)
+            rows = await session.scalars(
+                select(WorkflowStage)
+                .where(WorkflowStage.workflow_run_id == run_id)
+                .order_by(WorkflowStage.execution_group, WorkflowStage.stage_number)
+            )
+            return [StageRecord.model_validate(r) for r in rows.all()]
+
+    async def list_logs(self, run_id: str) -> list[LogRecord]:
+        """The run's log lines, oldest first."""
+        async with self.sessions() as session:
+            await self._require_run(session, run_id)
+            rows = await session.scalars(
+                select(WorkflowLog)
+                .where(WorkflowLog.workflow_run_id == run_id)
+                .order_by(WorkflowLog.created_at, WorkflowLog.id)
+            )
+            return [
+                LogRecord(
+                    id=r.id,
+                    created_at=r.created_at,
+                    workflow_run_id=r.workflow_run_id,
+                    stage_id=r.stage_id,
+                    level=r.level,
+                    message=r.message,
+                    metadata=r.metadata_,
+                )
+                for r in rows.all()
+            ]
+
+    async def list_outbox_events(self, run_id: str) -> list[OutboxEventRecord]:
+        """The run's outbox events in sequence order."""
+        async with self.sessions() as session:
+            rows = await session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.workflow_run_id == run_id)
+                .order_by(OutboxEvent.sequence)
+            )
+            return [OutboxEventRecord.model_validate(r) for r in rows.all()]

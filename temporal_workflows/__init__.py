@@ -1,0 +1,5 @@
+"""Deterministic Temporal workflow code: the run workflow and its payload models."""
+
+from temporal_workflows.run import RunWorkflow
+
+__all__ = ["RunWorkflow"]

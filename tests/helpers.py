@@ -1,0 +1,107 @@
+"""Sample stages and workflows, and a helper that runs a kernel with a worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic import BaseModel
+
+from engine import (
+    Actor,
+    Kernel,
+    StageContext,
+    StageResult,
+    Workflow,
+    create_worker,
+    define_stage,
+    define_workflow,
+)
+from engine.conventions import Decision
+from engine.store import SqlStore
+
+
+class Ticket(BaseModel):
+    text: str
+
+
+class Triage(BaseModel):
+    urgency: str
+    text: str
+
+
+class TriageConfig(BaseModel):
+    threshold: float = 0.6
+
+
+class Note(BaseModel):
+    note: str
+
+
+@define_stage(
+    id="classify", name="Classify urgency", input=Ticket, output=Triage, config=TriageConfig
+)
+async def classify(ctx: StageContext[Ticket, TriageConfig]) -> Any:
+    urgency = "high" if "urgent" in ctx.input.text else "low"
+    ctx.log("INFO", f"classified as {urgency}")
+    ctx.report_progress(0.5, "half way")
+    ctx.annotate(Decision.outcome, urgency)
+    ctx.annotate(Decision.confidence, ctx.config.threshold)
+    ctx.annotate(
+        actor=Actor(kind="agent", id="triage-agent", version="v3"),
+        attributes={"decision.rationale": "keyword match", "decision.used_fallback": False},
+        payload={"raw": "..."},
+    )
+    return StageResult(
+        output=Triage(urgency=urgency, text=ctx.input.text),
+        custom_metrics={"total_cost": 0.25, "total_tokens": 100},
+    )
+
+
+@define_stage(id="notify", input=Triage, output=Note)
+def notify(ctx: StageContext[Triage, None]) -> Note:
+    return Note(note=f"notified {ctx.input.urgency}")
+
+
+@define_stage(id="enrich", input=Triage, output=Note)
+async def enrich(ctx: StageContext[Triage, None]) -> Note:
+    return Note(note=f"enriched {len(ctx.input.text)}")
+
+
+class Routed(BaseModel):
+    route: str
+    seen: list[str]
+
+
+@define_stage(id="route", input=None, output=Routed)
+async def route(ctx: StageContext[None, None]) -> Routed:
+    triage = ctx.require("classify")
+    return Routed(route=f"queue-{triage['urgency']}", seen=sorted(ctx.workflow_context))
+
+
+def triage_workflow() -> Workflow:
+    return (
+        define_workflow(id="ticket-triage", name="Ticket triage", input=Ticket)
+        .pipe(classify)
+        .parallel([notify, enrich])
+        .pipe(route)
+        .build()
+    )
+
+
+@asynccontextmanager
+async def running_kernel(
+    env: Any, store: SqlStore, *workflows: Workflow, **kernel_options: Any
+) -> AsyncIterator[Kernel]:
+    """A kernel on a fresh task queue with a worker polling it."""
+    kernel = Kernel(
+        client=env.client,
+        store=store,
+        workflows=workflows,
+        task_queue=f"tq-{uuid.uuid4()}",
+        **kernel_options,
+    )
+    async with create_worker(kernel):
+        yield kernel

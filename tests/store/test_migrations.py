@@ -1,0 +1,242 @@
+"""The Alembic migrations shipped in ``engine.store.migrations``, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, select, text
+
+from engine.errors import SchemaOutOfDateError
+from engine.store import SqlStore, migrate
+from engine.store.models import AICall, Base, WorkflowRun, WorkflowStage
+
+# The two backends of tests/conftest.py (no tests/__init__.py, so not importable from there).
+BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
+on_both_backends = pytest.mark.parametrize("empty_database_url", BACKENDS, indirect=True)
+
+REVISION_1 = "0001"
+HEAD = "0002"
+MODEL_TABLES = set(Base.metadata.tables)
+
+
+def _table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+async def _tables(store: SqlStore) -> set[str]:
+    async with store.engine.connect() as connection:
+        return await connection.run_sync(_table_names)
+
+
+def _schema_diffs(connection: Connection) -> list[Any]:
+    """What ``alembic check`` would report, with the comparison options of ``env.py``."""
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "target_metadata": Base.metadata,
+            "compare_type": migrate.compare_type,
+            "compare_server_default": False,
+        },
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def _diffs(store: SqlStore) -> list[Any]:
+    async with store.engine.connect() as connection:
+        return await connection.run_sync(_schema_diffs)
+
+
+async def _insert_pre_08_rows(store: SqlStore) -> None:
+    """Rows as an engine before 0.8 wrote them (plain SQL: the models describe the new schema)."""
+    stamp = "2025-01-02 03:04:05.000000"
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO workflow_runs (id, created_at, updated_at, version, workflow_id,"
+                " workflow_name, workflow_type, status, input, config, total_cost, total_tokens,"
+                " priority, metadata) VALUES ('run-1', :ts, :ts, 1, 'wf', 'Workflow', 'batch',"
+                " 'COMPLETED', '{\"q\": 1}', '{}', 0.5, 10, 5, :metadata)"
+            ),
+            {"ts": stamp, "metadata": json.dumps({"team": "search", "tags": ["a", "b"]})},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO workflow_stages (id, created_at, updated_at, version,"
+                " workflow_run_id, stage_id, stage_name, stage_number, execution_group, status,"
+                " poll_count) VALUES ('stage-1', :ts, :ts, 1, 'run-1', 'extract', 'Extract', 1,"
+                " 1, 'COMPLETED', 0)"
+            ),
+            {"ts": stamp},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO workflow_logs (id, created_at, workflow_run_id, workflow_stage_id,"
+                " stage_id, level, message) VALUES ('log-1', :ts, 'run-1', 'stage-1', 'extract',"
+                " 'INFO', 'hello')"
+            ),
+            {"ts": stamp},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO ai_calls (id, created_at, workflow_run_id, stage_id, topic,"
+                " call_type, model_key, model_id, prompt, response, input_tokens, output_tokens,"
+                " cost) VALUES ('call-1', :ts, 'run-1', 'extract', 't', 'text', 'k', 'm', 'p',"
+                " 'r', 1, 2, 0.1)"
+            ),
+            {"ts": stamp},
+        )
+
+
+async def _count(store: SqlStore, table: str) -> int:
+    async with store.engine.connect() as connection:
+        return int((await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+@on_both_backends
+async def test_upgrade_to_head_then_downgrade_to_base(empty_database_url: str) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        assert await migrate.current_revision(store.engine) is None
+        await store.upgrade()
+        assert await migrate.current_revision(store.engine) == HEAD
+        assert await _tables(store) == MODEL_TABLES | {"alembic_version"}
+
+        await store.downgrade("base")
+        assert await migrate.current_revision(store.engine) is None
+        assert await _tables(store) <= {"alembic_version"}
+    finally:
+        await store.dispose()
+
+
+@on_both_backends
+async def test_upgrade_from_revision_1_keeps_rows(empty_database_url: str) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        await store.upgrade(REVISION_1)
+        assert await migrate.current_revision(store.engine) == REVISION_1
+        assert "workflow_annotations" not in await _tables(store)
+        await _insert_pre_08_rows(store)
+
+        await store.upgrade()
+
+        assert await migrate.current_revision(store.engine) == HEAD
+        async with store.engine.connect() as connection:
+            run = (
+                await connection.execute(
+                    select(WorkflowRun.metadata_, WorkflowRun.input, WorkflowRun.status)
+                )
+            ).one()
+            stage = (
+                await connection.execute(select(WorkflowStage.stage_id, WorkflowStage.attempt))
+            ).one()
+            call_metadata = (await connection.execute(select(AICall.metadata_))).scalar_one()
+        assert tuple(run) == ({"team": "search", "tags": ["a", "b"]}, {"q": 1}, "COMPLETED")
+        assert tuple(stage) == ("extract", 0)
+        assert call_metadata is None
+        assert await _count(store, "workflow_logs") == 1
+        assert await _count(store, "workflow_annotations") == 0
+    finally:
+        await store.dispose()
+
+
+@on_both_backends
+async def test_downgrade_to_revision_1_keeps_rows_and_reupgrades_cleanly(
+    empty_database_url: str,
+) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        await store.upgrade(REVISION_1)
+        await _insert_pre_08_rows(store)
+        await store.upgrade()
+
+        await store.downgrade(REVISION_1)
+
+        assert await migrate.current_revision(store.engine) == REVISION_1
+        assert "workflow_annotations" not in await _tables(store)
+
+        def columns(connection: Connection) -> tuple[set[str], set[str]]:
+            inspector = inspect(connection)
+            return (
+                {c["name"] for c in inspector.get_columns("workflow_stages")},
+                {c["name"] for c in inspector.get_columns("ai_calls")},
+            )
+
+        async with store.engine.connect() as connection:
+            stage_columns, call_columns = await connection.run_sync(columns)
+        assert "attempt" not in stage_columns
+        assert "metadata" not in call_columns
+        # SQLite rebuilt workflow_stages: its logs must not have been cascade-deleted.
+        for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
+            assert await _count(store, table) == 1, table
+
+        await store.upgrade()
+        assert await _diffs(store) == []
+    finally:
+        await store.dispose()
+
+
+def test_migrations_have_a_single_linear_head() -> None:
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    assert script.get_heads() == [HEAD]
+    assert migrate.head_revision() == HEAD
+    chain = [s.revision for s in script.walk_revisions("base", "heads")]
+    assert chain == [HEAD, REVISION_1]
+    assert script.get_revision(REVISION_1).down_revision is None
+    assert script.get_revision(HEAD).down_revision == REVISION_1
+
+
+@on_both_backends
+async def test_schema_at_head_matches_the_models(empty_database_url: str) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        await store.upgrade()
+        assert await _diffs(store) == []
+
+        def key_collation(connection: Connection) -> str | None:
+            columns = inspect(connection).get_columns("workflow_annotations")
+            key = next(c for c in columns if c["name"] == "key")
+            return getattr(key["type"], "collation", None)
+
+        async with store.engine.connect() as connection:
+            collation = await connection.run_sync(key_collation)
+        assert collation == ("C" if store.engine.dialect.name == "postgresql" else None)
+
+        # `alembic check` itself, through env.py building its own engine from the URL
+        # (it raises AutogenerateDiffsDetected on drift).
+        await asyncio.to_thread(command.check, migrate.alembic_config(empty_database_url))
+    finally:
+        await store.dispose()
+
+
+@on_both_backends
+async def test_check_current_requires_the_head_revision(empty_database_url: str) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        with pytest.raises(SchemaOutOfDateError, match=r"run `wfe db upgrade`") as empty:
+            await migrate.check_current(store.engine)
+        assert f"code expects {HEAD}" in empty.value.message
+
+        await store.upgrade(REVISION_1)
+        with pytest.raises(
+            SchemaOutOfDateError,
+            match=rf"schema at revision {REVISION_1}, code expects {HEAD}: run `wfe db upgrade`",
+        ):
+            await migrate.check_current(store.engine)
+
+        await store.upgrade()
+        await migrate.check_current(store.engine)
+        await store.ensure_current()
+
+        async with store.engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+        with pytest.raises(SchemaOutOfDateError, match="newer engine"):
+            await migrate.check_current(store.engine)
+    finally:
+        await store.dispose()
