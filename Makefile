@@ -25,7 +25,7 @@ lint: $(INSTALLED)
 
 # lint is a prerequisite, so it finishes before pytest starts even under make -j.
 test: $(INSTALLED) lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m 'not reliability'
 
 test-reliability: $(INSTALLED)
 	$(BIN)/pytest -q -m reliability

@@ -12,10 +12,7 @@ from typing import Any
 
 from temporalio import activity
 
-from engine.store import SqlStore
-from engine.store.runs import NewStage
-from engine.workflows import Workflow
-from temporal_workflows.payloads import (
+from engine.payloads import (
     CommitResult,
     FinalizeRun,
     RetrySpec,
@@ -24,6 +21,9 @@ from temporal_workflows.payloads import (
     StageSpec,
     StartRun,
 )
+from engine.store import SqlStore
+from engine.store.runs import NewStage
+from engine.workflows import Workflow
 
 __all__ = ["RunActivities", "plan_of"]
 

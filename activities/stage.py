@@ -28,11 +28,11 @@ from temporalio import activity
 from activities.errors import describe_validation, error_message
 from engine.annotations import AnnotationLimits
 from engine.context import CompletionContext, StageContext, _Buffered
+from engine.payloads import StageOutcome, StageTask
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage
 from engine.store import SqlStore
 from engine.workflows import Workflow
-from temporal_workflows.payloads import StageOutcome, StageTask
 
 __all__ = ["StageActivities"]
 

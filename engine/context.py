@@ -9,9 +9,9 @@ from temporalio import activity
 
 from engine.annotations import AnnotationBuffer, AnnotationLimits
 from engine.errors import StageNotFoundError
+from engine.payloads import LogDraft, ProgressDraft
 from engine.records import LogLevel
 from engine.storage import StageStorage
-from temporal_workflows.payloads import LogDraft, ProgressDraft
 
 __all__ = ["CompletionContext", "StageContext"]
 

@@ -40,6 +40,7 @@ from engine.commands import (
 from engine.errors import InvalidStateError, StageNotFoundError, WorkflowNotFoundError
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
+from engine.payloads import ResumeRequest, RunWorkflowInput
 from engine.records import (
     TERMINAL_STATUSES,
     LogRecord,
@@ -48,19 +49,21 @@ from engine.records import (
     RunStatus,
     StageRecord,
 )
+from engine.search_attributes import (
+    DEFAULT_PROJECTED_KEYS,
+    ENGINE_SEARCH_ATTRIBUTES,
+    RUN_STATUS_ATTRIBUTE,
+    WORKFLOW_ID_ATTRIBUTE,
+)
 from engine.settings import Settings
 from engine.store import SqlStore
 from engine.store.runs import NewRun
 from engine.workflows import Workflow
-from temporal_workflows.payloads import ResumeRequest, RunWorkflowInput
-from temporal_workflows.run import RUN_STATUS_ATTRIBUTE, RunWorkflow
 
 __all__ = ["Kernel"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-
-ENGINE_SEARCH_ATTRIBUTES = ("WfeRunStatus", "WfeWorkflowId", "DecisionOutcome")
 
 
 def temporal_workflow_id(run_id: str, attempt: int = 0) -> str:
@@ -91,6 +94,8 @@ class Kernel:
         annotation_limits: AnnotationLimits | None = None,
         viewer_url: str | None = None,
         event_sink: EventSink | None = None,
+        projected_keys: Mapping[str, str] = DEFAULT_PROJECTED_KEYS,
+        continue_as_new_after_events: int = 10_000,
     ) -> None:
         if client.data_converter is not pydantic_data_converter:
             config = client.config()
@@ -109,6 +114,9 @@ class Kernel:
         """Attach, list and query annotations (see :class:`KernelAnnotations`)."""
         self.viewer_url = viewer_url
         self.event_sink = event_sink
+        self.projected_keys = dict(projected_keys)
+        """Annotation keys copied into Keyword search attributes of the run's workflow."""
+        self.continue_as_new_after_events = continue_as_new_after_events
         """Where ``OutboxFlush`` publishes events (``None``: marks them published)."""
         self._search_attributes: bool | None = None
         self._owns: list[Any] = []
@@ -241,14 +249,15 @@ class Kernel:
                     ListSearchAttributesRequest(namespace=self.client.namespace)
                 )
                 known = set(response.custom_attributes)
-                self._search_attributes = all(a in known for a in ENGINE_SEARCH_ATTRIBUTES)
+                wanted = {*ENGINE_SEARCH_ATTRIBUTES, *self.projected_keys.values()}
+                self._search_attributes = all(a in known for a in wanted)
             except RPCError:
                 self._search_attributes = False
             if not self._search_attributes:
                 log.warning(
                     "Temporal server lacks the search attributes %s: runs will not be "
                     "filterable by them in the Temporal UI (wfe dev registers them)",
-                    ", ".join(ENGINE_SEARCH_ATTRIBUTES),
+                    ", ".join(sorted({*ENGINE_SEARCH_ATTRIBUTES, *self.projected_keys.values()})),
                 )
         return self._search_attributes
 
@@ -258,19 +267,26 @@ class Kernel:
         """Start the run's Temporal workflow; False if it was already started."""
         enabled = await self._search_attributes_enabled()
         search = (
-            TypedSearchAttributes([SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING")])
+            TypedSearchAttributes(
+                [
+                    SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING"),
+                    SearchAttributePair(WORKFLOW_ID_ATTRIBUTE, workflow_id),
+                ]
+            )
             if enabled
             else None
         )
         details = f"Provenance: {self.viewer_url}/runs/{run_id}" if self.viewer_url else None
         try:
             await self.client.start_workflow(
-                RunWorkflow.run,
+                "wfe.run",
                 RunWorkflowInput(
                     run_id=run_id,
                     workflow_id=workflow_id,
                     start_group=start_group,
                     search_attributes=enabled,
+                    projected_keys=self.projected_keys,
+                    continue_as_new_after_events=self.continue_as_new_after_events,
                 ),
                 id=temporal_workflow_id(run_id, attempt),
                 task_queue=self.task_queue,
@@ -368,8 +384,8 @@ class Kernel:
         drafts = build_drafts(attributes or {}, actor=actor, limits=self.annotation_limits)
         temporal_id = await self.store.temporal_workflow_id(run_id)
         assert temporal_id is not None
-        await self._handle(temporal_id).execute_update(  # type: ignore[unused-coroutine]
-            RunWorkflow.resume_stage,
+        await self._handle(temporal_id).execute_update(
+            "wfe.resume_stage",
             ResumeRequest(stage_id=stage_id, output=output, data=data, annotations=drafts),
         )
 

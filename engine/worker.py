@@ -10,7 +10,6 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.run import RunActivities
 from activities.stage import StageActivities
 from engine.kernel import Kernel
-from temporal_workflows.run import RunWorkflow
 
 __all__ = ["create_worker"]
 
@@ -21,6 +20,10 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
     Use it as ``async with create_worker(kernel): ...``; ``worker_options`` go to
     :class:`temporalio.worker.Worker` (e.g. ``max_concurrent_activities``).
     """
+    # Imported here: the workflow module imports engine modules, so importing it at the top
+    # of a module that ``engine/__init__`` loads would be circular.
+    from temporal_workflows.run import RunWorkflow
+
     stages = StageActivities(kernel.store, kernel.workflows, kernel.annotation_limits)
     runs = RunActivities(kernel.store, kernel.workflows)
     options: dict[str, Any] = {
@@ -36,9 +39,7 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
         ],
         # The payload models are plain pydantic: safe to share with the sandbox.
         "workflow_runner": SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                "pydantic", "engine", "temporal_workflows.payloads"
-            )
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "engine")
         ),
     }
     options.update(worker_options)

@@ -7,6 +7,10 @@ timers (or an external resume Update) and poll ``wfe.check_completion``. The sid
 the source of truth for statuses: a commit against a run that is no longer RUNNING (it was
 cancelled) is refused, and the workflow stops.
 
+A stage that polls for weeks would grow the history without bound, so once the history is
+long (or the server suggests it) every stage of the group parks at its next wait and the
+workflow continues as new, carrying the group's settled outcomes and parked stages.
+
 Deterministic by construction: no I/O, clock or randomness outside ``temporalio.workflow``.
 """
 
@@ -22,9 +26,11 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from temporal_workflows.payloads import (
+    from engine.payloads import (
+        CarriedGroup,
         CommitResult,
         FinalizeRun,
+        ParkedStage,
         ResumeRequest,
         RetrySpec,
         RunPlan,
@@ -35,11 +41,10 @@ with workflow.unsafe.imports_passed_through():
         StageTask,
         StartRun,
     )
+    from engine.search_attributes import RUN_STATUS_ATTRIBUTE
 
-__all__ = ["RUN_STATUS_ATTRIBUTE", "RunWorkflow", "DECISION_OUTCOME_ATTRIBUTE"]
+__all__ = ["RunWorkflow"]
 
-RUN_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("WfeRunStatus")
-DECISION_OUTCOME_ATTRIBUTE = SearchAttributeKey.for_keyword("DecisionOutcome")
 LOCAL_TIMEOUT = timedelta(seconds=30)
 DEFAULT_POLL_INTERVAL = timedelta(seconds=60)
 
@@ -64,18 +69,26 @@ def _group_output(group: list[StageSpec], outputs: dict[str, Any]) -> Any:
 
 @dataclass
 class _Group:
-    """Settlement of the group being run: the last member to settle opens the next group."""
+    """The group being run: who has settled (the last to settle opens the next group)."""
 
-    size: int
-    settled: dict[str, str] = field(default_factory=dict)
+    specs: list[StageSpec]
+    next_group: list[StageSpec]
+    context: dict[str, Any]
+    settled: dict[str, StageOutcome] = field(default_factory=dict)
+    parked: dict[str, ParkedStage] = field(default_factory=dict)
 
-    def settles_all_completed(self, stage_id: str, status: str) -> bool:
-        others = {k: v for k, v in self.settled.items() if k != stage_id}
-        return (
-            len(others) == self.size - 1
-            and all(v == "completed" for v in others.values())
-            and (status == "completed")
+    def opens_next(self, stage_id: str, outcome: StageOutcome) -> bool:
+        others = [s.stage_id for s in self.specs if s.stage_id != stage_id]
+        return outcome.status == "completed" and all(
+            o in self.settled and self.settled[o].status == "completed" for o in others
         )
+
+    def all_waiting_or_done(self) -> bool:
+        return all(s.stage_id in self.settled or s.stage_id in self.parked for s in self.specs)
+
+
+def _failed(task: asyncio.Future[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 class _RunCancelled(Exception):
@@ -88,15 +101,18 @@ class RunWorkflow:
 
     def __init__(self) -> None:
         self._input: RunWorkflowInput | None = None
+        self._plan: RunPlan | None = None
         self._suspended: set[str] = set()
         self._resumes: dict[str, ResumeRequest] = {}
-        self._decisions: dict[str, str] = {}
+        self._details: dict[str, str] = {}
         self._commits = 0
+        self._parking = False
 
     @workflow.run
     async def run(self, input: RunWorkflowInput) -> str:
         """Run the stages from ``input.start_group`` on; returns the run's final status."""
         self._input = input
+        self._details = dict(input.details)
         plan: RunPlan = await workflow.execute_local_activity(
             "wfe.start_run",
             StartRun(
@@ -107,6 +123,7 @@ class RunWorkflow:
         )
         if plan.status != "ok":
             return "FAILED" if plan.status == "failed" else "NOT_RUNNING"
+        self._plan = plan
         self._set_status("RUNNING")
         try:
             return await self._run_groups(input, plan)
@@ -127,56 +144,87 @@ class RunWorkflow:
         groups = plan.groups
         start = input.start_group - 1
         previous = plan.run_input if start == 0 else _group_output(groups[start - 1], outputs)
+        carried = input.carried
         for index in range(start, len(groups)):
-            group = groups[index]
-            next_group = groups[index + 1] if index + 1 < len(groups) else []
-            stage_input = plan.run_input if previous is None else previous
-            tracker = _Group(size=len(group))
-            snapshot = dict(outputs)  # siblings never see each other: deterministic context
-            results = await asyncio.gather(
-                *(
-                    self._run_stage(input, plan, spec, stage_input, snapshot, next_group, tracker)
-                    for spec in group
-                )
+            specs = groups[index]
+            group = _Group(
+                specs=specs,
+                next_group=groups[index + 1] if index + 1 < len(groups) else [],
+                context=dict(outputs),  # siblings never see each other: deterministic context
             )
-            for spec, outcome in zip(group, results, strict=True):
+            stage_input = plan.run_input if previous is None else previous
+            tasks = [
+                asyncio.ensure_future(self._run_stage(spec, stage_input, group, carried))
+                for spec in specs
+            ]
+            carried = None
+            await workflow.wait_condition(
+                lambda g=group, t=tasks: g.all_waiting_or_done() or any(map(_failed, t))  # type: ignore[misc]
+            )
+            for task in tasks:
+                if _failed(task):
+                    raise task.exception()  # type: ignore[misc]
+            if group.parked:
+                self._continue_as_new(input, index + 1, outputs, group)
+            for spec in specs:
+                outcome = group.settled[spec.stage_id]
                 if outcome.status == "completed":
                     outputs[spec.stage_id] = outcome.output
-            failed = [o for o in results if o.status == "failed"]
+            failed = [
+                group.settled[s.stage_id]
+                for s in specs
+                if group.settled[s.stage_id].status == "failed"
+            ]
             if failed:
                 await self._finalize("FAILED", error=failed[0].error or "Stage failed")
                 return "FAILED"
-            previous = _group_output(group, outputs)
+            previous = _group_output(specs, outputs)
         await self._finalize("COMPLETED", output=previous)
         return "COMPLETED"
 
-    async def _run_stage(
-        self,
-        input: RunWorkflowInput,
-        plan: RunPlan,
-        spec: StageSpec,
-        stage_input: Any,
-        context: dict[str, Any],
-        next_group: list[StageSpec],
-        group: _Group,
-    ) -> StageOutcome:
-        task = StageTask(
-            run_id=input.run_id,
-            workflow_id=input.workflow_id,
-            stage=spec,
-            attempt=plan.attempt,
-            input=stage_input,
-            context=context,
+    def _continue_as_new(
+        self, input: RunWorkflowInput, group_number: int, outputs: dict[str, Any], group: _Group
+    ) -> None:
+        workflow.continue_as_new(
+            input.model_copy(
+                update={
+                    "start_group": group_number,
+                    "outputs": outputs,
+                    "carried": CarriedGroup(settled=group.settled, parked=group.parked),
+                    "details": self._details,
+                }
+            )
         )
+
+    def _task(self, spec: StageSpec, **fields: Any) -> StageTask:
+        assert self._input is not None and self._plan is not None
+        return StageTask(
+            run_id=self._input.run_id,
+            workflow_id=self._input.workflow_id,
+            stage=spec,
+            attempt=self._plan.attempt,
+            **fields,
+        )
+
+    async def _run_stage(
+        self, spec: StageSpec, stage_input: Any, group: _Group, carried: CarriedGroup | None
+    ) -> None:
+        assert self._plan is not None
+        if carried is not None and spec.stage_id in carried.settled:
+            group.settled[spec.stage_id] = carried.settled[spec.stage_id]
+            return
+        if carried is not None and spec.stage_id in carried.parked:
+            await self._poll_until_settled(spec, carried.parked[spec.stage_id], group)
+            return
         try:
             outcome: StageOutcome = await workflow.execute_activity(
                 "wfe.execute_stage",
-                task,
+                self._task(spec, input=stage_input, context=group.context),
                 result_type=StageOutcome,
                 start_to_close_timeout=spec.start_to_close_timeout,
                 heartbeat_timeout=spec.heartbeat_timeout,
                 retry_policy=_retry_policy(spec.retry),
-                summary=f"{spec.stage_id} · attempt {plan.attempt}",
+                summary=f"{spec.stage_id} · attempt {self._plan.attempt}",
             )
         except ActivityError as err:  # the stage's own retry policy gave up
             cause = err.cause or err
@@ -184,33 +232,33 @@ class RunWorkflow:
         if outcome.status == "skipped":
             raise _RunCancelled()
         if outcome.status != "suspended":
-            return await self._settle(spec, plan, outcome, next_group, group)
-        return await self._wait_for_batch(input, plan, spec, outcome, next_group, group)
-
-    async def _wait_for_batch(
-        self,
-        input: RunWorkflowInput,
-        plan: RunPlan,
-        spec: StageSpec,
-        outcome: StageOutcome,
-        next_group: list[StageSpec],
-        group: _Group,
-    ) -> StageOutcome:
-        """Suspended: sleep on durable timers (or until resumed), then poll until settled."""
+            await self._settle(spec, outcome, group)
+            return
         interval = outcome.poll_interval or DEFAULT_POLL_INTERVAL
         now = workflow.now()
-        max_wait = outcome.max_wait
-        max_wait_until = now + max_wait if max_wait else None
-        next_poll_at = self._clamp(now + interval, max_wait_until)
-        record_id = outcome.stage_record_id
-        state = outcome.suspended_state
-        await self._commit(
-            spec, plan, outcome, next_poll_at=next_poll_at, max_wait_until=max_wait_until
+        max_wait_until = now + outcome.max_wait if outcome.max_wait else None
+        parked = ParkedStage(
+            stage_record_id=outcome.stage_record_id,
+            state=outcome.suspended_state,
+            next_poll_at=self._clamp(now + interval, max_wait_until),
+            max_wait=outcome.max_wait,
+            max_wait_until=max_wait_until,
+            interval=interval,
         )
+        await self._commit(
+            spec, outcome, next_poll_at=parked.next_poll_at, max_wait_until=max_wait_until
+        )
+        await self._poll_until_settled(spec, parked, group)
+
+    async def _poll_until_settled(self, spec: StageSpec, wait: ParkedStage, group: _Group) -> None:
+        """Sleep on durable timers (or until resumed) and check the batch until it settles."""
+        assert self._plan is not None
         self._suspended.add(spec.stage_id)
-        polls = 0
         while True:
-            delay = max((next_poll_at - workflow.now()).total_seconds(), 0.0)
+            if self._history_is_long():
+                group.parked[spec.stage_id] = wait
+                await workflow.wait_condition(lambda: False)  # ends by continue-as-new
+            delay = (wait.next_poll_at - workflow.now()).total_seconds()
             if delay > 0 and spec.stage_id not in self._resumes:
                 try:
                     await workflow.wait_condition(
@@ -219,87 +267,87 @@ class RunWorkflow:
                 except TimeoutError:
                     pass
             resume = self._resumes.pop(spec.stage_id, None)
-            task = StageTask(
-                run_id=input.run_id,
-                workflow_id=input.workflow_id,
-                stage=spec,
-                attempt=plan.attempt,
-                stage_record_id=record_id,
-                suspended_state=state,
-                poll_count=polls,
-                resume_data=resume.data if resume else None,
-                resume_output=resume.output if resume else None,
-            )
-            outcome = await workflow.execute_activity(
+            outcome: StageOutcome = await workflow.execute_activity(
                 "wfe.check_completion",
-                task,
+                self._task(
+                    spec,
+                    stage_record_id=wait.stage_record_id,
+                    suspended_state=wait.state,
+                    poll_count=wait.polls,
+                    resume_data=resume.data if resume else None,
+                    resume_output=resume.output if resume else None,
+                ),
                 result_type=StageOutcome,
                 start_to_close_timeout=spec.start_to_close_timeout,
                 heartbeat_timeout=spec.heartbeat_timeout,
-                summary=f"{spec.stage_id} · check {polls + 1} · attempt {plan.attempt}",
+                summary=f"{spec.stage_id} · check {wait.polls + 1} · attempt {self._plan.attempt}",
             )
             if resume is not None and resume.annotations:
                 outcome.annotations = [*resume.annotations, *outcome.annotations]
             if outcome.status == "not_ready":
-                polls += 1
                 now = workflow.now()
-                if max_wait_until is not None and now >= max_wait_until:
-                    outcome.status = "failed"
-                    outcome.error = (
-                        f"Stage {spec.stage_id} did not become ready within its max_wait of "
-                        f"{max_wait} (max_wait_until {max_wait_until.isoformat()})"
+                if wait.max_wait_until is None or now < wait.max_wait_until:
+                    wait = wait.model_copy(
+                        update={
+                            "polls": wait.polls + 1,
+                            "next_poll_at": self._clamp(
+                                now + (outcome.next_check_in or wait.interval), wait.max_wait_until
+                            ),
+                        }
                     )
-                else:
-                    next_poll_at = self._clamp(
-                        now + (outcome.next_check_in or interval), max_wait_until
-                    )
-                    await self._commit(spec, plan, outcome, next_poll_at=next_poll_at)
+                    await self._commit(spec, outcome, next_poll_at=wait.next_poll_at)
                     continue
+                outcome.status = "failed"
+                outcome.error = (
+                    f"Stage {spec.stage_id} did not become ready within its max_wait of "
+                    f"{wait.max_wait} (max_wait_until {wait.max_wait_until.isoformat()})"
+                )
             self._suspended.discard(spec.stage_id)
-            return await self._settle(spec, plan, outcome, next_group, group)
+            await self._settle(spec, outcome, group)
+            return
+
+    def _history_is_long(self) -> bool:
+        assert self._input is not None
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._input.continue_as_new_after_events
+        )
 
     @staticmethod
     def _clamp(moment: datetime, limit: datetime | None) -> datetime:
         return min(moment, limit) if limit is not None else moment
 
-    async def _settle(
-        self,
-        spec: StageSpec,
-        plan: RunPlan,
-        outcome: StageOutcome,
-        next_group: list[StageSpec],
-        group: _Group,
-    ) -> StageOutcome:
-        """Commit a final outcome (completed or failed); opens the next group when last."""
-        open_next = next_group if group.settles_all_completed(spec.stage_id, outcome.status) else []
-        group.settled[spec.stage_id] = outcome.status
-        await self._commit(spec, plan, outcome, open_next=open_next)
-        return outcome
+    async def _settle(self, spec: StageSpec, outcome: StageOutcome, group: _Group) -> None:
+        """Commit a final outcome (completed or failed); the last to settle opens the next group."""
+        open_next = group.next_group if group.opens_next(spec.stage_id, outcome) else []
+        await self._commit(spec, outcome, open_next=open_next)
+        group.settled[spec.stage_id] = outcome
 
     async def _commit(
         self,
         spec: StageSpec,
-        plan: RunPlan,
         outcome: StageOutcome,
         *,
         next_poll_at: datetime | None = None,
         max_wait_until: datetime | None = None,
         open_next: list[StageSpec] | None = None,
     ) -> CommitResult:
-        assert self._input is not None
+        assert self._input is not None and self._plan is not None
         self._commits += 1
         result: CommitResult = await workflow.execute_local_activity(
             "wfe.commit_stage",
             StageCommit(
                 run_id=self._input.run_id,
                 stage=spec,
-                attempt=plan.attempt,
+                attempt=self._plan.attempt,
                 commit_id=f"{workflow.info().run_id}:{self._commits}",
                 outcome=outcome,
                 now=workflow.now(),
                 next_poll_at=next_poll_at,
                 max_wait_until=max_wait_until,
                 open_next=open_next or [],
+                report_keys=list(self._input.projected_keys),
             ),
             result_type=CommitResult,
             start_to_close_timeout=LOCAL_TIMEOUT,
@@ -317,7 +365,7 @@ class RunWorkflow:
             FinalizeRun(
                 run_id=self._input.run_id,
                 commit_id=f"{workflow.info().run_id}:final",
-                status=status,
+                status="FAILED" if status == "FAILED" else "COMPLETED",
                 output=output,
                 error=error,
                 now=workflow.now(),
@@ -331,13 +379,17 @@ class RunWorkflow:
             workflow.upsert_search_attributes([RUN_STATUS_ATTRIBUTE.value_set(status)])
 
     def _show_decisions(self, stage_id: str, decisions: list[tuple[str, str]]) -> None:
-        """Project the latest decision annotations into the Temporal UI's current details."""
+        """Project the latest decision annotations into the Temporal UI (details, search)."""
+        assert self._input is not None
         for key, value in decisions:
-            self._decisions[key] = f"{value} (stage `{stage_id}`)"
-            if key == "decision.outcome" and self._input and self._input.search_attributes:
-                workflow.upsert_search_attributes([DECISION_OUTCOME_ATTRIBUTE.value_set(value)])
-        lines = ["**Decisions** (side-store is the source of truth)", ""]
-        lines += [f"- `{key}`: {value}" for key, value in sorted(self._decisions.items())]
+            self._details[key] = f"{value} (stage `{stage_id}`)"
+            attribute = self._input.projected_keys.get(key)
+            if attribute and self._input.search_attributes:
+                workflow.upsert_search_attributes(
+                    [SearchAttributeKey.for_keyword(attribute).value_set(value[:256])]
+                )
+        lines = ["**Decisions** (the side-store is the source of truth)", ""]
+        lines += [f"- `{key}`: {value}" for key, value in sorted(self._details.items())]
         workflow.set_current_details("\n".join(lines))
 
     @workflow.update(name="wfe.resume_stage")
@@ -348,7 +400,7 @@ class RunWorkflow:
 
     @resume_stage.validator
     def _validate_resume(self, request: ResumeRequest) -> None:
-        if request.stage_id not in self._suspended:
+        if request.stage_id not in self._suspended or request.stage_id in self._resumes:
             raise ValueError(f"stage {request.stage_id!r} is not SUSPENDED in this run")
 
     @workflow.query(name="wfe.suspended_stages")

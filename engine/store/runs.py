@@ -14,7 +14,7 @@ from engine.annotations import AnnotationDraft
 from engine.errors import InvalidStateError
 from engine.ids import new_id
 from engine.records import RunStatus
-from engine.store.annotation_rows import RowContext, insert_annotations
+from engine.store.annotation_rows import RowContext, insert_drafts
 from engine.store.models import (
     IdempotencyKey,
     WorkflowAnnotation,
@@ -87,9 +87,11 @@ async def write_annotations(
     now: datetime,
 ) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
     """Insert drafts and build the events for the inserted rows that asked for one."""
-    inserted = await insert_annotations(session, drafts, where, now)
-    wanted = {(d.key, d.idempotency_key) for d in drafts if d.emit_event}
-    emit = {row.id for row in inserted if (row.key, row.idempotency_key) in wanted}
+    pairs = await insert_drafts(session, drafts, where, now)
+    inserted = [row for _, row in pairs]
+    # Per draft, not per (key, idempotency key): two unkeyed writes of one key are two rows,
+    # and only the one that asked for an event gets it.
+    emit = {row.id for draft, row in pairs if draft.emit_event}
     return inserted, annotation_events(inserted, emit)
 
 
@@ -394,7 +396,8 @@ async def rerun_from(
     run.output = None
     run.total_cost = 0.0
     run.total_tokens = 0
-    run.temporal_workflow_id = temporal_workflow_id
+    # The kernel passes a template: each rerun is a new Temporal workflow, named by its attempt.
+    run.temporal_workflow_id = temporal_workflow_id.format(attempt=attempt)
     run.version = run.version + 1
     await open_stages(session, run_id, target_stages, attempt, now)
     await append_events(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from engine.annotations import AnnotationDraft
 from engine.errors import RunNotFoundError
+from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import annotation_rows, migrate, runs, stage_rows
 from engine.store.annotation_rows import AnnotationFilters, CrossRunFilters, RowContext
@@ -26,7 +27,6 @@ from engine.store.models import (
 )
 from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
-from temporal_workflows.payloads import CommitResult, StageCommit, StageSpec
 
 __all__ = ["SqlStore"]
 
@@ -307,11 +307,45 @@ class SqlStore:
             ]
 
     async def list_outbox_events(self, run_id: str) -> list[OutboxEventRecord]:
-        """The run's outbox events in sequence order."""
+        """The run's outbox events in sequence order; raises :class:`RunNotFoundError`."""
         async with self.sessions() as session:
+            await self._require_run(session, run_id)
             rows = await session.scalars(
                 select(OutboxEvent)
                 .where(OutboxEvent.workflow_run_id == run_id)
                 .order_by(OutboxEvent.sequence)
             )
             return [OutboxEventRecord.model_validate(r) for r in rows.all()]
+
+    # -- legacy metadata ----------------------------------------------------------------------
+
+    async def migrate_legacy_metadata(self, batch_size: int = 500) -> int:
+        """Copy each run's deprecated ``metadata`` into stored ``legacy.metadata.*`` rows.
+
+        Runs are read in batches of ``batch_size`` (by id); each run is migrated in its own
+        transaction, so a run is never left with part of its set. Runs that already have a
+        stored ``legacy.metadata.*`` row are skipped: re-running migrates nothing twice.
+
+        Returns:
+            How many runs were migrated by this call.
+
+        Raises:
+            ValueError: ``batch_size`` is below 1.
+        """
+        from engine.store import legacy
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        migrated = 0
+        after: str | None = None
+        while True:
+            async with self.sessions() as session:
+                run_ids, after = await legacy.runs_with_metadata(
+                    session, after=after, limit=batch_size
+                )
+            for run_id in run_ids:
+                async with self.transaction() as session:
+                    if await legacy.migrate_run(session, run_id):
+                        migrated += 1
+            if after is None:
+                return migrated

@@ -9,12 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.ids import new_id
+from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 from engine.records import TERMINAL_STATUSES, RunStatus
 from engine.store.annotation_rows import RowContext
 from engine.store.models import WorkflowLog, WorkflowStage
 from engine.store.runs import NewStage, claim_idempotency, open_stages, write_annotations
 from engine.store.sql import append_events, lock_run
-from temporal_workflows.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 
 __all__ = ["begin_stage", "commit_stage"]
 
@@ -198,7 +198,10 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
         await open_stages(
             session, commit.run_id, [new_stage(s) for s in commit.open_next], record.attempt, now
         )
+    reported = set(commit.report_keys)
     decisions = [
-        (row.key, str(row.value)) for row in inserted if row.key.startswith(DECISION_PREFIX)
+        (row.key, str(row.value)[:200])
+        for row in inserted
+        if row.key.startswith(DECISION_PREFIX) or row.key in reported
     ]
     return CommitResult(committed=True, decisions=decisions)

@@ -1,0 +1,222 @@
+"""Pydantic models carried between the run workflow and its activities (one per call).
+
+They live in the engine package because both sides of the wire (the side-store writes and the
+workflow) depend on them; ``temporal_workflows.payloads`` re-exports them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from engine.annotations import AnnotationDraft
+
+__all__ = [
+    "CarriedGroup",
+    "CommitResult",
+    "FinalizeRun",
+    "LogDraft",
+    "ParkedStage",
+    "ProgressDraft",
+    "ResumeRequest",
+    "RetrySpec",
+    "RunPlan",
+    "RunWorkflowInput",
+    "StageCommit",
+    "StageOutcome",
+    "StageSpec",
+    "StageTask",
+    "StartRun",
+]
+
+
+class RetrySpec(BaseModel):
+    """A stage's declared Temporal retry policy, in a form that crosses the wire."""
+
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = 2.0
+    maximum_interval: timedelta | None = None
+    maximum_attempts: int = 0
+    non_retryable_error_types: list[str] = Field(default_factory=list)
+
+
+class StageSpec(BaseModel):
+    """What the workflow needs to know of one stage to schedule it."""
+
+    stage_id: str
+    name: str
+    number: int
+    group: int
+    kind: Literal["sync", "async_batch"]
+    config: dict[str, Any] = Field(default_factory=dict)
+    start_to_close_timeout: timedelta
+    heartbeat_timeout: timedelta | None = None
+    retry: RetrySpec | None = None
+
+
+class RunWorkflowInput(BaseModel):
+    """Input of the run workflow: which run, and where to start (1 unless rerun)."""
+
+    run_id: str
+    workflow_id: str
+    start_group: int = 1
+    search_attributes: bool = False
+    """Whether the engine's custom search attributes are registered on the server."""
+    outputs: dict[str, Any] | None = None
+    """Outputs carried over by continue-as-new; ``None`` loads them from the side-store."""
+    carried: CarriedGroup | None = None
+    """The group in progress when the previous execution continued as new."""
+    continue_as_new_after_events: int = 10_000
+    """Continue as new once the history is this long (or the server suggests it)."""
+    projected_keys: dict[str, str] = Field(default_factory=dict)
+    """Annotation keys shown as Keyword search attributes, e.g. ``decision.outcome`` →
+    ``DecisionOutcome``."""
+    details: dict[str, str] = Field(default_factory=dict)
+    """Latest decision annotations shown in the Temporal UI (carried over)."""
+
+
+class ParkedStage(BaseModel):
+    """A suspended stage handed to the next execution by continue-as-new."""
+
+    stage_record_id: str | None
+    state: Any = None
+    next_poll_at: datetime
+    max_wait: timedelta | None = None
+    max_wait_until: datetime | None = None
+    interval: timedelta
+    polls: int = 0
+
+
+class CarriedGroup(BaseModel):
+    """The group in progress at continue-as-new: settled outcomes and parked stages."""
+
+    settled: dict[str, StageOutcome] = Field(default_factory=dict)
+    parked: dict[str, ParkedStage] = Field(default_factory=dict)
+
+
+class StartRun(BaseModel):
+    """Local activity input: mark the run RUNNING and open its first group."""
+
+    run_id: str
+    workflow_id: str
+    start_group: int
+
+
+class RunPlan(BaseModel):
+    """What ``start_run`` found: the stages to run, the run input and earlier outputs."""
+
+    status: Literal["ok", "failed", "not_running"]
+    groups: list[list[StageSpec]] = Field(default_factory=list)
+    run_input: Any = None
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    """Outputs of COMPLETED stages before ``start_group`` (kept by a rerun)."""
+    attempt: int = 0
+    """Rerun generation of the stages about to run."""
+
+
+class StageTask(BaseModel):
+    """Activity input: run one stage's ``execute`` (or ``check_completion``)."""
+
+    run_id: str
+    workflow_id: str
+    stage: StageSpec
+    attempt: int
+    input: Any = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    stage_record_id: str | None = None
+    """The record a poll concerns (``execute`` finds or creates it)."""
+    suspended_state: Any = None
+    poll_count: int = 0
+    resume_data: Any = None
+    """Data handed in by an external resume, passed to ``check_completion``."""
+    resume_output: Any = None
+    """Output handed in by an external resume: validated and completes the stage."""
+
+
+class LogDraft(BaseModel):
+    """A buffered ``ctx.log`` line."""
+
+    at: datetime
+    level: str
+    message: str
+    metadata: dict[str, Any] | None = None
+
+
+class ProgressDraft(BaseModel):
+    """A buffered ``ctx.report_progress`` call (becomes a ``stage:progress`` event)."""
+
+    progress: float
+    message: str
+    details: Any = None
+
+
+class StageOutcome(BaseModel):
+    """What a stage activity produced, before it is committed."""
+
+    status: Literal["completed", "failed", "suspended", "not_ready", "skipped"]
+    """``not_ready`` is a poll that found the batch unfinished; ``skipped`` means the stage was
+    not run because its run or record is no longer RUNNING (nothing to commit but logs)."""
+    stage_record_id: str | None = None
+    output: Any = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    suspended_state: Any = None
+    poll_interval: timedelta | None = None
+    max_wait: timedelta | None = None
+    next_check_in: timedelta | None = None
+    started_at: datetime | None = None
+    duration_ms: int = 0
+    logs: list[LogDraft] = Field(default_factory=list)
+    annotations: list[AnnotationDraft] = Field(default_factory=list)
+    progress: list[ProgressDraft] = Field(default_factory=list)
+
+
+class StageCommit(BaseModel):
+    """Local activity input: write one stage outcome in one transaction."""
+
+    run_id: str
+    stage: StageSpec
+    attempt: int
+    commit_id: str
+    """Deterministic token: a retried or duplicated commit with it writes nothing twice."""
+    outcome: StageOutcome
+    now: datetime
+    next_poll_at: datetime | None = None
+    max_wait_until: datetime | None = None
+    open_next: list[StageSpec] = Field(default_factory=list)
+    """Stages of the next group to create PENDING when this commit completes the group."""
+    report_keys: list[str] = Field(default_factory=list)
+    """Annotation keys (besides ``decision.*``) whose written values the result reports."""
+
+
+class CommitResult(BaseModel):
+    """Whether the commit landed, and the decision-style annotations it wrote."""
+
+    committed: bool
+    """False when the run was no longer RUNNING: nothing but logs was written."""
+    decisions: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class FinalizeRun(BaseModel):
+    """Local activity input: end the run COMPLETED or FAILED."""
+
+    run_id: str
+    commit_id: str
+    status: Literal["COMPLETED", "FAILED"]
+    output: Any = None
+    error: str | None = None
+    now: datetime
+
+
+class ResumeRequest(BaseModel):
+    """Update input: resume a suspended stage from outside."""
+
+    stage_id: str
+    output: Any = None
+    data: Any = None
+    annotations: list[AnnotationDraft] = Field(default_factory=list)
+
+
+RunWorkflowInput.model_rebuild()
