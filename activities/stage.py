@@ -30,7 +30,7 @@ from engine.annotations import AnnotationLimits
 from engine.context import CompletionContext, StageContext, _Buffered
 from engine.payloads import StageOutcome, StageTask
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
-from engine.storage import StageStorage
+from engine.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
 from engine.workflows import Workflow
 
@@ -72,10 +72,12 @@ class StageActivities:
         store: SqlStore,
         workflows: Mapping[str, Workflow],
         limits: AnnotationLimits | None = None,
+        large_output_bytes: int = 256 * 1024,
     ) -> None:
         self._store = store
         self._workflows = workflows
         self._limits = limits or AnnotationLimits()
+        self._large_output_bytes = large_output_bytes
 
     def _stage(self, task: StageTask) -> Stage[Any, Any, Any]:
         return self._workflows[task.workflow_id].get_stage(task.stage.stage_id)
@@ -101,11 +103,14 @@ class StageActivities:
                 logs=buffered.logs if buffered else [],
                 annotations=buffered.drafts if buffered else [],
                 progress=buffered.progress if buffered else [],
+                ai_calls=buffered.ai_calls if buffered else [],
                 **fields,
             )
 
         try:
-            parsed_input = stage.parse_input(task.input)
+            parsed_input = stage.parse_input(
+                await resolve_outputs(self._store, task.run_id, task.input)
+            )
         except ValidationError as exc:
             return outcome(
                 "failed",
@@ -131,7 +136,10 @@ class StageActivities:
             stage_record_id=record_id,
             attempt=task.attempt,
             activity_attempt=activity.info().attempt,
-            workflow_context=task.context,
+            workflow_context={
+                stage_id: await resolve_outputs(self._store, task.run_id, value)
+                for stage_id, value in task.context.items()
+            },
             resume_state=task.suspended_state,
             storage=storage,
             limits=self._limits,
@@ -156,9 +164,9 @@ class StageActivities:
         if isinstance(result, StageResult):
             metrics = _custom_metrics(result.custom_metrics)
             result = result.output
-        return self._completed(stage, result, ctx, outcome, metrics)
+        return await self._completed(stage, result, ctx, outcome, metrics)
 
-    def _completed(
+    async def _completed(
         self,
         stage: Stage[Any, Any, Any],
         raw_output: Any,
@@ -176,7 +184,7 @@ class StageActivities:
                     error=f"Stage {stage.id} produced no output, but its output model "
                     f"{stage.output_model.__name__} requires: {', '.join(required)}",
                 )
-            raw_output = {}
+            return outcome("completed", buffered, output=None, metrics=metrics)
         try:
             output = stage.dump_output(stage.parse_output(raw_output))
         except ValidationError as exc:
@@ -185,6 +193,9 @@ class StageActivities:
                 buffered,
                 error=f"Invalid output of stage {stage.id}: {describe_validation(exc)}",
             )
+        output = await offload_output(
+            self._store, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
+        )
         return outcome("completed", buffered, output=output, metrics=metrics)
 
     @activity.defn(name="wfe.check_completion")
@@ -202,6 +213,7 @@ class StageActivities:
                 logs=buffered.logs if buffered else [],
                 annotations=buffered.drafts if buffered else [],
                 progress=buffered.progress if buffered else [],
+                ai_calls=buffered.ai_calls if buffered else [],
                 **fields,
             )
 
@@ -230,7 +242,7 @@ class StageActivities:
             limits=self._limits,
         )
         if task.resume_output is not None:
-            return self._completed(stage, task.resume_output, ctx, outcome, {})
+            return await self._completed(stage, task.resume_output, ctx, outcome, {})
         try:
             check = await _call(stage.check_completion, task.suspended_state, ctx)
         except Exception as exc:
@@ -245,7 +257,7 @@ class StageActivities:
         if check.error is not None:
             return outcome("failed", ctx, error=check.error)
         if check.ready:
-            return self._completed(
+            return await self._completed(
                 stage, check.output, ctx, outcome, _custom_metrics(check.metrics)
             )
         return outcome("not_ready", ctx, next_check_in=check.next_check_in)

@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from temporalio import activity
 
+from engine.ai_calls import AICall
 from engine.annotations import AnnotationBuffer, AnnotationLimits
 from engine.errors import StageNotFoundError
 from engine.payloads import LogDraft, ProgressDraft
@@ -22,10 +23,17 @@ CfgT = TypeVar("CfgT")
 class _Buffered(AnnotationBuffer):
     """Logs, progress and annotations, buffered until the outcome commit."""
 
+    workflow_run_id: str
+
     def __init__(self, limits: AnnotationLimits) -> None:
         super().__init__(limits)
         self.logs: list[LogDraft] = []
         self.progress: list[ProgressDraft] = []
+        self.ai_calls: list[AICall] = []
+
+    def record_ai_call(self, call: AICall) -> None:
+        """Buffer an AI call; its cost and tokens add to the stage's ``total_*`` metrics."""
+        self.ai_calls.append(call)
 
     def log(self, level: str, message: str, metadata: dict[str, Any] | None = None) -> None:
         """Buffer a log line (``DEBUG``, ``INFO``, ``WARN`` or ``ERROR``)."""

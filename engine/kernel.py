@@ -56,6 +56,7 @@ from engine.search_attributes import (
     WORKFLOW_ID_ATTRIBUTE,
 )
 from engine.settings import Settings
+from engine.storage import resolve_outputs
 from engine.store import SqlStore
 from engine.store.runs import NewRun
 from engine.workflows import Workflow
@@ -96,6 +97,7 @@ class Kernel:
         event_sink: EventSink | None = None,
         projected_keys: Mapping[str, str] = DEFAULT_PROJECTED_KEYS,
         continue_as_new_after_events: int = 10_000,
+        large_output_bytes: int = 256 * 1024,
     ) -> None:
         if client.data_converter is not pydantic_data_converter:
             config = client.config()
@@ -117,6 +119,8 @@ class Kernel:
         self.projected_keys = dict(projected_keys)
         """Annotation keys copied into Keyword search attributes of the run's workflow."""
         self.continue_as_new_after_events = continue_as_new_after_events
+        self.large_output_bytes = large_output_bytes
+        """Stage outputs larger than this (JSON bytes) travel to Temporal by reference."""
         """Where ``OutboxFlush`` publishes events (``None``: marks them published)."""
         self._search_attributes: bool | None = None
         self._owns: list[Any] = []
@@ -392,8 +396,12 @@ class Kernel:
     # -- reads --------------------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> RunRecord:
-        """The run; raises :class:`RunNotFoundError`."""
-        return await self.store.get_run(run_id)
+        """The run, its output resolved if stored by reference; raises RunNotFoundError."""
+        return await self._resolved(await self.store.get_run(run_id))
+
+    async def _resolved(self, run: RunRecord) -> RunRecord:
+        output = await resolve_outputs(self.store, run.id, run.output)
+        return run if output is run.output else run.model_copy(update={"output": output})
 
     async def list_stages(self, run_id: str) -> list[StageRecord]:
         """The run's stage records in execution order."""
@@ -421,7 +429,7 @@ class Kernel:
         while True:
             run = await self.store.get_run(run_id)
             if run.status in TERMINAL_STATUSES:
-                return run
+                return await self._resolved(run)
             if loop.time() >= deadline:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}")
             await asyncio.sleep(delay)

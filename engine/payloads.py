@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from engine.ai_calls import AICall
 from engine.annotations import AnnotationDraft
 
 __all__ = [
@@ -171,6 +172,7 @@ class StageOutcome(BaseModel):
     logs: list[LogDraft] = Field(default_factory=list)
     annotations: list[AnnotationDraft] = Field(default_factory=list)
     progress: list[ProgressDraft] = Field(default_factory=list)
+    ai_calls: list[AICall] = Field(default_factory=list)
 
 
 class StageCommit(BaseModel):

@@ -24,7 +24,9 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
     # of a module that ``engine/__init__`` loads would be circular.
     from temporal_workflows.run import RunWorkflow
 
-    stages = StageActivities(kernel.store, kernel.workflows, kernel.annotation_limits)
+    stages = StageActivities(
+        kernel.store, kernel.workflows, kernel.annotation_limits, kernel.large_output_bytes
+    )
     runs = RunActivities(kernel.store, kernel.workflows)
     options: dict[str, Any] = {
         "task_queue": kernel.task_queue,

@@ -1,5 +1,6 @@
 """The SQL side-store: what users query beside the Temporal UI."""
 
+from engine.store.ai_call_rows import SqlAICallLogger
 from engine.store.sql_store import SqlStore
 
-__all__ = ["SqlStore"]
+__all__ = ["SqlAICallLogger", "SqlStore"]

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from engine.ids import new_id
 from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 from engine.records import TERMINAL_STATUSES, RunStatus
+from engine.store.ai_call_rows import add_ai_calls
 from engine.store.annotation_rows import RowContext
 from engine.store.models import WorkflowLog, WorkflowStage
 from engine.store.runs import NewStage, claim_idempotency, open_stages, write_annotations
@@ -188,6 +189,22 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
             events.append(("workflow:suspended", {"stage_id": spec.stage_id}))
         else:
             record.poll_count += 1
+    if outcome.ai_calls:
+        add_ai_calls(
+            session,
+            outcome.ai_calls,
+            workflow_run_id=commit.run_id,
+            stage_id=spec.stage_id,
+            now=now,
+        )
+        metrics = dict(record.metrics or {})
+        metrics["total_cost"] = float(metrics.get("total_cost", 0) or 0) + sum(
+            c.cost for c in outcome.ai_calls
+        )
+        metrics["total_tokens"] = int(metrics.get("total_tokens", 0) or 0) + sum(
+            c.input_tokens + c.output_tokens for c in outcome.ai_calls
+        )
+        record.metrics = metrics
     where = RowContext(
         commit.run_id, "stage", spec.stage_id, stage_record_id=record.id, attempt=record.attempt
     )
