@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.errors import describe_validation, error_message
+from activities.shield import finish_transaction
 from engine.annotations import AnnotationLimits
 from engine.context import CompletionContext, StageContext, _Buffered
 from engine.payloads import StageOutcome, StageTask
@@ -86,7 +87,9 @@ class StageActivities:
     async def execute_stage(self, task: StageTask) -> StageOutcome:
         """Mark the stage RUNNING, run ``execute``, and return its buffered outcome."""
         stage = self._stage(task)
-        record_id = await self._store.begin_stage(task.run_id, task.stage, task.attempt)
+        record_id = await finish_transaction(
+            self._store.begin_stage(task.run_id, task.stage, task.attempt)
+        )
         if record_id is None:
             return StageOutcome(status="skipped")
         started_at = datetime.now(UTC)
