@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 from engine.conventions import TypedKey
 from engine.errors import AnnotationError
@@ -27,6 +28,7 @@ __all__ = [
     "AnnotationLimits",
     "RunCreateAnnotation",
     "build_drafts",
+    "check_text",
     "typed_columns",
 ]
 
@@ -50,6 +52,12 @@ class Actor(BaseModel):
 
 class RunCreateAnnotation(BaseModel):
     """An annotation envelope given at run creation (``RunCreate.annotations``)."""
+
+    # Like the commands: dict input may use the original camelCase (``idempotencyKey``,
+    # ``emitEvent``), and a misspelt field is an error rather than silently dropped.
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid"
+    )
 
     attributes: dict[str, Any]
     actor: Actor | None = None
@@ -78,6 +86,10 @@ class AnnotationLimits:
     max_payload_bytes: int = 1024 * 1024
     strict_keys: bool = False
     """Enforce lowercase dot-delimited keys (off by default, as in the original)."""
+    max_buffer_bytes: int = 1536 * 1024
+    """Budget of everything one stage execution (or one poll) buffers: the buffer crosses
+    Temporal inside the activity result, which Temporal refuses past 2 MB (a run would hang
+    retrying). A batch's payload counts once per attribute, as each row carries it."""
 
 
 DEFAULT_LIMITS = AnnotationLimits()
@@ -115,6 +127,20 @@ def _check_key(key: Any, limits: AnnotationLimits) -> str:
     return key
 
 
+def check_text(what: str, text: str | None, max_length: int) -> None:
+    """Refuse a string column value the side-store cannot hold on every backend.
+
+    Raises:
+        AnnotationError: ``text`` is longer than ``max_length`` characters or contains NUL.
+    """
+    if text is None:
+        return
+    if len(text) > max_length:
+        raise AnnotationError(f"annotation {what} is {len(text)} characters (max {max_length})")
+    if "\x00" in text:
+        raise AnnotationError(f"annotation {what} contains a NUL character")
+
+
 def build_drafts(
     attributes: Mapping[str, Any],
     *,
@@ -139,6 +165,13 @@ def build_drafts(
             )
     if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
         raise AnnotationError("idempotency_key must be 1 to 255 characters")
+    check_text("idempotency_key", idempotency_key, 255)
+    if actor is not None:
+        # Checked here, not left to the database: on PostgreSQL an over-long or NUL-bearing
+        # column fails the commit (retried forever on the stage path); SQLite would store it.
+        check_text("actor.kind", actor.kind, 64)
+        check_text("actor.id", actor.id, 255)
+        check_text("actor.version", actor.version, 255)
     drafts = []
     for raw_key, value in attributes.items():
         key = _check_key(raw_key, limits)
@@ -168,7 +201,10 @@ def typed_columns(value: Any) -> tuple[str | None, float | None, bool | None]:
     if isinstance(value, bool):
         return None, None, value
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range: stored, just not number-indexed
+            return None, None, None
         return None, (number if math.isfinite(number) else None), None
     if isinstance(value, str) and len(value) <= TEXT_INDEX_LIMIT:
         return value, None, None
@@ -181,6 +217,8 @@ class AnnotationBuffer:
     def __init__(self, limits: AnnotationLimits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.drafts: list[AnnotationDraft] = []
+        self.buffered_bytes = 0
+        """Approximate size of ``drafts`` as they cross Temporal (see ``max_buffer_bytes``)."""
 
     @overload
     def annotate(
@@ -246,13 +284,26 @@ class AnnotationBuffer:
             batch = {key: value}
         else:
             raise AnnotationError(f"annotation key must be a string or TypedKey, got {key!r}")
-        self.drafts.extend(
-            build_drafts(
-                batch,
-                actor=actor,
-                payload=payload,
-                idempotency_key=idempotency_key,
-                emit_event=emit_event,
-                limits=self.limits,
-            )
+        drafts = build_drafts(
+            batch,
+            actor=actor,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            emit_event=emit_event,
+            limits=self.limits,
         )
+        if not drafts:
+            return
+        payload_bytes = 0 if payload is None else _json_size("payload", "<payload>", payload)
+        added = sum(
+            len(d.key) + _json_size("value", d.key, d.value) + payload_bytes for d in drafts
+        )
+        if self.buffered_bytes + added > self.limits.max_buffer_bytes:
+            raise AnnotationError(
+                f"annotations buffered by this stage would reach {self.buffered_bytes + added} "
+                f"bytes (max {self.limits.max_buffer_bytes} per execution or poll; a batch's "
+                f"payload counts once per attribute): first key {drafts[0].key!r}",
+                key=drafts[0].key,
+            )
+        self.buffered_bytes += added
+        self.drafts.extend(drafts)

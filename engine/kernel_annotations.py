@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine.annotations import Actor, AnnotationLimits, build_drafts
+from engine.annotations import Actor, AnnotationLimits, build_drafts, check_text
 from engine.records import Annotation
 from engine.store import SqlStore
 from engine.store.annotation_rows import (
@@ -61,6 +61,8 @@ class KernelAnnotations:
             RunNotFoundError: no such run (nothing is written).
             AnnotationError: a bad key, value or payload (nothing is written).
         """
+        check_text("scope", scope, 64)
+        check_text("scope_id", scope_id, 255)
         drafts = build_drafts(
             attributes,
             actor=actor,
@@ -165,3 +167,19 @@ class KernelAnnotations:
         return await self._store.count_runs(
             pairs, since=since, until=until, workflow_id=workflow_id
         )
+
+    async def migrate_legacy(self, batch_size: int = 500) -> int:
+        """Store every run's deprecated ``metadata`` as ``legacy.metadata.*`` annotations.
+
+        What ``wfe annotations migrate-legacy`` runs: complete per run (one transaction per
+        run), idempotent (runs already migrated are skipped), ``batch_size`` runs read at a
+        time. The run's ``metadata`` stays; listing then shows the stored rows instead of
+        virtual ones.
+
+        Returns:
+            How many runs this call migrated (0 when run again).
+
+        Raises:
+            ValueError: ``batch_size`` is below 1.
+        """
+        return await self._store.migrate_legacy_metadata(batch_size)

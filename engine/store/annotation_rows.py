@@ -24,6 +24,7 @@ __all__ = [
     "LEGACY_PREFIX",
     "count_runs",
     "insert_annotations",
+    "insert_drafts",
     "list_annotations",
     "query_annotations",
 ]
@@ -55,6 +56,17 @@ async def insert_annotations(
     Returns the rows actually inserted, in draft order; deduplicated drafts are left out so
     that callers emit ``annotation:created`` only for what was stored.
     """
+    return [row for _, row in await insert_drafts(session, drafts, where, now)]
+
+
+async def insert_drafts(
+    session: AsyncSession,
+    drafts: Sequence[AnnotationDraft],
+    where: RowContext,
+    now: datetime,
+) -> list[tuple[AnnotationDraft, Annotation]]:
+    """Like :func:`insert_annotations`, pairing each inserted row with its draft (whose
+    ``emit_event`` says whether that row, and only that row, gets an event)."""
     if not drafts:
         return []
     rows: list[dict[str, Any]] = []
@@ -82,16 +94,26 @@ async def insert_annotations(
             }
         )
     table = WorkflowAnnotation.__table__
-    inserted: set[str] = set()
-    # One statement per row: a batch may repeat a (key, idempotency key) pair, and a
-    # multi-row ON CONFLICT on PostgreSQL refuses to touch the same row twice.
+    # One multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id for the whole batch
+    # (executemany, sent as one statement by SQLAlchemy's insertmanyvalues; one statement per
+    # row cost ~1 ms each). A (key, idempotency key) pair repeated within the batch is
+    # dropped here first, keeping the first, as the unique constraint would have.
+    seen: set[tuple[str, str]] = set()
+    batch: list[dict[str, Any]] = []
     for row in rows:
-        result = await session.execute(
-            insert_ignore(session, table).values(row).returning(table.c.id)
-        )
-        if result.scalar_one_or_none() is not None:
-            inserted.add(row["id"])
-    return [Annotation.model_validate(row) for row in rows if row["id"] in inserted]
+        if row["idempotency_key"] is not None:
+            pair = (row["key"], row["idempotency_key"])
+            if pair in seen:
+                continue
+            seen.add(pair)
+        batch.append(row)
+    result = await session.execute(insert_ignore(session, table).returning(table.c.id), batch)
+    inserted = set(result.scalars().all())
+    return [
+        (draft, Annotation.model_validate(row))
+        for draft, row in zip(drafts, rows, strict=True)
+        if row["id"] in inserted
+    ]
 
 
 @dataclass(frozen=True)

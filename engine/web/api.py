@@ -1,0 +1,536 @@
+"""The JSON API under ``/api``: runs, stages, logs, outbox events and annotations.
+
+Reads are open; writes (``POST``) need ``Authorization: Bearer <WFE_API_TOKEN>`` (see
+:func:`~engine.web.state.require_token`). Errors answer with an
+:class:`~engine.web.state.ErrorBody` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
+from temporalio.service import RPCError
+
+from engine.annotations import Actor, RunCreateAnnotation
+from engine.commands import (
+    RunCancel,
+    RunCancelResult,
+    RunCreate,
+    RunCreateResult,
+    RunRerunFrom,
+    RunRerunFromResult,
+)
+from engine.errors import AnnotationError, EngineError
+from engine.kernel import Kernel
+from engine.records import (
+    Annotation,
+    LogRecord,
+    OutboxEventRecord,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+)
+from engine.store.annotation_rows import MAX_QUERY_LIMIT, decode_cursor
+from engine.store.run_queries import (
+    MAX_PAGE_SIZE,
+    InvalidCursorError,
+    RunFilters,
+    list_runs,
+)
+from engine.web.state import (
+    ApiError,
+    ErrorBody,
+    WebState,
+    as_utc,
+    engine_error,
+    get_state,
+    parse_annotation_filters,
+    parse_filter_value,
+    require_token,
+    validation_error,
+)
+
+__all__ = ["router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": description}
+    for code, description in [
+        (404, "No such run"),
+        (422, "A request field is invalid (the body names it)"),
+    ]
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
+    403: {"model": ErrorBody, "description": "Writes are disabled (no API token configured)"},
+}
+
+router = APIRouter(prefix="/api", responses=_ERRORS)
+State = Annotated[WebState, Depends(get_state)]
+RunId = Annotated[str, Path(description="The run's id.", max_length=64)]
+Limit = Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size (1 to {MAX_PAGE_SIZE}).")
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunPageBody(BaseModel):
+    """One page of runs, newest first."""
+
+    items: list[RunRecord]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page; ``null`` on the last page."""
+
+
+class RunLinks(BaseModel):
+    """Where else the run can be seen."""
+
+    viewer: str
+    """The run page of the viewer (path on this server)."""
+    temporal_ui: str
+    """The run's first workflow execution in the Temporal UI."""
+    temporal_ui_executions: dict[str, str]
+    """Every execution in the Temporal UI: ``"0"`` the first, ``"1"`` its first rerun, ..."""
+
+
+class RunDetail(BaseModel):
+    """One run with its stage records."""
+
+    run: RunRecord
+    stages: list[StageRecord]
+    links: RunLinks
+
+
+class StageList(BaseModel):
+    """A run's stage records in execution order."""
+
+    items: list[StageRecord]
+
+
+class LogList(BaseModel):
+    """A run's log lines, oldest first."""
+
+    items: list[LogRecord]
+
+
+class EventList(BaseModel):
+    """A run's outbox events in sequence order."""
+
+    items: list[OutboxEventRecord]
+
+
+class AnnotationList(BaseModel):
+    """Annotations, oldest first."""
+
+    items: list[Annotation]
+
+
+class AnnotationPageBody(BaseModel):
+    """One page of the cross-run annotation query, oldest first."""
+
+    items: list[Annotation]
+    next_cursor: str | None = None
+
+
+class AnnotationEnvelope(_Body):
+    """Annotations given at run creation: one row per attribute, sharing actor and payload."""
+
+    attributes: dict[str, Any] = Field(min_length=1)
+    actor: Actor | None = None
+    payload: Any = None
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    emit_event: bool = False
+
+
+class CreateRunBody(_Body):
+    """``POST /api/runs``: create a run of a workflow the server's kernel registers."""
+
+    workflow_id: str = Field(min_length=1, max_length=255)
+    input: Any = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 5
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    """Repeats with the same key return the same run."""
+    annotations: list[AnnotationEnvelope] = Field(default_factory=list)
+
+
+class CancelRunBody(_Body):
+    """``POST /api/runs/{run_id}/cancel``."""
+
+    reason: str | None = Field(default=None, max_length=10_000)
+
+
+class RerunBody(_Body):
+    """``POST /api/runs/{run_id}/rerun``: rerun a COMPLETED or FAILED run from a stage on."""
+
+    from_stage_id: str = Field(min_length=1, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class AttachBody(_Body):
+    """``POST /api/runs/{run_id}/annotations``: all attributes are stored, or none."""
+
+    attributes: dict[str, Any] = Field(min_length=1)
+    actor: Actor | None = None
+    scope: str = "run"
+    scope_id: str | None = None
+    workflow_stage_record_id: str | None = None
+    attempt: int = Field(default=0, ge=0)
+    payload: Any = None
+    idempotency_key: str | None = None
+    """A repeat with the same key (per attribute key) stores nothing and returns no rows."""
+    emit_event: bool = False
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _kernel(state: WebState) -> Kernel:
+    if state.kernel is None:
+        raise ApiError(
+            503,
+            "no_temporal_client",
+            "this server reads the side-store only: it was started without a Temporal client",
+        )
+    return state.kernel
+
+
+def _temporal_unavailable(exc: RPCError) -> ApiError:
+    return ApiError(503, "temporal_unavailable", f"Temporal server: {exc.message}")
+
+
+async def _dispatch(kernel: Kernel, command: Any, *, annotations_field: str | None = None) -> Any:
+    try:
+        return await kernel.dispatch(command)
+    except AnnotationError as exc:
+        raise engine_error(exc, field=annotations_field) from None
+    except EngineError as exc:
+        raise engine_error(exc) from None
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+    except RPCError as exc:
+        raise _temporal_unavailable(exc) from None
+
+
+async def _existing(state: WebState, run_id: str) -> RunRecord:
+    try:
+        return await state.store.get_run(run_id)
+    except EngineError as exc:
+        raise engine_error(exc) from None
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+@router.get("/runs", response_model=RunPageBody, summary="List runs, newest first")
+async def get_runs(
+    state: State,
+    workflow_id: Annotated[str | None, Query(description="Only runs of this workflow.")] = None,
+    run_status: Annotated[
+        list[RunStatus] | None,
+        Query(alias="status", description="Only runs in any of these statuses (repeatable)."),
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="Created at or after (ISO 8601; no zone: UTC).")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="Created before (ISO 8601; no zone: UTC).")
+    ] = None,
+    annotation: Annotated[
+        list[str] | None,
+        Query(
+            description="key=value: only runs carrying this annotation (repeatable, all must "
+            'hold). The value is JSON when it parses (true, 4, "4"), else text.'
+        ),
+    ] = None,
+    limit: Annotated[int, Limit] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> RunPageBody:
+    """Runs matching every given filter, newest first, one page at a time."""
+    filters = RunFilters(
+        workflow_id=workflow_id,
+        statuses=tuple(run_status or ()),
+        created_after=as_utc(created_after),
+        created_before=as_utc(created_before),
+        annotations=parse_annotation_filters(annotation or (), field="annotation"),
+    )
+    try:
+        page = await list_runs(state.store, filters, limit=limit, cursor=cursor)
+    except InvalidCursorError as exc:
+        raise ApiError(422, "invalid_request", str(exc), field="cursor") from None
+    return RunPageBody(items=page.items, next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/runs",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RunCreateResult,
+    response_model_by_alias=False,
+    dependencies=[Depends(require_token)],
+    responses={**_WRITE_ERRORS, 503: {"model": ErrorBody, "description": "Temporal unavailable"}},
+    summary="Create a run",
+)
+async def create_run(state: State, body: CreateRunBody) -> RunCreateResult:
+    """Create a run and start its Temporal workflow (``RunCreate`` through ``kernel.dispatch``).
+
+    Everything is validated (workflow, input, config, annotations) before anything is written.
+    """
+    kernel = _kernel(state)
+    command = RunCreate(
+        workflow_id=body.workflow_id,
+        input=body.input,
+        config=body.config,
+        priority=body.priority,
+        idempotency_key=body.idempotency_key,
+        annotations=[
+            RunCreateAnnotation(
+                attributes=envelope.attributes,
+                actor=envelope.actor,
+                payload=envelope.payload,
+                idempotency_key=envelope.idempotency_key,
+                emit_event=envelope.emit_event,
+            )
+            for envelope in body.annotations
+        ],
+    )
+    result: RunCreateResult = await _dispatch(kernel, command, annotations_field="annotations")
+    return result
+
+
+@router.get("/runs/{run_id}", response_model=RunDetail, summary="One run with its stages")
+async def get_run(state: State, run_id: RunId) -> RunDetail:
+    """The run, its stage records in execution order, and links to the viewer and Temporal."""
+    run = await _existing(state, run_id)
+    stages = await state.store.list_stages(run_id)
+    last = max((stage.attempt for stage in stages), default=0)
+    return RunDetail(
+        run=run,
+        stages=stages,
+        links=RunLinks(
+            viewer=f"/runs/{run_id}",
+            temporal_ui=state.temporal_url(run_id),
+            temporal_ui_executions={
+                str(attempt): state.temporal_url(run_id, attempt) for attempt in range(last + 1)
+            },
+        ),
+    )
+
+
+@router.get("/runs/{run_id}/stages", response_model=StageList, summary="A run's stages")
+async def get_stages(state: State, run_id: RunId) -> StageList:
+    """The run's stage records in execution order."""
+    try:
+        return StageList(items=await state.store.list_stages(run_id))
+    except EngineError as exc:
+        raise engine_error(exc) from None
+
+
+@router.get("/runs/{run_id}/logs", response_model=LogList, summary="A run's logs")
+async def get_logs(state: State, run_id: RunId) -> LogList:
+    """The run's log lines (``ctx.log``), oldest first."""
+    try:
+        return LogList(items=await state.store.list_logs(run_id))
+    except EngineError as exc:
+        raise engine_error(exc) from None
+
+
+@router.get("/runs/{run_id}/events", response_model=EventList, summary="A run's outbox events")
+async def get_events(state: State, run_id: RunId) -> EventList:
+    """The run's outbox events in sequence order, published or not."""
+    try:
+        return EventList(items=await state.store.list_outbox_events(run_id))
+    except EngineError as exc:
+        raise engine_error(exc) from None
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=RunCancelResult,
+    response_model_by_alias=False,
+    dependencies=[Depends(require_token)],
+    responses=_WRITE_ERRORS,
+    summary="Cancel a run",
+)
+async def cancel_run(
+    state: State, run_id: RunId, body: CancelRunBody | None = None
+) -> RunCancelResult:
+    """Cancel a PENDING or RUNNING run; ``cancelled`` is false for a run already terminal."""
+    kernel = _kernel(state)
+    await _existing(state, run_id)
+    command = RunCancel(workflow_run_id=run_id, reason=body.reason if body else None)
+    result: RunCancelResult = await _dispatch(kernel, command)
+    return result
+
+
+@router.post(
+    "/runs/{run_id}/rerun",
+    response_model=RunRerunFromResult,
+    response_model_by_alias=False,
+    dependencies=[Depends(require_token)],
+    responses={**_WRITE_ERRORS, 409: {"model": ErrorBody, "description": "Run not rerunnable"}},
+    summary="Rerun a run from a stage",
+)
+async def rerun_run(state: State, run_id: RunId, body: RerunBody) -> RunRerunFromResult:
+    """Rerun a COMPLETED or FAILED run from ``from_stage_id``'s group on (a new attempt)."""
+    kernel = _kernel(state)
+    await _existing(state, run_id)
+    command = RunRerunFrom(
+        workflow_run_id=run_id,
+        from_stage_id=body.from_stage_id,
+        idempotency_key=body.idempotency_key,
+    )
+    result: RunRerunFromResult = await _dispatch(kernel, command)
+    return result
+
+
+# -- annotations ------------------------------------------------------------------------------
+
+
+@router.get(
+    "/runs/{run_id}/annotations", response_model=AnnotationList, summary="A run's annotations"
+)
+async def get_annotations(
+    state: State,
+    run_id: RunId,
+    key: Annotated[str | None, Query(description="Exactly this key.")] = None,
+    key_prefix: Annotated[
+        str | None, Query(description="Keys starting with this (literal, case-sensitive).")
+    ] = None,
+    scope: Annotated[str | None, Query(description='"run" or "stage".')] = None,
+    scope_id: Annotated[str | None, Query(description="E.g. the stage id.")] = None,
+    actor_id: Annotated[str | None, Query()] = None,
+    actor_kind: Annotated[str | None, Query()] = None,
+    attempt: Annotated[int | None, Query(ge=0, description="Rerun generation.")] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+    until: Annotated[datetime | None, Query(description="Created at or before.")] = None,
+    limit: Annotated[int, Limit] = MAX_PAGE_SIZE,
+) -> AnnotationList:
+    """The run's annotations matching every given filter, oldest first (``annotations.list``)."""
+    try:
+        items = await state.annotations.list(
+            run_id,
+            key=key,
+            key_prefix=key_prefix,
+            scope=scope,
+            scope_id=scope_id,
+            actor_id=actor_id,
+            actor_kind=actor_kind,
+            attempt=attempt,
+            since=as_utc(since),
+            until=as_utc(until),
+            limit=limit,
+        )
+    except EngineError as exc:
+        raise engine_error(exc) from None
+    return AnnotationList(items=items)
+
+
+@router.post(
+    "/runs/{run_id}/annotations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AnnotationList,
+    dependencies=[Depends(require_token)],
+    responses=_WRITE_ERRORS,
+    summary="Attach annotations to a run",
+)
+async def attach_annotations(state: State, run_id: RunId, body: AttachBody) -> AnnotationList:
+    """Attach annotations to a run of any status in one transaction (``annotations.attach``).
+
+    Returns the rows inserted: rows deduplicated by ``idempotency_key`` are left out.
+    """
+    await _existing(state, run_id)
+    if body.workflow_stage_record_id is not None:
+        records = {stage.id for stage in await state.store.list_stages(run_id)}
+        if body.workflow_stage_record_id not in records:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"run {run_id} has no stage record {body.workflow_stage_record_id!r}",
+                field="workflow_stage_record_id",
+            )
+    try:
+        inserted = await state.annotations.attach(
+            run_id,
+            attributes=body.attributes,
+            actor=body.actor,
+            scope=body.scope,
+            scope_id=body.scope_id,
+            workflow_stage_record_id=body.workflow_stage_record_id,
+            attempt=body.attempt,
+            payload=body.payload,
+            idempotency_key=body.idempotency_key,
+            emit_event=body.emit_event,
+        )
+    except EngineError as exc:
+        raise engine_error(exc) from None
+    except IntegrityError:  # the stage record went away (a rerun) between check and write
+        raise ApiError(
+            409,
+            "conflict",
+            "the stage record was replaced while attaching; nothing was written",
+            field="workflow_stage_record_id",
+        ) from None
+    return AnnotationList(items=inserted)
+
+
+@router.get(
+    "/annotations",
+    response_model=AnnotationPageBody,
+    summary="Query annotations across runs",
+)
+async def query_annotations(
+    state: State,
+    key: Annotated[str | None, Query(description="Exactly this key.")] = None,
+    value: Annotated[
+        str | None,
+        Query(description='With key: this value (JSON when it parses: true, 4, "4"; else text).'),
+    ] = None,
+    key_prefix: Annotated[str | None, Query(description="Keys starting with this.")] = None,
+    workflow_id: Annotated[str | None, Query(description="Only runs of this workflow.")] = None,
+    actor_id: Annotated[str | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+    until: Annotated[datetime | None, Query(description="Created at or before.")] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_QUERY_LIMIT, description="Page size (1 to 1000).")
+    ] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> AnnotationPageBody:
+    """Annotations across runs, oldest first (``annotations.query``)."""
+    typed: Any = None
+    if value is not None:
+        typed = parse_filter_value(value)
+        if isinstance(typed, dict | list) or typed is None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"value compares as a string, number or boolean, got {value!r}",
+                field="value",
+            )
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except AnnotationError:
+            raise ApiError(422, "invalid_request", "invalid cursor", field="cursor") from None
+    try:
+        page = await state.annotations.query(
+            key=key,
+            value=typed,
+            key_prefix=key_prefix,
+            workflow_id=workflow_id,
+            actor_id=actor_id,
+            since=as_utc(since),
+            until=as_utc(until),
+            limit=limit,
+            cursor=cursor,
+        )
+    except EngineError as exc:
+        raise engine_error(exc, field="value") from None
+    return AnnotationPageBody(items=page.items, next_cursor=page.next_cursor)

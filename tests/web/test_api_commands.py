@@ -1,0 +1,140 @@
+"""Create, cancel and rerun through the HTTP API, on a real Temporal dev server (both backends)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from engine import (
+    CompletionCheck,
+    RunStatus,
+    Suspend,
+    define_async_batch_stage,
+    define_workflow,
+)
+from engine.web import create_app
+from tests.helpers import running_kernel, triage_workflow
+from tests.web.support import api_client
+
+TOKEN = "command-token"
+VIEWER = "http://viewer.test:8000"
+
+
+def parked_workflow() -> Any:
+    """One async-batch stage that suspends for an hour: its run stays RUNNING until cancelled."""
+
+    async def submit(ctx: Any) -> Suspend:
+        return Suspend(state={"job": 1}, poll_interval=timedelta(hours=1))
+
+    async def check(state: dict[str, Any], ctx: Any) -> CompletionCheck:
+        return CompletionCheck(ready=False)
+
+    stage = define_async_batch_stage(
+        id="wait", input=None, output=None, execute=submit, check_completion=check
+    )
+    return define_workflow(id="parked").pipe(stage).build()
+
+
+async def _run_count(api: Any) -> int:
+    return len((await api.get("/api/runs", params={"limit": 1000})).json()["items"])
+
+
+async def test_create_rerun_cancel_through_the_api(env, store):
+    async with running_kernel(
+        env, store, triage_workflow(), parked_workflow(), viewer_url=VIEWER
+    ) as kernel:
+        app = create_app(kernel, api_token=TOKEN)
+        async with api_client(app, TOKEN) as api:
+            body = {
+                "workflow_id": "ticket-triage",
+                "input": {"text": "urgent: printer on fire"},
+                "config": {"classify": {"threshold": 0.7}},
+                "idempotency_key": "ticket-42",
+                "annotations": [
+                    {
+                        "attributes": {"trigger.source": "api", "trigger.reason": "test"},
+                        "actor": {"kind": "service", "id": "helpdesk"},
+                        "emit_event": True,
+                    }
+                ],
+            }
+            created = await api.post("/api/runs", json=body)
+            assert created.status_code == 201, created.text
+            result = created.json()
+            run_id = result["workflow_run_id"]
+            assert set(result) == {"workflow_run_id", "status"}
+            again = await api.post("/api/runs", json=body)
+            assert again.status_code == 201 and again.json()["workflow_run_id"] == run_id
+
+            run = await kernel.wait_for_run(run_id, timeout=timedelta(seconds=30))
+            assert run.status == RunStatus.COMPLETED, await kernel.list_stages(run_id)
+            triggers = await kernel.annotations.list(run_id, key_prefix="trigger.")
+            assert {(a.key, a.value, a.actor_id) for a in triggers} == {
+                ("trigger.source", "api", "helpdesk"),
+                ("trigger.reason", "test", "helpdesk"),
+            }
+            # The Temporal side links back to the viewer page of the run.
+            description = await kernel.client.get_workflow_handle(f"wfe-run-{run_id}").describe()
+            assert f"{VIEWER}/runs/{run_id}" in (await description.static_details() or "")
+
+            # Bad commands: 422 naming the field, and nothing written.
+            before = await _run_count(api)
+            for bad, field in [
+                ({**body, "workflow_id": "nope", "idempotency_key": None}, "workflow_id"),
+                ({**body, "input": {"txt": "x"}, "idempotency_key": None}, "input"),
+                ({**body, "config": {"nostage": {}}, "idempotency_key": None}, "config"),
+                (
+                    {**body, "annotations": [{"attributes": {"": 1}}], "idempotency_key": None},
+                    "annotations",
+                ),
+                ({**body, "annotations": [{"attributes": {"k": 1}, "x": 1}]}, "annotations.0.x"),
+                ({"input": {}}, "workflow_id"),
+                ({**body, "priority": "high"}, "priority"),
+            ]:
+                response = await api.post("/api/runs", json=bad)
+                assert response.status_code == 422, response.text
+                assert response.json()["field"] == field, response.json()
+            assert await _run_count(api) == before
+
+            # Rerun from the last group: a new attempt of `route`, a new Temporal workflow.
+            rerun = await api.post(f"/api/runs/{run_id}/rerun", json={"from_stage_id": "route"})
+            assert rerun.status_code == 200, rerun.text
+            assert rerun.json() == {
+                "workflow_run_id": run_id,
+                "from_stage_id": "route",
+                "deleted_stages": ["route"],
+            }
+            run = await kernel.wait_for_run(run_id, timeout=timedelta(seconds=30))
+            assert run.status == RunStatus.COMPLETED
+            detail = (await api.get(f"/api/runs/{run_id}")).json()
+            attempts = {s["stage_id"]: s["attempt"] for s in detail["stages"]}
+            assert attempts == {"classify": 0, "notify": 0, "enrich": 0, "route": 1}
+            assert detail["links"]["temporal_ui_executions"]["1"].endswith(
+                f"/workflows/wfe-run-{run_id}-rerun-1"
+            )
+            unknown_stage = await api.post(
+                f"/api/runs/{run_id}/rerun", json={"from_stage_id": "nope"}
+            )
+            assert unknown_stage.status_code == 422
+            assert unknown_stage.json()["field"] == "from_stage_id"
+            missing = await api.post("/api/runs/missing/rerun", json={"from_stage_id": "route"})
+            assert missing.status_code == 404 and missing.json()["field"] == "run_id"
+
+            # A terminal run is not cancelled; a running one is, and is not rerunnable meanwhile.
+            terminal = await api.post(f"/api/runs/{run_id}/cancel", json={"reason": "late"})
+            assert terminal.status_code == 200 and terminal.json() == {"cancelled": False}
+            parked = await api.post("/api/runs", json={"workflow_id": "parked", "input": None})
+            parked_id = parked.json()["workflow_run_id"]
+            busy = await api.post(f"/api/runs/{parked_id}/rerun", json={"from_stage_id": "wait"})
+            assert busy.status_code == 409 and busy.json()["error"] == "invalid_state"
+            cancel = await api.post(f"/api/runs/{parked_id}/cancel", json={"reason": "no need"})
+            assert cancel.status_code == 200 and cancel.json() == {"cancelled": True}
+            cancelled = await kernel.wait_for_run(parked_id, timeout=timedelta(seconds=30))
+            assert cancelled.status == RunStatus.CANCELLED
+            events = (await api.get(f"/api/runs/{parked_id}/events")).json()["items"]
+            assert events[-1]["event_type"] == "workflow:cancelled"
+            assert events[-1]["payload"]["reason"] == "no need"
+            no_body = await api.post(f"/api/runs/{parked_id}/cancel")
+            assert no_body.status_code == 200 and no_body.json() == {"cancelled": False}
+            missing = await api.post("/api/runs/missing/cancel")
+            assert missing.status_code == 404
