@@ -4,6 +4,7 @@ Define stages and workflows, run them through a :class:`Kernel` and a worker fro
 :func:`create_worker`, and query what each stage decided through ``kernel.annotations``.
 """
 
+from engine.ai_calls import AICall, AICallLogger
 from engine.annotations import Actor, AnnotationLimits, RunCreateAnnotation
 from engine.commands import (
     OutboxFlush,
@@ -36,6 +37,7 @@ from engine.errors import (
 )
 from engine.kernel import Kernel
 from engine.outbox import EventSink
+from engine.plugins import Plugin, PluginRunner, define_plugin
 from engine.records import (
     Annotation,
     LogRecord,
@@ -57,6 +59,8 @@ from engine.worker import create_worker
 from engine.workflows import ConfigIssue, ConfigValidation, Workflow, define_workflow
 
 __all__ = [
+    "AICall",
+    "AICallLogger",
     "Actor",
     "Annotation",
     "AnnotationError",
@@ -77,8 +81,10 @@ __all__ = [
     "OutboxEventRecord",
     "OutboxFlush",
     "OutboxFlushResult",
+    "Plugin",
     "PluginReplayDLQ",
     "PluginReplayDLQResult",
+    "PluginRunner",
     "RunCancel",
     "RunCancelResult",
     "RunClaimPending",
@@ -104,6 +110,7 @@ __all__ = [
     "WorkflowNotFoundError",
     "create_worker",
     "define_async_batch_stage",
+    "define_plugin",
     "define_stage",
     "define_workflow",
 ]

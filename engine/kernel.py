@@ -41,6 +41,7 @@ from engine.errors import InvalidStateError, StageNotFoundError, WorkflowNotFoun
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import ResumeRequest, RunWorkflowInput
+from engine.plugins import Plugin, PluginRunner
 from engine.records import (
     TERMINAL_STATUSES,
     LogRecord,
@@ -83,6 +84,10 @@ class Kernel:
         task_queue: Task queue of the engine's worker.
         annotation_limits: Size and naming limits for annotations.
         viewer_url: Base URL of the provenance viewer, linked from the Temporal UI.
+        event_sink: Where ``OutboxFlush`` publishes outbox events (``None``: marks them
+            published).
+        plugins: Plugins to publish events to instead (a :class:`PluginRunner` on this
+            store becomes the ``event_sink``).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class Kernel:
         annotation_limits: AnnotationLimits | None = None,
         viewer_url: str | None = None,
         event_sink: EventSink | None = None,
+        plugins: Iterable[Plugin] = (),
         projected_keys: Mapping[str, str] = DEFAULT_PROJECTED_KEYS,
         continue_as_new_after_events: int = 10_000,
         large_output_bytes: int = 256 * 1024,
@@ -115,13 +121,18 @@ class Kernel:
         self.annotations = KernelAnnotations(store, self.annotation_limits)
         """Attach, list and query annotations (see :class:`KernelAnnotations`)."""
         self.viewer_url = viewer_url
+        plugin_list = list(plugins)
+        if plugin_list:
+            if event_sink is not None:
+                raise ValueError("pass plugins= or event_sink=, not both")
+            event_sink = PluginRunner(plugin_list, store=store)
         self.event_sink = event_sink
+        """Where ``OutboxFlush`` publishes events (``None``: marks them published)."""
         self.projected_keys = dict(projected_keys)
         """Annotation keys copied into Keyword search attributes of the run's workflow."""
         self.continue_as_new_after_events = continue_as_new_after_events
         self.large_output_bytes = large_output_bytes
         """Stage outputs larger than this (JSON bytes) travel to Temporal by reference."""
-        """Where ``OutboxFlush`` publishes events (``None``: marks them published)."""
         self._search_attributes: bool | None = None
         self._owns: list[Any] = []
 

@@ -29,6 +29,7 @@ __all__ = [
     "Base",
     "IdempotencyKey",
     "OutboxEvent",
+    "PluginDelivery",
     "WorkflowAnnotation",
     "WorkflowArtifact",
     "WorkflowLog",
@@ -279,3 +280,18 @@ class AICall(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONValue)
+
+
+class PluginDelivery(Base):
+    """One plugin's successful handling of one outbox event.
+
+    A retried event skips the plugins listed here. No foreign key to ``outbox_events``: the
+    relay holds the event row locked (PostgreSQL) while plugins record their deliveries from
+    another connection, and a key-share lock would wait for it.
+    """
+
+    __tablename__ = "plugin_deliveries"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plugin_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    delivered_at: Mapped[datetime] = mapped_column(default=utcnow)

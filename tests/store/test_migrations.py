@@ -22,7 +22,8 @@ BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="
 on_both_backends = pytest.mark.parametrize("empty_database_url", BACKENDS, indirect=True)
 
 REVISION_1 = "0001"
-HEAD = "0002"
+REVISION_2 = "0002"
+HEAD = "0003"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -187,9 +188,10 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_1]
+    assert chain == [HEAD, REVISION_2, REVISION_1]
     assert script.get_revision(REVISION_1).down_revision is None
-    assert script.get_revision(HEAD).down_revision == REVISION_1
+    assert script.get_revision(REVISION_2).down_revision == REVISION_1
+    assert script.get_revision(HEAD).down_revision == REVISION_2
 
 
 @on_both_backends

@@ -1,0 +1,206 @@
+"""Ready-made event sinks: an HMAC-signed webhook and a logger.
+
+Use one as ``Kernel(event_sink=...)``. Both deliver at least once (see :mod:`engine.outbox`):
+receivers should deduplicate on the event ``id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from engine.errors import EngineError
+from engine.outbox import DEFAULT_MAX_RETRIES
+from engine.records import OutboxEventRecord
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "LoggingSink",
+    "WebhookDeliveryError",
+    "WebhookSink",
+    "event_json",
+    "sign_body",
+    "verify_signature",
+]
+
+SIGNATURE_HEADER = "X-WFE-Signature"
+"""Header carrying ``sha256=<hex HMAC-SHA256 of the raw body>``."""
+
+_EVENT_FIELDS = {
+    "id",
+    "workflow_run_id",
+    "sequence",
+    "event_type",
+    "payload",
+    "causation_id",
+    "occurred_at",
+}
+
+
+def event_json(event: OutboxEventRecord) -> dict[str, Any]:
+    """The event as JSON-able data: ``id, workflow_run_id, sequence, event_type, payload,
+    causation_id, occurred_at`` (not the relay's bookkeeping: ``published_at``, retries)."""
+    return event.model_dump(mode="json", include=_EVENT_FIELDS)
+
+
+def _key(secret: str | bytes) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def sign_body(secret: str | bytes, body: bytes) -> str:
+    """The :data:`SIGNATURE_HEADER` value for ``body``: ``sha256=<hex digest>``."""
+    return "sha256=" + hmac.new(_key(secret), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
+    """Whether ``header`` is the signature of ``body`` under ``secret`` (constant-time).
+
+    What a receiver runs on the raw request body, before parsing it.
+    """
+    if not header:
+        return False
+    return hmac.compare_digest(sign_body(secret, body), header)
+
+
+class WebhookDeliveryError(EngineError):
+    """The webhook answered with a non-2xx status (or not at all); the relay retries."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        """The webhook URL."""
+        self.status = status
+        """The HTTP status, or ``None`` when there was no answer (timeout, refused)."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects fail the delivery: following one would turn the POST into a GET."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class WebhookSink:
+    """POSTs each event as JSON, signed with HMAC-SHA256 in ``X-WFE-Signature``.
+
+    The body is :func:`event_json` of the event (UTF-8 JSON); headers also carry the event id
+    (``X-WFE-Event-Id``, for deduplication) and type (``X-WFE-Event-Type``). Any answer other
+    than 2xx (redirects included), a timeout or a connection error raises
+    :class:`WebhookDeliveryError`, so the relay retries and, after ``max_retries``,
+    dead-letters the event. Uses the standard library (``urllib`` in a thread).
+
+    Args:
+        url: ``http://`` or ``https://`` endpoint.
+        secret: HMAC key shared with the receiver (check with :func:`verify_signature`).
+        timeout: Limit on the whole request.
+        max_retries: Failed deliveries of an event before it is dead-lettered.
+        headers: Extra request headers (an ``Authorization``, say).
+
+    Raises:
+        ValueError: ``url`` is not http(s), or ``secret`` is empty.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        secret: str | bytes,
+        *,
+        timeout: timedelta = timedelta(seconds=5),
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"webhook URL must be http(s)://host/..., got {url!r}")
+        if not secret:
+            raise ValueError("webhook secret must not be empty")
+        self.url = url
+        """The endpoint."""
+        self.timeout = timeout
+        """Limit on each request."""
+        self.max_retries = max_retries
+        """Failed deliveries of an event before it is dead-lettered."""
+        self._secret = _key(secret)
+        self._headers = dict(headers or {})
+        self._opener = urllib.request.build_opener(_NoRedirects())
+
+    async def publish(self, event: OutboxEventRecord) -> None:
+        """POST the event; raises :class:`WebhookDeliveryError` unless the answer is 2xx."""
+        body = json.dumps(event_json(event), separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "User-Agent": "workflow-engine-temporal",
+            SIGNATURE_HEADER: sign_body(self._secret, body),
+            "X-WFE-Event-Id": event.id,
+            "X-WFE-Event-Type": event.event_type,
+        }
+        seconds = self.timeout.total_seconds()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._post, body, headers), seconds)
+        except TimeoutError:
+            raise WebhookDeliveryError(
+                f"webhook {self.url} did not answer within {self.timeout}", url=self.url
+            ) from None
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout.total_seconds()) as response:
+                response.read()
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise WebhookDeliveryError(
+                f"webhook {self.url} answered {exc.code} {exc.reason}",
+                url=self.url,
+                status=exc.code,
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise WebhookDeliveryError(
+                f"webhook {self.url} unreachable: {reason}", url=self.url
+            ) from exc
+        if not 200 <= status < 300:
+            raise WebhookDeliveryError(
+                f"webhook {self.url} answered {status}", url=self.url, status=status
+            )
+
+
+class LoggingSink:
+    """Logs each event: one line, with the event as ``extra={"wfe_event": {...}}``.
+
+    Args:
+        logger: Where to log (default: the ``engine.events`` logger).
+        level: Log level of the lines.
+    """
+
+    max_retries = DEFAULT_MAX_RETRIES
+    """Failed deliveries before dead-lettering (logging does not fail in practice)."""
+
+    def __init__(self, logger: logging.Logger | None = None, *, level: int = logging.INFO) -> None:
+        self.logger = logger or logging.getLogger("engine.events")
+        """The logger events go to."""
+        self.level = level
+        """Their level."""
+
+    async def publish(self, event: OutboxEventRecord) -> None:
+        """Log the event."""
+        self.logger.log(
+            self.level,
+            "event %s run %s #%d %s",
+            event.event_type,
+            event.workflow_run_id,
+            event.sequence,
+            event.id,
+            extra={"wfe_event": event_json(event)},
+        )
