@@ -106,7 +106,8 @@ class RunWorkflow:
         self._resumes: dict[str, ResumeRequest] = {}
         self._details: dict[str, str] = {}
         self._commits = 0
-        self._parking = False
+        self._stage_tasks: list[asyncio.Task[None]] = []
+        self._cancelled = False
 
     @workflow.run
     async def run(self, input: RunWorkflowInput) -> str:
@@ -131,11 +132,15 @@ class RunWorkflow:
             self._set_status("CANCELLED")
             return "CANCELLED"
         except asyncio.CancelledError:
-            # Cancelled from Temporal directly (e.g. the UI), not through RunCancel: make the
-            # side-store agree before ending.
+            self._cancelled = True
+            # RunCancel already wrote CANCELLED; a cancel from Temporal itself (e.g. the UI)
+            # did not, so make the side-store agree (a no-op when it already does).
             await workflow.execute_local_activity(
                 "wfe.cancel_run", input.run_id, start_to_close_timeout=LOCAL_TIMEOUT
             )
+            # Stage code already running finishes, and its commit (refused: the run is
+            # CANCELLED) still writes its logs; suspended stages stop waiting at once.
+            await workflow.wait_condition(lambda: all(t.done() for t in self._stage_tasks))
             self._set_status("CANCELLED")
             raise
 
@@ -157,13 +162,15 @@ class RunWorkflow:
                 asyncio.ensure_future(self._run_stage(spec, stage_input, group, carried))
                 for spec in specs
             ]
+            self._stage_tasks = tasks
             carried = None
             await workflow.wait_condition(
                 lambda g=group, t=tasks: g.all_waiting_or_done() or any(map(_failed, t))  # type: ignore[misc]
             )
-            for task in tasks:
-                if _failed(task):
-                    raise task.exception()  # type: ignore[misc]
+            # Read every failure (not just the first) so none is reported as never retrieved.
+            errors = [task.exception() for task in tasks if _failed(task)]
+            if errors:
+                raise errors[0]  # type: ignore[misc]
             if group.parked:
                 self._continue_as_new(input, index + 1, outputs, group)
             for spec in specs:
@@ -262,10 +269,12 @@ class RunWorkflow:
             if delay > 0 and spec.stage_id not in self._resumes:
                 try:
                     await workflow.wait_condition(
-                        lambda: spec.stage_id in self._resumes, timeout=delay
+                        lambda: spec.stage_id in self._resumes or self._cancelled, timeout=delay
                     )
                 except TimeoutError:
                     pass
+            if self._cancelled:
+                return
             resume = self._resumes.pop(spec.stage_id, None)
             outcome: StageOutcome = await workflow.execute_activity(
                 "wfe.check_completion",

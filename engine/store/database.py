@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import event
@@ -44,6 +45,18 @@ def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection: Any) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine.sync_engine, "invalidate")
+        def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
+            # A task cancelled mid-transaction (e.g. a local activity cancelled by Temporal or a
+            # worker shutdown) gets its connection invalidated and closed. Closed while a cursor
+            # of the cancelled task is still alive, sqlite3 keeps it as a "zombie" that holds
+            # the write lock until garbage collection, and every other writer then fails with
+            # "database is locked" after busy_timeout. Rolling back first releases the lock.
+            try:
+                dbapi_connection.rollback()
+            except (Exception, asyncio.CancelledError):
+                pass  # already closed, or cancelled again: the close still follows
 
         return engine
     if parsed.get_backend_name() == "postgresql":

@@ -126,6 +126,10 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
         )
         for p in outcome.progress
     ]
+    was_suspended = record.status == RunStatus.SUSPENDED
+    if was_suspended and record.started_at is not None:
+        # A batch stage's duration spans its suspension, not just the last check.
+        outcome.duration_ms = max(int((now - record.started_at).total_seconds() * 1000), 0)
     record.updated_at = now
     record.version += 1
     if outcome.status == "completed":

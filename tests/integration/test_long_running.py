@@ -134,7 +134,9 @@ async def test_cancel_of_a_suspended_run_never_completes(env, store):
 
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
-    "polls", [1200, pytest.param(3000, marks=pytest.mark.reliability)], ids=lambda n: f"{n}polls"
+    "polls",
+    [1200, pytest.param(3000, marks=[pytest.mark.reliability, pytest.mark.timeout(900)])],
+    ids=lambda n: f"{n}polls",
 )
 async def test_thousands_of_polls_continue_as_new_with_bounded_history(skipping_env, store, polls):
     """Thousands of polls on the time-skipping server: continue-as-new bounds the history.

@@ -1,0 +1,185 @@
+"""``wfe demo``, ``wfe dev`` and ``wfe worker``: the long-running commands."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.cli.common import (
+    DEFAULT_WORKFLOWS,
+    CommonOptions,
+    WorkflowsOption,
+    execute,
+    load_workflows,
+    open_kernel,
+    progress_echo,
+    with_common,
+)
+from engine.cli.render import Echo, emit_json, masked_url
+from engine.cli.stack import ConsoleSink, local_port, local_stack, run_until_shutdown
+
+__all__ = ["demo", "dev", "worker"]
+
+TEMPORAL_DEV_DB = ".wfe/temporal.db"
+"""Where ``wfe dev`` keeps the dev server's state, next to the side-store's default file."""
+
+OutboxRelayOption = Annotated[
+    bool,
+    typer.Option(
+        "--outbox-relay/--no-outbox-relay",
+        help="Publish outbox events continuously (printed as they go).",
+    ),
+]
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _human_echo(options: CommonOptions) -> Echo:
+    """Narration goes to stdout, unless stdout is reserved for JSON."""
+    return progress_echo(options) if options.json else options.echo
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+async def _demo(options: CommonOptions, timeout: float, keep_running: bool) -> int:
+    from engine.demo import DemoResult, render_demo, run_demo
+
+    echo = _human_echo(options)
+
+    def show(result: DemoResult) -> None:
+        if options.json:
+            emit_json(result.to_json())
+        else:
+            options.echo(render_demo(result))
+
+    echo("wfe demo: ticket triage on Temporal, with provenance in a SQL side-store")
+    result = await run_demo(
+        database_url=options.database_url,
+        namespace=options.namespace,
+        task_queue=options.task_queue,
+        timeout=timedelta(seconds=timeout),
+        echo=echo,
+        on_result=show,
+        keep_running=keep_running,
+    )
+    echo(f"Demo finished in {result.elapsed_seconds:.1f} s (run time, server start excluded)")
+    return 0 if result.rerun is not None and result.run.status.value == "COMPLETED" else 1
+
+
+@with_common
+def demo(
+    options: CommonOptions,
+    keep_running: Annotated[
+        bool,
+        typer.Option("--keep-running", help="Keep the server (and its Web UI) up until Ctrl-C."),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds each run may take.")
+    ] = 120.0,
+) -> None:
+    """Run the ticket-triage demo end to end, all in this process.
+
+    Starts a local Temporal dev server with its Web UI on free ports (--temporal-address is
+    not used), upgrades the side-store (--database-url, default .wfe/engine.db), runs a worker
+    and a triage run, attaches an approval, reruns the last stage, prints the stages, the
+    annotation timeline and the Temporal UI links, and stops the server again.
+    """
+    _configure_logging()
+    code = execute(_demo(options, timeout, keep_running))
+    if code:
+        raise typer.Exit(code)
+
+
+# -- dev --------------------------------------------------------------------------------------
+
+
+async def _dev(
+    options: CommonOptions, workflows_spec: str, in_memory: bool, outbox_relay: bool
+) -> None:
+    echo = _human_echo(options)
+    workflows = load_workflows(workflows_spec)
+    port = local_port(options.temporal_address)
+    temporal_db = None
+    if not in_memory:
+        Path(TEMPORAL_DEV_DB).parent.mkdir(parents=True, exist_ok=True)
+        temporal_db = TEMPORAL_DEV_DB
+    async with local_stack(
+        database_url=options.database_url,
+        namespace=options.namespace,
+        task_queue=options.task_queue,
+        workflows=workflows,
+        echo=echo,
+        port=port,
+        ui_port=port + 1000,
+        temporal_db=temporal_db,
+        event_sink=ConsoleSink(json_lines=options.json),
+    ) as stack:
+        echo("")
+        echo(f"Temporal      {stack.server.address}  (namespace {options.namespace})")
+        echo(f"Temporal UI   {stack.server.ui_url}/namespaces/{options.namespace}/workflows")
+        echo(f"Side-store    {masked_url(options.database_url)}")
+        echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
+        echo("Try           wfe run create ticket-triage --input '{...}' --wait")
+        echo("Ready; press Ctrl-C to stop")
+        await run_until_shutdown(stack.kernel, outbox_relay=outbox_relay)
+        echo("Shutting down ...")
+
+
+@with_common
+def dev(
+    options: CommonOptions,
+    in_memory: Annotated[
+        bool,
+        typer.Option(
+            "--in-memory", help=f"Keep Temporal's state in memory, not {TEMPORAL_DEV_DB}."
+        ),
+    ] = False,
+    outbox_relay: OutboxRelayOption = True,
+    workflows: WorkflowsOption = DEFAULT_WORKFLOWS,
+) -> None:
+    """Run a local dev server with its Web UI, the side-store and a worker, until Ctrl-C.
+
+    The server listens on the port of --temporal-address (7233 by default) and its Web UI on
+    that port + 1000 (8233); the side-store is upgraded to the current schema first.
+    """
+    _configure_logging()
+    execute(_dev(options, workflows, in_memory, outbox_relay))
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+
+async def _worker(options: CommonOptions, workflows_spec: str, outbox_relay: bool) -> None:
+    from engine.worker import create_worker
+
+    echo = _human_echo(options)
+    workflows = load_workflows(workflows_spec)
+    sink = ConsoleSink(json_lines=options.json)
+    async with open_kernel(options, workflows, event_sink=sink) as kernel:
+        async with create_worker(kernel):
+            ids = ", ".join(kernel.workflows)
+            echo(
+                f"Worker polling task queue {options.task_queue!r} on "
+                f"{options.temporal_address} (namespace {options.namespace}); workflows: {ids}"
+            )
+            echo(f"Side-store {masked_url(options.database_url)}; press Ctrl-C to stop")
+            await run_until_shutdown(kernel, outbox_relay=outbox_relay)
+            echo("Shutting down ...")
+
+
+@with_common
+def worker(
+    options: CommonOptions,
+    outbox_relay: OutboxRelayOption = True,
+    workflows: WorkflowsOption = DEFAULT_WORKFLOWS,
+) -> None:
+    """Run a worker against a running Temporal server, until Ctrl-C or SIGTERM."""
+    _configure_logging()
+    execute(_worker(options, workflows, outbox_relay))

@@ -1,0 +1,102 @@
+"""``wfe worker`` as a subprocess, driven by ``wfe run create|rerun|cancel|show``.
+
+Real Temporal (the session dev server), both side-store backends, the default (demo)
+workflows, and the worker's outbox relay printing events.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.demo import DEMO_TICKET
+from engine.store import SqlStore
+from tests.cli.support import Background, Wfe, assert_one_line_error, clean_env, temporal_address
+
+
+async def test_worker_and_run_lifecycle(
+    wfe: Wfe,
+    env: Any,
+    store: SqlStore,
+    tmp_path: Path,
+    background: Callable[..., Background],
+) -> None:
+    opts = [
+        "--temporal-address", temporal_address(env),
+        "--task-queue", f"tq-{uuid.uuid4()}",
+        "--database-url", store.url,
+    ]  # fmt: skip
+    worker = background("worker", *opts, cwd=tmp_path, env=clean_env())
+    await worker.wait_for_line("Worker polling task queue")
+    ticket = json.dumps(DEMO_TICKET)
+
+    # create --wait: progress on stderr, the finished run (run show's JSON) on stdout.
+    result = await wfe(
+        "run", "create", "ticket-triage", "--input", ticket, *opts, "--json", "--wait",
+        "--idempotency-key", "ticket-1042", "-a", "trigger.source=cli", "-a", "batch.size=3",
+        "--actor-kind", "user", "--actor-id", "ops@acme.example",
+        "--config", '{"similar-tickets": {"poll_interval": 0.2}}',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    run = json.loads(result.stdout)
+    run_id = run["id"]
+    assert run["status"] == "COMPLETED"
+    assert run["output"]["queue"] == "outage-oncall"
+    assert [(s["stage_id"], s["attempt"]) for s in run["stages"]] == [
+        ("classify", 0), ("notify", 0), ("enrich", 0), ("similar-tickets", 0), ("route", 0)
+    ]  # fmt: skip
+    assert "similar-tickets" in result.stderr and "SUSPENDED" in result.stderr
+    result = await wfe("annotations", "list", run_id, *opts, "--json", "--scope", "run")
+    created_with = {
+        row["key"]: (row["value"], row["actor_id"]) for row in json.loads(result.stdout)
+    }
+    assert created_with == {
+        "trigger.source": ("cli", "ops@acme.example"),
+        "batch.size": (3, "ops@acme.example"),
+    }
+
+    # The same idempotency key gives the same run back, without waiting.
+    result = await wfe(
+        "run", "create", "ticket-triage", "--input", ticket, *opts, "--json",
+        "--idempotency-key", "ticket-1042",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"workflow_run_id": run_id, "status": "COMPLETED"}
+
+    # rerun --wait: the last stage runs again as attempt 1, in a new Temporal workflow.
+    result = await wfe("run", "rerun", run_id, "--from-stage", "route", *opts, "--json", "--wait")
+    assert result.exit_code == 0, result.stderr
+    rerun = json.loads(result.stdout)
+    assert rerun["status"] == "COMPLETED"
+    assert rerun["temporal_workflow_id"] == f"wfe-run-{run_id}-rerun-1"
+    assert {s["stage_id"]: s["attempt"] for s in rerun["stages"]}["route"] == 1
+    assert_one_line_error(
+        await wfe("run", "rerun", run_id, "--from-stage", "nope", *opts), "Stage nope not found"
+    )
+
+    # cancel: a finished run is left alone; a running one is cancelled.
+    result = await wfe("run", "cancel", run_id, *opts)
+    assert result.exit_code == 0, result.stderr
+    assert "is COMPLETED: nothing to cancel" in result.stdout
+    result = await wfe(
+        "run", "create", "ticket-triage", "--input", ticket, *opts, "--json",
+        "--config", '{"similar-tickets": {"poll_interval": 60}}',
+    )  # fmt: skip
+    second = json.loads(result.stdout)["workflow_run_id"]
+    result = await wfe("run", "cancel", second, "--reason", "duplicate", *opts, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"cancelled": True}
+    result = await wfe("run", "show", second, *opts, "--json")
+    assert json.loads(result.stdout)["status"] == "CANCELLED"
+    assert_one_line_error(await wfe("run", "cancel", "no-such-run", *opts), "Run no-such-run")
+
+    # Ctrl-C stops the worker cleanly; its relay printed the runs' events.
+    code, out, err = worker.interrupt()
+    assert code == 0, err
+    # (The workflow code may log its own noise there; the CLI's shutdown adds no traceback.)
+    assert "KeyboardInterrupt" not in err and "engine/cli" not in err, err
+    assert f"run {run_id}" in out and "workflow:completed" in out
+    assert "workflow:cancelled" in out
