@@ -65,6 +65,27 @@ def _custom_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _outcome_builder(
+    record_id: str | None, clock: float, **common: Any
+) -> Callable[..., StageOutcome]:
+    """A function making outcomes that carry everything the stage code buffered."""
+
+    def outcome(status: Any, buffered: _Buffered | None, **fields: Any) -> StageOutcome:
+        return StageOutcome(
+            status=status,
+            stage_record_id=record_id,
+            duration_ms=int((time.monotonic() - clock) * 1000),
+            logs=buffered.logs if buffered else [],
+            annotations=buffered.drafts if buffered else [],
+            progress=buffered.progress if buffered else [],
+            ai_calls=buffered.ai_calls if buffered else [],
+            **common,
+            **fields,
+        )
+
+    return outcome
+
+
 class StageActivities:
     """Activities that run user stage code; built with the side-store and the registry."""
 
@@ -96,19 +117,7 @@ class StageActivities:
         clock = time.monotonic()
         storage = StageStorage(self._store, task.run_id, task.stage.stage_id)
         ctx: StageContext[Any, Any] | None = None
-
-        def outcome(status: Any, buffered: _Buffered | None, **fields: Any) -> StageOutcome:
-            return StageOutcome(
-                status=status,
-                stage_record_id=record_id,
-                started_at=started_at,
-                duration_ms=int((time.monotonic() - clock) * 1000),
-                logs=buffered.logs if buffered else [],
-                annotations=buffered.drafts if buffered else [],
-                progress=buffered.progress if buffered else [],
-                ai_calls=buffered.ai_calls if buffered else [],
-                **fields,
-            )
+        outcome = _outcome_builder(record_id, clock, started_at=started_at)
 
         try:
             parsed_input = stage.parse_input(
@@ -206,19 +215,7 @@ class StageActivities:
         """Run an async-batch stage's ``check_completion`` and return its buffered outcome."""
         stage = self._stage(task)
         record_id = task.stage_record_id
-        clock = time.monotonic()
-
-        def outcome(status: Any, buffered: _Buffered | None, **fields: Any) -> StageOutcome:
-            return StageOutcome(
-                status=status,
-                stage_record_id=record_id,
-                duration_ms=int((time.monotonic() - clock) * 1000),
-                logs=buffered.logs if buffered else [],
-                annotations=buffered.drafts if buffered else [],
-                progress=buffered.progress if buffered else [],
-                ai_calls=buffered.ai_calls if buffered else [],
-                **fields,
-            )
+        outcome = _outcome_builder(record_id, time.monotonic())
 
         if stage.check_completion is None:
             return outcome(
