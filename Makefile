@@ -31,4 +31,4 @@ test-reliability: $(INSTALLED)
 	$(BIN)/pytest -q -m reliability
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/overhead.py
+	$(BIN)/python -m bench

@@ -29,6 +29,8 @@ __all__ = [
     "RunCreateAnnotation",
     "build_drafts",
     "check_text",
+    "json_problem",
+    "text_problem",
     "typed_columns",
 ]
 
@@ -95,19 +97,51 @@ class AnnotationLimits:
 DEFAULT_LIMITS = AnnotationLimits()
 
 
-def _json_size(what: str, key: str, value: Any) -> int:
+# An escaped NUL in JSON text: ``\u0000`` preceded by an even number of backslashes (else the
+# backslash is itself escaped, as in the harmless string ``"\\u0000"``).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as JSON alike on SQLite and PostgreSQL, or ``None``.
+
+    Refused: what ``json.dumps`` cannot encode (other types, NaN and infinities, nesting too
+    deep, integers too long to print) and text PostgreSQL's ``jsonb`` cannot hold (NUL, lone
+    surrogates) — SQLite would store those, so both backends refuse them.
+    """
+    return _encode_json(value)[1]
+
+
+def _encode_json(value: Any) -> tuple[bytes, str | None]:
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise AnnotationError(
-            f"annotation {what} for key {key!r} is not JSON-serializable: {exc}", key=key
-        ) from None
-    # PostgreSQL's jsonb cannot hold NUL characters; refuse them everywhere so both backends agree.
-    if "\\u0000" in encoded or "\x00" in encoded:
-        raise AnnotationError(
-            f"annotation {what} for key {key!r} contains a NUL character", key=key
-        )
-    return len(encoded.encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        return b"", f"is not JSON-serializable: {exc}"
+    if _JSON_NUL.search(encoded):
+        return b"", "contains a NUL character"
+    try:
+        return encoded.encode(), None
+    except UnicodeEncodeError:
+        return b"", "contains a lone surrogate (not valid Unicode text)"
+
+
+def _json_size(what: str, key: str, value: Any) -> int:
+    encoded, problem = _encode_json(value)
+    if problem is not None:
+        raise AnnotationError(f"annotation {what} for key {key!r} {problem}", key=key)
+    return len(encoded)
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored in (or compared with) a text column on every backend, or
+    ``None``: PostgreSQL refuses NUL characters, and neither driver encodes lone surrogates."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode text)"
+    return None
 
 
 def _check_key(key: Any, limits: AnnotationLimits) -> str:
@@ -118,8 +152,9 @@ def _check_key(key: Any, limits: AnnotationLimits) -> str:
             f"annotation key {key[:40]!r}… is {len(key)} characters (max {limits.max_key_length})",
             key=key,
         )
-    if "\x00" in key:
-        raise AnnotationError("annotation key contains a NUL character", key=key)
+    problem = text_problem(key)
+    if problem is not None:
+        raise AnnotationError(f"annotation key {key[:40]!r} {problem}", key=key)
     if limits.strict_keys and not _STRICT_KEY.match(key):
         raise AnnotationError(
             f"annotation key {key!r} is not lowercase dot-delimited (strict mode)", key=key
@@ -131,14 +166,16 @@ def check_text(what: str, text: str | None, max_length: int) -> None:
     """Refuse a string column value the side-store cannot hold on every backend.
 
     Raises:
-        AnnotationError: ``text`` is longer than ``max_length`` characters or contains NUL.
+        AnnotationError: ``text`` is longer than ``max_length`` characters, or contains NUL or
+            a lone surrogate.
     """
     if text is None:
         return
     if len(text) > max_length:
         raise AnnotationError(f"annotation {what} is {len(text)} characters (max {max_length})")
-    if "\x00" in text:
-        raise AnnotationError(f"annotation {what} contains a NUL character")
+    problem = text_problem(text)
+    if problem is not None:
+        raise AnnotationError(f"annotation {what} {problem}")
 
 
 def build_drafts(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
-from engine.annotations import RunCreateAnnotation
+from engine.annotations import RunCreateAnnotation, text_problem
 from engine.records import RunStatus
 
 __all__ = [
@@ -32,6 +32,18 @@ __all__ = [
 ]
 
 
+def _storable(text: str) -> str:
+    problem = text_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
+IdempotencyKey = Annotated[str, Field(max_length=255), AfterValidator(_storable)]
+"""A key stored in a 255-character column: no NUL, no lone surrogates (PostgreSQL would
+refuse them where SQLite stores them)."""
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid"
@@ -44,10 +56,10 @@ class RunCreate(_Message):
     type: Literal["run.create"] = "run.create"
     workflow_id: str
     input: Any
-    idempotency_key: str | None = None
+    idempotency_key: IdempotencyKey | None = None
     """Repeats with the same key return the same run; a fresh key is made when absent."""
     config: dict[str, Any] = Field(default_factory=dict)
-    priority: int = 5
+    priority: int = Field(default=5, ge=-(2**31), le=2**31 - 1)
     metadata: dict[str, Any] | None = None
     """Deprecated: use ``annotations``. Still stored on the run and listed as
     ``legacy.metadata.*`` annotations."""
@@ -81,7 +93,7 @@ class RunRerunFrom(_Message):
     type: Literal["run.rerunFrom"] = "run.rerunFrom"
     workflow_run_id: str
     from_stage_id: str
-    idempotency_key: str | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 class RunRerunFromResult(_Message):

@@ -21,7 +21,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from activities.run import new_stages, plan_of
-from engine.annotations import Actor, AnnotationLimits, build_drafts
+from engine.annotations import Actor, AnnotationLimits, build_drafts, json_problem
 from engine.commands import (
     OutboxFlush,
     OutboxFlushResult,
@@ -37,7 +37,13 @@ from engine.commands import (
     RunRerunFromResult,
     parse_command,
 )
-from engine.errors import InvalidStateError, StageNotFoundError, WorkflowNotFoundError
+from engine.errors import (
+    InvalidConfigError,
+    InvalidInputError,
+    InvalidStateError,
+    StageNotFoundError,
+    WorkflowNotFoundError,
+)
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import ResumeRequest, RunWorkflowInput
@@ -214,7 +220,20 @@ class Kernel:
     async def _create(self, command: RunCreate) -> RunCreateResult:
         workflow = self.workflow(command.workflow_id)
         workflow.parse_input(command.input)
+        # The models check fields, not what else the value carries: refuse what the side-store
+        # cannot keep as JSON on every backend rather than failing in SQL (or on one only).
+        for what, value in (("input", command.input), ("run metadata", command.metadata)):
+            problem = json_problem(value)
+            if problem is not None:
+                raise InvalidInputError(f"Invalid workflow input: the {what} {problem}")
         config = workflow.merge_config(command.config)
+        for stage_id, config_slice in config.items():
+            problem = json_problem(config_slice)
+            if problem is not None:
+                raise InvalidConfigError(
+                    f"Invalid workflow config: {stage_id}: the config {problem}",
+                    stage_id=stage_id,
+                )
         annotations = [
             (
                 build_drafts(

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine.annotations import Actor, AnnotationLimits, build_drafts, check_text
+from engine.annotations import Actor, AnnotationLimits, build_drafts, check_text, text_problem
+from engine.errors import AnnotationError
 from engine.records import Annotation
 from engine.store import SqlStore
 from engine.store.annotation_rows import (
@@ -27,6 +28,18 @@ class AnnotationPage:
 
     items: list[Annotation]
     next_cursor: str | None
+
+
+MAX_ATTEMPT = 2**31 - 1
+"""Largest rerun generation a row can record (a 32-bit column)."""
+
+
+def _check_filters(**filters: Any) -> None:
+    """Refuse filter strings no backend can compare (NUL, lone surrogates) with AnnotationError,
+    rather than a driver error."""
+    for name, value in filters.items():
+        if isinstance(value, str) and (problem := text_problem(value)) is not None:
+            raise AnnotationError(f"filter {name} {problem}")
 
 
 class KernelAnnotations:
@@ -63,6 +76,9 @@ class KernelAnnotations:
         """
         check_text("scope", scope, 64)
         check_text("scope_id", scope_id, 255)
+        check_text("workflow_stage_record_id", workflow_stage_record_id, 64)
+        if not isinstance(attempt, int) or not 0 <= attempt <= MAX_ATTEMPT:
+            raise AnnotationError(f"attempt must be between 0 and {MAX_ATTEMPT}, got {attempt!r}")
         drafts = build_drafts(
             attributes,
             actor=actor,
@@ -103,6 +119,14 @@ class KernelAnnotations:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        _check_filters(
+            key=key,
+            key_prefix=key_prefix,
+            scope=scope,
+            scope_id=scope_id,
+            actor_id=actor_id,
+            actor_kind=actor_kind,
+        )
         filters = AnnotationFilters(
             key=key,
             key_prefix=key_prefix,
@@ -134,7 +158,14 @@ class KernelAnnotations:
 
         Values compare by type: a string matches strings, a number numbers, a boolean
         booleans, through indexed typed columns (strings up to 1024 characters).
+
+        Raises:
+            AnnotationError: a value that is not a string, number or boolean, a filter string
+                holding NUL or a lone surrogate, a limit out of range, or an invalid cursor.
         """
+        _check_filters(
+            key=key, value=value, key_prefix=key_prefix, workflow_id=workflow_id, actor_id=actor_id
+        )
         filters = CrossRunFilters(
             key=key,
             value=value,
@@ -164,6 +195,9 @@ class KernelAnnotations:
         pairs = dict(match or {})
         if key is not None:
             pairs[key] = value
+        for name, wanted in pairs.items():
+            _check_filters(key=name, value=wanted)
+        _check_filters(workflow_id=workflow_id)
         return await self._store.count_runs(
             pairs, since=since, until=until, workflow_id=workflow_id
         )

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.annotations import AnnotationDraft, typed_columns
+from engine.annotations import AnnotationDraft, text_problem, typed_columns
 from engine.errors import AnnotationError
 from engine.ids import new_id
 from engine.records import Annotation
@@ -259,7 +259,13 @@ def value_clause(value: Any) -> Any:
     if isinstance(value, bool):
         return col.value_bool == value
     if isinstance(value, int | float):
-        return col.value_number == float(value)
+        try:
+            return col.value_number == float(value)
+        except OverflowError:  # stored values this large are not number-indexed either
+            raise AnnotationError(
+                "annotation values are queried as numbers within float range, got an integer "
+                f"of {abs(int(value)).bit_length()} bits"
+            ) from None
     if isinstance(value, str):
         return col.value_text == value
     raise AnnotationError(
@@ -278,7 +284,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, row_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not isinstance(row_id, str):
+        if moment.tzinfo is None or not isinstance(row_id, str) or text_problem(row_id):
             raise ValueError("bad cursor contents")
         return moment, row_id
     except (ValueError, TypeError, json.JSONDecodeError) as exc:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from engine.annotations import AnnotationDraft
+from engine.annotations import AnnotationDraft, text_problem
 from engine.errors import RunNotFoundError
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
@@ -49,6 +49,16 @@ def _run_record(row: WorkflowRun) -> RunRecord:
         completed_at=row.completed_at,
         duration_ms=row.duration_ms,
     )
+
+
+def _unknown(run_id: object) -> bool:
+    """Whether ``run_id`` cannot name a stored run: a string no backend can compare (NUL, lone
+    surrogates). Such ids are answered like any unknown id instead of failing in the driver."""
+    return not isinstance(run_id, str) or text_problem(run_id) is not None
+
+
+def _not_found(run_id: object) -> RunNotFoundError:
+    return RunNotFoundError(f"Run {run_id!r} not found", workflow_run_id=None)
 
 
 class SqlStore:
@@ -151,6 +161,8 @@ class SqlStore:
 
     async def cancel_run(self, run_id: str, reason: str | None, causation_id: str) -> bool:
         """Cancel a PENDING or RUNNING run; False when unknown or already terminal."""
+        if _unknown(run_id):
+            return False
         async with self.transaction() as session:
             return await runs.cancel_run(session, run_id, reason, utcnow(), causation_id)
 
@@ -190,6 +202,8 @@ class SqlStore:
 
     async def temporal_workflow_id(self, run_id: str) -> str | None:
         """Id of the Temporal workflow currently driving the run."""
+        if _unknown(run_id):
+            return None
         async with self.sessions() as session:
             return await session.scalar(
                 select(WorkflowRun.temporal_workflow_id).where(WorkflowRun.id == run_id)
@@ -217,6 +231,8 @@ class SqlStore:
         causation_id: str,
     ) -> list[Annotation]:
         """Insert annotations on a run of any status, all or none; unknown run raises."""
+        if _unknown(run_id):
+            raise _not_found(run_id)
         async with self.transaction() as session:
             run = await lock_run(session, run_id)
             if run is None:
@@ -230,6 +246,8 @@ class SqlStore:
 
     async def list_annotations(self, run_id: str, filters: AnnotationFilters) -> list[Annotation]:
         """A run's annotations (see :func:`annotation_rows.list_annotations`)."""
+        if _unknown(run_id):
+            raise _not_found(run_id)
         async with self.sessions() as session:
             run = await session.get(WorkflowRun, run_id)
             if run is None:
@@ -263,6 +281,8 @@ class SqlStore:
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`RunNotFoundError`."""
+        if _unknown(run_id):
+            raise _not_found(run_id)
         async with self.sessions() as session:
             row = await session.get(WorkflowRun, run_id)
             if row is None:
@@ -270,6 +290,8 @@ class SqlStore:
             return _run_record(row)
 
     async def _require_run(self, session: AsyncSession, run_id: str) -> None:
+        if _unknown(run_id):
+            raise _not_found(run_id)
         if await session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
             raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
 
