@@ -463,7 +463,7 @@ class Kernel:
             if loop.time() >= deadline:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}")
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+            delay = min(delay * 1.5, 0.05)  # a status read is ~1 ms: poll often
 
     def stage_specs(self, workflow_id: str, config: Mapping[str, Any]) -> Sequence[Any]:
         """The plan of a registered workflow as stage specs (the CLI shows it)."""

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from engine.ids import new_id
 from engine.store.models import OutboxEvent, WorkflowRun
 
-__all__ = ["append_events", "insert_ignore", "lock_run"]
+__all__ = ["append_events", "insert_ignore", "lock_run", "lock_run_status"]
 
 
 def insert_ignore(session: AsyncSession, table: FromClause) -> Any:
@@ -30,6 +30,18 @@ async def lock_run(session: AsyncSession, run_id: str) -> WorkflowRun | None:
     """
     result = await session.execute(
         select(WorkflowRun).where(WorkflowRun.id == run_id).with_for_update()
+    )
+    return result.scalar_one_or_none()
+
+
+async def lock_run_status(session: AsyncSession, run_id: str) -> str | None:
+    """The run's status read under its row lock (as :func:`lock_run`), loading nothing else.
+
+    Stage writes need only the status; loading the whole row would decode the run's input,
+    config and output JSON on every stage.
+    """
+    result = await session.execute(
+        select(WorkflowRun.status).where(WorkflowRun.id == run_id).with_for_update()
     )
     return result.scalar_one_or_none()
 

@@ -15,7 +15,7 @@ from engine.store.ai_call_rows import add_ai_calls
 from engine.store.annotation_rows import RowContext
 from engine.store.models import WorkflowLog, WorkflowStage
 from engine.store.runs import NewStage, claim_idempotency, open_stages, write_annotations
-from engine.store.sql import append_events, lock_run
+from engine.store.sql import append_events, lock_run_status
 
 __all__ = ["begin_stage", "commit_stage"]
 
@@ -35,8 +35,7 @@ async def begin_stage(
     Returns ``None`` when the stage must not run: its run is not RUNNING, or its record is
     already terminal (a redelivered activity never re-runs a COMPLETED stage).
     """
-    run = await lock_run(session, run_id)
-    if run is None or run.status != RunStatus.RUNNING:
+    if await lock_run_status(session, run_id) != RunStatus.RUNNING:
         return None
     record = await session.scalar(
         select(WorkflowStage).where(
@@ -90,18 +89,18 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
     ``commit.commit_id``: a retried or duplicated commit returns without writing again.
     """
     outcome, spec, now = commit.outcome, commit.stage, commit.now
-    run = await lock_run(session, commit.run_id)
-    if run is None:
+    run_status = await lock_run_status(session, commit.run_id)
+    if run_status is None:
         return CommitResult(committed=False)
     if await claim_idempotency(session, commit.commit_id, "stage.commit", True, now) is not None:
-        return CommitResult(committed=run.status == RunStatus.RUNNING)
+        return CommitResult(committed=run_status == RunStatus.RUNNING)
     record = await session.scalar(
         select(WorkflowStage).where(
             WorkflowStage.workflow_run_id == commit.run_id, WorkflowStage.stage_id == spec.stage_id
         )
     )
     live = (
-        run.status == RunStatus.RUNNING
+        run_status == RunStatus.RUNNING
         and record is not None
         and record.id == outcome.stage_record_id
         and record.status in (RunStatus.RUNNING, RunStatus.SUSPENDED)
