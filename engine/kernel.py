@@ -310,7 +310,16 @@ class Kernel:
             if enabled
             else None
         )
-        details = f"Provenance: {self.viewer_url}/runs/{run_id}" if self.viewer_url else None
+        lines = []
+        if attempt > 0:
+            # The Temporal UI shows each rerun as its own execution: say what it continues.
+            lines.append(
+                f"Rerun {attempt} of run `{run_id}` from group {start_group}; previous "
+                f"execution `{temporal_workflow_id(run_id, attempt - 1)}`"
+            )
+        if self.viewer_url:
+            lines.append(f"Provenance: {self.viewer_url}/runs/{run_id}")
+        details = "\n\n".join(lines) or None
         try:
             await self.client.start_workflow(
                 "wfe.run",
@@ -326,7 +335,8 @@ class Kernel:
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=search,
-                static_summary=f"engine workflow `{workflow_id}` · run `{run_id}`",
+                static_summary=f"engine workflow `{workflow_id}` · run `{run_id}`"
+                + (f" · rerun {attempt}" if attempt else ""),
                 static_details=details,
             )
         except WorkflowAlreadyStartedError:

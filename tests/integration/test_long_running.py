@@ -168,3 +168,50 @@ async def test_thousands_of_polls_continue_as_new_with_bounded_history(skipping_
             == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
         )
         assert len((await handle.fetch_history()).events) <= 1100
+
+
+async def _wait_for_status(kernel: Any, run_id: str, *statuses: RunStatus) -> Any:
+    for _ in range(500):
+        stages = await kernel.list_stages(run_id)
+        if stages and stages[0].status in statuses:
+            return stages[0]
+        await __import__("asyncio").sleep(0.02)
+    raise AssertionError(f"stage never reached {statuses}")
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+async def test_six_hour_poll_interval_and_next_check_in_on_the_time_skipping_server(
+    skipping_env, store
+):
+    """Durable timers skip: a 6-hour poll interval, then a 2-hour next_check_in, in seconds."""
+
+    async def submit(ctx: Any) -> Suspend:
+        return Suspend(state={}, poll_interval=timedelta(hours=6))
+
+    async def check(state: dict[str, Any], ctx: Any) -> CompletionCheck:
+        if ctx.poll_count == 0:
+            return CompletionCheck(ready=False, next_check_in=timedelta(hours=2))
+        return CompletionCheck(ready=True, output={"score": 6})
+
+    stage = define_async_batch_stage(
+        id="score", input=None, output=Scores, execute=submit, check_completion=check
+    )
+    workflow = define_workflow(id="slow-batch").pipe(stage).build()
+    async with running_kernel(skipping_env, store, workflow) as kernel:
+        created = await kernel.dispatch(RunCreate(workflow_id="slow-batch", input={}))
+        run_id = created.workflow_run_id
+        suspended = await _wait_for_status(kernel, run_id, RunStatus.SUSPENDED)
+        first_poll_at = suspended.next_poll_at
+        await skipping_env.sleep(timedelta(hours=6))
+        for _ in range(500):  # the first check ran: next_poll_at moved by next_check_in
+            (stage_record,) = await kernel.list_stages(run_id)
+            if stage_record.next_poll_at != first_poll_at:
+                break
+            await __import__("asyncio").sleep(0.02)
+        # next_check_in counts from the check's end, a few test-clock milliseconds later
+        moved = stage_record.next_poll_at - first_poll_at
+        assert timedelta(hours=2) <= moved < timedelta(hours=2, minutes=1)
+        assert stage_record.status == RunStatus.SUSPENDED
+        await skipping_env.sleep(timedelta(hours=2))
+        run = await kernel.wait_for_run(run_id, timeout=timedelta(seconds=20))
+        assert run.status == RunStatus.COMPLETED and run.output == {"score": 6}
