@@ -121,15 +121,24 @@ async def _dev(
         temporal_db=temporal_db,
         event_sink=ConsoleSink(json_lines=options.json),
     ) as stack:
-        echo("")
-        echo(f"Temporal      {stack.server.address}  (namespace {options.namespace})")
-        echo(f"Temporal UI   {stack.server.ui_url}/namespaces/{options.namespace}/workflows")
-        echo(f"Side-store    {masked_url(options.database_url)}")
-        echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
-        echo("Try           wfe run create ticket-triage --input '{...}' --wait")
-        echo("Ready; press Ctrl-C to stop")
-        await run_until_shutdown(stack.kernel, outbox_relay=outbox_relay)
-        echo("Shutting down ...")
+        # Imported here: the web stack is only needed by the commands that serve it.
+        from engine.settings import Settings
+        from engine.web import api_token_from_env, create_app, start_server
+
+        settings = Settings(temporal_ui_url=stack.server.ui_url, namespace=options.namespace)
+        app = create_app(stack.kernel, settings, api_token=api_token_from_env())
+        async with start_server(app) as viewer:
+            stack.kernel.viewer_url = viewer.url  # Temporal's run details link back here
+            echo("")
+            echo(f"Temporal      {stack.server.address}  (namespace {options.namespace})")
+            echo(f"Temporal UI   {stack.server.ui_url}/namespaces/{options.namespace}/workflows")
+            echo(f"Viewer        {viewer.url}  (HTTP API under {viewer.url}/api)")
+            echo(f"Side-store    {masked_url(options.database_url)}")
+            echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
+            echo("Try           wfe run create ticket-triage --input '{...}' --wait")
+            echo("Ready; press Ctrl-C to stop")
+            await run_until_shutdown(stack.kernel, outbox_relay=outbox_relay)
+            echo("Shutting down ...")
 
 
 @with_common

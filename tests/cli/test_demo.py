@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +102,10 @@ async def test_dev_serves_until_ctrl_c(
     await dev.wait_for_line("Ready")
     assert any(f"http://127.0.0.1:{port + 1000}" in line for line in dev.lines)
     assert len(servers_on_port(port)) == 1  # (so the check after Ctrl-C is not vacuous)
+    viewer = next(line for line in dev.lines if line.startswith("Viewer"))
+    viewer_url = viewer.split()[1]
+    with urllib.request.urlopen(viewer_url + "/", timeout=10) as page:  # noqa: S310
+        assert page.status == 200
 
     result = await wfe(
         "run", "create", "ticket-triage", "--input", json.dumps(DEMO_TICKET), "--wait",
