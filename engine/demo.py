@@ -307,6 +307,8 @@ class DemoResult:
     """Temporal UI link of each execution: the first one and the rerun."""
     database_url: str
     elapsed_seconds: float
+    cross_run: tuple[str, Any, int] | None = None
+    """A provenance question asked across runs: (key, value, how many runs carry it)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``wfe demo --json`` document."""
@@ -320,6 +322,7 @@ class DemoResult:
             "temporal_ui_urls": self.temporal_ui_urls,
             "database_url": self.database_url,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "cross_run": list(self.cross_run) if self.cross_run is not None else None,
         }
 
 
@@ -394,7 +397,18 @@ async def _result(
 ) -> DemoResult:
     stages = await kernel.list_stages(run.id)
     last_attempt = max((stage.attempt for stage in stages), default=0)
+    outcome = await kernel.annotations.list(run.id, key="decision.outcome", limit=1)
+    cross_run = None
+    if outcome:
+        # "How many runs ended up with this decision?": one indexed query over every run.
+        value = outcome[0].value
+        cross_run = (
+            "decision.outcome",
+            value,
+            await kernel.annotations.count_runs("decision.outcome", value),
+        )
     return DemoResult(
+        cross_run=cross_run,
         run=run,
         stages=stages,
         annotations=await kernel.annotations.list(run.id),
@@ -438,6 +452,13 @@ def render_demo(result: DemoResult) -> str:
     ]
     width = max(len(label) for label in result.temporal_ui_urls)
     lines += [f"  {label.ljust(width)}  {url}" for label, url in result.temporal_ui_urls.items()]
+    if result.cross_run is not None:
+        key, value, count = result.cross_run
+        lines += [
+            "",
+            "Across runs (kernel.annotations.count_runs)",
+            f"  runs where {key} = {format_value(value, width=40)}: {count}",
+        ]
     where = masked_url(result.database_url)
     lines += [
         "",
