@@ -28,6 +28,7 @@ from temporalio import activity
 from activities.errors import describe_validation, error_message
 from activities.shield import finish_transaction
 from engine.annotations import AnnotationLimits
+from engine.blobs import BlobStore, SqlBlobStore
 from engine.context import CompletionContext, StageContext, _Buffered
 from engine.payloads import StageOutcome, StageTask
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
@@ -95,8 +96,10 @@ class StageActivities:
         workflows: Mapping[str, Workflow],
         limits: AnnotationLimits | None = None,
         large_output_bytes: int = 256 * 1024,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._store = store
+        self._blobs = blobs or SqlBlobStore(store)
         self._workflows = workflows
         self._limits = limits or AnnotationLimits()
         self._large_output_bytes = large_output_bytes
@@ -115,13 +118,13 @@ class StageActivities:
             return StageOutcome(status="skipped")
         started_at = datetime.now(UTC)
         clock = time.monotonic()
-        storage = StageStorage(self._store, task.run_id, task.stage.stage_id)
+        storage = StageStorage(self._blobs, task.run_id, task.stage.stage_id)
         ctx: StageContext[Any, Any] | None = None
         outcome = _outcome_builder(record_id, clock, started_at=started_at)
 
         try:
             parsed_input = stage.parse_input(
-                await resolve_outputs(self._store, task.run_id, task.input)
+                await resolve_outputs(self._blobs, task.run_id, task.input)
             )
         except ValidationError as exc:
             return outcome(
@@ -149,7 +152,7 @@ class StageActivities:
             attempt=task.attempt,
             activity_attempt=activity.info().attempt,
             workflow_context={
-                stage_id: await resolve_outputs(self._store, task.run_id, value)
+                stage_id: await resolve_outputs(self._blobs, task.run_id, value)
                 for stage_id, value in task.context.items()
             },
             resume_state=task.suspended_state,
@@ -206,7 +209,7 @@ class StageActivities:
                 error=f"Invalid output of stage {stage.id}: {describe_validation(exc)}",
             )
         output = await offload_output(
-            self._store, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
+            self._blobs, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
         )
         return outcome("completed", buffered, output=output, metrics=metrics)
 
@@ -238,7 +241,7 @@ class StageActivities:
             attempt=task.attempt,
             poll_count=task.poll_count,
             resume_data=task.resume_data,
-            storage=StageStorage(self._store, task.run_id, stage.id),
+            storage=StageStorage(self._blobs, task.run_id, stage.id),
             limits=self._limits,
         )
         if task.resume_output is not None:

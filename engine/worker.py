@@ -25,7 +25,11 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
     from temporal_workflows.run import RunWorkflow
 
     stages = StageActivities(
-        kernel.store, kernel.workflows, kernel.annotation_limits, kernel.large_output_bytes
+        kernel.store,
+        kernel.workflows,
+        kernel.annotation_limits,
+        kernel.large_output_bytes,
+        kernel.blob_store,
     )
     runs = RunActivities(kernel.store, kernel.workflows)
     options: dict[str, Any] = {

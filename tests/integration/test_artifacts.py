@@ -17,6 +17,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
+from engine.blobs import FileBlobStore
 from engine.store.models import AICall as AICallRow
 from engine.store.models import WorkflowArtifact
 from tests.helpers import running_kernel
@@ -61,7 +62,7 @@ async def test_large_outputs_travel_by_reference_and_costs_roll_up(env, store):
         assert run.status == RunStatus.COMPLETED, await kernel.list_stages(run.id)
         assert run.output == {"data": "2048"}
         stages = {s.stage_id: s for s in await kernel.list_stages(run.id)}
-        assert stages["produce"].output_data == {"_artifact_key": "produce/__output__.json"}
+        assert stages["produce"].output_data == {"_artifact_key": "produce/__output__"}
         assert stages["consume"].output_data == {"data": "2048"}
         assert run.total_cost == pytest.approx(0.75) and run.total_tokens == 135
         completed = [
@@ -86,7 +87,7 @@ async def test_large_outputs_travel_by_reference_and_costs_roll_up(env, store):
                     )
                 ).all()
             )
-            assert keys == {"produce/notes", "produce/__output__.json"}
+            assert keys == {"produce/notes", "produce/__output__"}
 
         await kernel.dispatch(RunRerunFrom(workflow_run_id=run.id, from_stage_id="produce"))
         async with store.transaction() as session:
@@ -101,3 +102,49 @@ async def test_large_outputs_travel_by_reference_and_costs_roll_up(env, store):
         rerun = await kernel.wait_for_run(run.id)
         assert rerun.status == RunStatus.COMPLETED and rerun.output == {"data": "2048"}
         assert (await kernel.get_run(runs[1].id)).status == RunStatus.COMPLETED
+
+
+@define_stage(id="big", input=None, output=Blob)
+async def big(ctx: StageContext[None, None]) -> Blob:
+    await ctx.storage.save("shared-name", {"run": ctx.workflow_run_id})
+    return Blob(data="y" * (5 * 1024 * 1024))  # 5 MiB: over Temporal's 2 MB payload limit
+
+
+@define_stage(id="measure", input=Blob, output=Blob)
+async def measure(ctx: StageContext[Blob, None]) -> Blob:
+    assert await ctx.storage.exists("shared-name") is False  # another stage's key space
+    return Blob(data=str(len(ctx.input.data)))
+
+
+async def test_five_mib_output_through_temporal_on_a_file_blob_store(env, store, tmp_path):
+    """A 5 MiB output completes through Temporal by reference; FileBlobStore keys are scoped."""
+    workflow = define_workflow(id="big").pipe(big).pipe(measure).build()
+    blobs = FileBlobStore(tmp_path / "blobs")
+    async with running_kernel(env, store, workflow, blob_store=blobs) as kernel:
+        first = await kernel.dispatch(RunCreate(workflow_id="big", input={}))
+        second = await kernel.dispatch(RunCreate(workflow_id="big", input={}))
+        for created in (first, second):
+            run = await kernel.wait_for_run(created.workflow_run_id)
+            assert run.status == RunStatus.COMPLETED, await kernel.list_stages(run.id)
+            assert run.output == {"data": str(5 * 1024 * 1024)}
+            assert await blobs.get(run.id, "big/shared-name") == {"run": run.id}
+        await kernel.dispatch(
+            RunRerunFrom(workflow_run_id=first.workflow_run_id, from_stage_id="big")
+        )
+        assert not await blobs.exists(first.workflow_run_id, "big/shared-name")
+        assert await blobs.exists(second.workflow_run_id, "big/shared-name")  # other run kept
+        rerun = await kernel.wait_for_run(first.workflow_run_id)
+        assert rerun.status == RunStatus.COMPLETED
+        assert await blobs.exists(first.workflow_run_id, "big/shared-name")
+
+
+async def test_file_blob_store_refuses_keys_that_climb_out(tmp_path):
+    blobs = FileBlobStore(tmp_path)
+    for bad in ("../x", "a/../../x", "a//b", ""):
+        with pytest.raises(ValueError):
+            await blobs.put("run", bad, 1)
+    await blobs.put("run", "stage/na/me%", {"ok": True})  # odd characters are encoded
+    assert await blobs.get("run", "stage/na/me%") == {"ok": True}
+    await blobs.delete_prefix("run", "stage/")
+    with pytest.raises(ArtifactNotFoundError):
+        await blobs.get("run", "stage/na/me%")

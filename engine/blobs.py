@@ -1,0 +1,163 @@
+"""The ``BlobStore`` port (stage artifacts and large outputs) and its two adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import delete, select
+
+from engine.errors import ArtifactNotFoundError
+from engine.ids import new_id
+from engine.store import SqlStore
+from engine.store.models import WorkflowArtifact, utcnow
+from engine.store.sql import insert_ignore
+
+__all__ = ["BlobStore", "FileBlobStore", "SqlBlobStore"]
+
+
+class BlobStore(ABC):
+    """JSON blobs of a run, under keys that the engine scopes as ``<stage id>/<name>``."""
+
+    @abstractmethod
+    async def put(self, run_id: str, key: str, data: Any, *, kind: str = "ARTIFACT") -> None:
+        """Store ``data`` under ``key``, replacing what was there."""
+
+    @abstractmethod
+    async def get(self, run_id: str, key: str) -> Any:
+        """The data under ``key``; raises :class:`ArtifactNotFoundError` when missing."""
+
+    @abstractmethod
+    async def delete(self, run_id: str, key: str) -> None:
+        """Remove ``key``; a missing key is fine."""
+
+    @abstractmethod
+    async def delete_prefix(self, run_id: str, prefix: str) -> None:
+        """Remove every key of the run starting with ``prefix`` (rerun cleanup)."""
+
+    async def exists(self, run_id: str, key: str) -> bool:
+        """Whether ``key`` holds a blob."""
+        try:
+            await self.get(run_id, key)
+        except ArtifactNotFoundError:
+            return False
+        return True
+
+
+def _missing(run_id: str, key: str) -> ArtifactNotFoundError:
+    return ArtifactNotFoundError(
+        f"No artifact {key!r} in run {run_id}", workflow_run_id=run_id, key=key
+    )
+
+
+class SqlBlobStore(BlobStore):
+    """Blobs in the side-store's ``workflow_artifacts`` table (the default): one backup, one
+    place to query, and rows deleted with their run."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+
+    async def put(self, run_id: str, key: str, data: Any, *, kind: str = "ARTIFACT") -> None:
+        size = len(json.dumps(data).encode())
+        async with self._store.transaction() as session:
+            await session.execute(
+                delete(WorkflowArtifact).where(
+                    WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key == key
+                )
+            )
+            await session.execute(
+                insert_ignore(session, WorkflowArtifact.__table__).values(
+                    id=new_id(),
+                    created_at=utcnow(),
+                    workflow_run_id=run_id,
+                    key=key,
+                    type=kind,
+                    data=data,
+                    size=size,
+                )
+            )
+
+    async def get(self, run_id: str, key: str) -> Any:
+        async with self._store.sessions() as session:
+            row = (
+                await session.execute(
+                    select(WorkflowArtifact.data).where(
+                        WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key == key
+                    )
+                )
+            ).first()
+        if row is None:  # (a stored JSON null is a row holding None)
+            raise _missing(run_id, key)
+        return row[0]
+
+    async def delete(self, run_id: str, key: str) -> None:
+        async with self._store.transaction() as session:
+            await session.execute(
+                delete(WorkflowArtifact).where(
+                    WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key == key
+                )
+            )
+
+    async def delete_prefix(self, run_id: str, prefix: str) -> None:
+        async with self._store.transaction() as session:
+            keys = (
+                await session.scalars(
+                    select(WorkflowArtifact.key).where(WorkflowArtifact.workflow_run_id == run_id)
+                )
+            ).all()
+            doomed = [k for k in keys if k.startswith(prefix)]
+            if doomed:
+                await session.execute(
+                    delete(WorkflowArtifact).where(
+                        WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key.in_(doomed)
+                    )
+                )
+
+
+class FileBlobStore(BlobStore):
+    """Blobs as JSON files under ``root/<run id>/<stage id>/<name>.json`` (e.g. a shared volume).
+
+    Key parts are percent-encoded, so no key can climb out of its run's folder.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self._root = Path(root)
+
+    def _path(self, run_id: str, key: str) -> Path:
+        parts = [quote(part, safe="") for part in key.split("/")]
+        if any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"invalid artifact key {key!r}")
+        return self._root / quote(run_id, safe="") / Path(*parts[:-1]) / f"{parts[-1]}.json"
+
+    async def put(self, run_id: str, key: str, data: Any, *, kind: str = "ARTIFACT") -> None:
+        path = self._path(run_id, key)
+        text = json.dumps(data)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)  # atomic: a reader never sees half a blob
+
+        await asyncio.to_thread(write)
+
+    async def get(self, run_id: str, key: str) -> Any:
+        path = self._path(run_id, key)
+        try:
+            text = await asyncio.to_thread(path.read_text)
+        except FileNotFoundError:
+            raise _missing(run_id, key) from None
+        return json.loads(text)
+
+    async def delete(self, run_id: str, key: str) -> None:
+        await asyncio.to_thread(self._path(run_id, key).unlink, missing_ok=True)
+
+    async def delete_prefix(self, run_id: str, prefix: str) -> None:
+        stage = prefix.rstrip("/")
+        folder = self._root / quote(run_id, safe="") / quote(stage, safe="")
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
