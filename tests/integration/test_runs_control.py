@@ -32,6 +32,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
+from engine.blobs import SqlBlobStore
 from engine.kernel import temporal_workflow_id
 from engine.storage import StageStorage
 from engine.store import SqlStore
@@ -433,8 +434,8 @@ async def test_rerun_from_a_middle_stage(env: Any, store: SqlStore) -> None:
         "attempt": 1,
         "stale_blob": False,  # B42: the rerun deleted the removed stage's blobs
     }
-    assert await StageStorage(store, run_id, "a").load("notes") == {"by": "a"}
-    assert not await StageStorage(store, run_id, "b").exists("notes")
+    assert await StageStorage(SqlBlobStore(store), run_id, "a").load("notes") == {"by": "a"}
+    assert not await StageStorage(SqlBlobStore(store), run_id, "b").exists("notes")
     after = {s.stage_id: s for s in await store.list_stages(run_id)}
     # B39: the earlier record is untouched; the rerun ones are new, attempt 1.
     assert after["a"] == before["a"]
