@@ -16,6 +16,7 @@ last stage, and hands back everything the side-store recorded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -309,6 +310,8 @@ class DemoResult:
     elapsed_seconds: float
     cross_run: tuple[str, Any, int] | None = None
     """A provenance question asked across runs: (key, value, how many runs carry it)."""
+    viewer_url: str | None = None
+    """The run's page in the provenance viewer (served while the demo runs)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``wfe demo --json`` document."""
@@ -323,6 +326,7 @@ class DemoResult:
             "database_url": self.database_url,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "cross_run": list(self.cross_run) if self.cross_run is not None else None,
+            "viewer_url": self.viewer_url,
         }
 
 
@@ -452,6 +456,9 @@ def render_demo(result: DemoResult) -> str:
     ]
     width = max(len(label) for label in result.temporal_ui_urls)
     lines += [f"  {label.ljust(width)}  {url}" for label, url in result.temporal_ui_urls.items()]
+    if result.viewer_url is not None:
+        lines += ["", "Provenance viewer (while the demo runs; --keep-running keeps it up)"]
+        lines += [f"  {result.viewer_url}"]
     if result.cross_run is not None:
         key, value, count = result.cross_run
         lines += [
@@ -506,15 +513,25 @@ async def run_demo(
         workflows=WORKFLOWS,
         echo=echo,
     ) as stack:
-        result = await run_triage_demo(
-            stack.kernel,
-            ui_url=stack.server.ui_url,
-            namespace=namespace,
-            wait_for=wait_for,
-            echo=echo,
-        )
-        on_result(result)
-        if keep_running:
-            echo(f"Temporal UI at {stack.server.ui_url}; press Ctrl-C to stop")
-            await wait_for_shutdown()
+        from engine.settings import Settings
+        from engine.web import create_app, start_server
+
+        settings = Settings(temporal_ui_url=stack.server.ui_url, namespace=namespace)
+        async with start_server(create_app(stack.kernel, settings)) as viewer:
+            stack.kernel.viewer_url = viewer.url  # Temporal's run details link back here
+            result = await run_triage_demo(
+                stack.kernel,
+                ui_url=stack.server.ui_url,
+                namespace=namespace,
+                wait_for=wait_for,
+                echo=echo,
+            )
+            result = dataclasses.replace(result, viewer_url=f"{viewer.url}/runs/{result.run.id}")
+            on_result(result)
+            if keep_running:
+                echo(
+                    f"Temporal UI at {stack.server.ui_url}, viewer at {viewer.url}; "
+                    "press Ctrl-C to stop"
+                )
+                await wait_for_shutdown()
     return result
