@@ -105,3 +105,29 @@ async def running_kernel(
     )
     async with create_worker(kernel):
         yield kernel
+
+
+async def run_with_events(store: SqlStore, events: list[tuple[str, dict[str, Any]]]) -> str:
+    """A PENDING run written straight to the store: ``workflow:created``, then ``events``."""
+    import uuid as _uuid
+
+    from engine.store.models import utcnow
+    from engine.store.runs import NewRun
+    from engine.store.sql import append_events, lock_run
+
+    run_id, _ = await store.create_run(
+        NewRun(
+            workflow_id="wf",
+            workflow_name="Workflow",
+            input={},
+            config={},
+            priority=5,
+            metadata=None,
+            idempotency_key=str(_uuid.uuid4()),
+        ),
+        "wfe-run-{run_id}",
+    )
+    async with store.transaction() as session:
+        await lock_run(session, run_id)
+        await append_events(session, run_id, events, causation_id=str(_uuid.uuid4()), now=utcnow())
+    return run_id

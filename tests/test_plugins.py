@@ -44,36 +44,14 @@ from engine.sinks import (
 )
 from engine.store import SqlStore
 from engine.store.models import PluginDelivery, utcnow
-from engine.store.runs import NewRun
-from engine.store.sql import append_events, lock_run
+from tests.helpers import run_with_events
 
 EVENT_TYPES = ["stage:started", "stage:completed", "annotation:created", "workflow:completed"]
 
 
 async def make_run(store: SqlStore, types: list[str]) -> str:
     """A run whose outbox holds ``workflow:created`` then one event of each of ``types``."""
-    run_id, _ = await store.create_run(
-        NewRun(
-            workflow_id="wf",
-            workflow_name="Workflow",
-            input={},
-            config={},
-            priority=5,
-            metadata=None,
-            idempotency_key=str(uuid.uuid4()),
-        ),
-        "wfe-run-{run_id}",
-    )
-    async with store.transaction() as session:
-        await lock_run(session, run_id)
-        await append_events(
-            session,
-            run_id,
-            [(t, {"stage_id": "s"}) for t in types],
-            causation_id=str(uuid.uuid4()),
-            now=utcnow(),
-        )
-    return run_id
+    return await run_with_events(store, [(t, {"stage_id": "s"}) for t in types])
 
 
 def kernel_for(env: Any, store: SqlStore, **options: Any) -> Kernel:

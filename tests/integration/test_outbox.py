@@ -28,9 +28,8 @@ from engine import (
 from engine.outbox import run_outbox_relay
 from engine.store import SqlStore
 from engine.store.models import OutboxEvent, utcnow
-from engine.store.runs import NewRun
 from engine.store.sql import append_events, lock_run
-from tests.helpers import running_kernel, triage_workflow
+from tests.helpers import run_with_events, running_kernel, triage_workflow
 
 
 class RecordingSink:
@@ -69,28 +68,9 @@ class RecordingSink:
 
 async def make_run(store: SqlStore, events: int) -> str:
     """A PENDING run with ``events`` outbox events (``workflow:created`` + stage events)."""
-    run_id, _ = await store.create_run(
-        NewRun(
-            workflow_id="wf",
-            workflow_name="Workflow",
-            input={},
-            config={},
-            priority=5,
-            metadata=None,
-            idempotency_key=str(uuid.uuid4()),
-        ),
-        "wfe-run-{run_id}",
+    return await run_with_events(
+        store, [("stage:started", {"stage_id": f"s{i}"}) for i in range(2, events + 1)]
     )
-    async with store.transaction() as session:
-        await lock_run(session, run_id)
-        await append_events(
-            session,
-            run_id,
-            [("stage:started", {"stage_id": f"s{i}"}) for i in range(2, events + 1)],
-            causation_id=str(uuid.uuid4()),
-            now=utcnow(),
-        )
-    return run_id
 
 
 async def pending_count(store: SqlStore) -> int:
