@@ -65,7 +65,7 @@ def plan_of(workflow: Workflow, config: Mapping[str, Any]) -> list[list[StageSpe
 
 
 def new_stages(specs: Sequence[StageSpec]) -> list[NewStage]:
-    """PENDING records for stage specs."""
+    """Records to open for stage specs."""
     return [NewStage(s.stage_id, s.name, s.number, s.group, s.config) for s in specs]
 
 

@@ -1,12 +1,21 @@
 """The stage activity: run a stage's ``execute`` or ``check_completion`` with its context.
 
-It runs user code and returns a :class:`StageOutcome` with everything the code buffered
-(output, logs, annotations, progress); it writes nothing but the stage's RUNNING mark.
-The outcome is then committed by the ``wfe.commit_stage`` local activity
-(:mod:`activities.run`), so that a commit that fails for an infrastructure reason is retried
-by Temporal with the outcome, and its buffer, intact — the original lost the buffer there.
-A local activity runs inside the worker in the same workflow task that received the stage
-result, so it costs one SQL transaction and no extra round trip to the Temporal server.
+``execute`` commits its own outcome: when the user code returns (or fails for good), the
+activity writes the stage result, its buffered logs, annotations and outbox events, and opens
+the next group, in one side-store transaction, then returns the outcome without its buffers.
+Measured against the alternative (return the buffer and commit it in a ``wfe.commit_stage``
+local activity), this saves a workflow task and a local-activity marker per stage: about a
+third of the engine's per-stage latency and of the Temporal server's work (``bench/``).
+
+The guarantees are the same either way. The commit takes the run's row lock and applies only
+while the stage record is in the state it expects, so a cancelled run gets nothing and a
+redelivered activity (its first delivery committed, then the worker died before Temporal heard
+of it) finds the record settled and returns the stored outcome without running user code
+again. A commit that fails for an infrastructure reason is retried in the activity, and if
+the database stays unavailable the outcome is returned with its buffer intact for the
+workflow's ``wfe.commit_stage`` local activity, which Temporal retries until it lands: the
+buffer is never lost (the original lost it there). Suspensions and polls, which need the
+workflow's clock for their timers, always commit through that local activity.
 
 A stage's own exception is its outcome (FAILED on the first try) unless the stage declares a
 ``retry_policy``: then the activity raises so Temporal retries the user code, and only the
@@ -30,13 +39,18 @@ from activities.shield import finish_transaction
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.context import CompletionContext, StageContext, _Buffered
-from engine.payloads import StageOutcome, StageTask
+from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
+from engine.records import RunStatus
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
+from engine.store.stage_rows import StageStart
 from engine.workflows import Workflow
 
 __all__ = ["StageActivities"]
+
+COMMIT_RETRY_DELAYS = (0.05, 0.25, 1.0)
+"""Pauses between in-activity commit attempts before handing the outcome to the workflow."""
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -87,6 +101,19 @@ def _outcome_builder(
     return outcome
 
 
+def _stored(start: StageStart) -> StageOutcome:
+    """The outcome an earlier delivery of the task committed, or ``skipped``."""
+    if start.action != "settled":
+        return StageOutcome(status="skipped")
+    return StageOutcome(
+        status="completed" if start.status == RunStatus.COMPLETED else "failed",
+        stage_record_id=start.record_id,
+        output=start.output,
+        error=start.error,
+        commit=CommitResult(committed=True, duplicate=True),
+    )
+
+
 class StageActivities:
     """Activities that run user stage code; built with the side-store and the registry."""
 
@@ -109,13 +136,55 @@ class StageActivities:
 
     @activity.defn(name="wfe.execute_stage")
     async def execute_stage(self, task: StageTask) -> StageOutcome:
-        """Mark the stage RUNNING, run ``execute``, and return its buffered outcome."""
-        stage = self._stage(task)
-        record_id = await finish_transaction(
+        """Mark the stage RUNNING, run ``execute``, and commit what it produced."""
+        start = await finish_transaction(
             self._store.begin_stage(task.run_id, task.stage, task.attempt)
         )
-        if record_id is None:
-            return StageOutcome(status="skipped")
+        if start.action != "run" or start.record_id is None:
+            return _stored(start)
+        record_id = start.record_id
+        outcome = await self._execute(task, record_id)
+        if outcome.status not in ("completed", "failed"):
+            return outcome
+        return await self._commit(task, outcome)
+
+    async def _commit(self, task: StageTask, outcome: StageOutcome) -> StageOutcome:
+        """Commit ``outcome`` here; on lasting database trouble leave it to the workflow."""
+        info = activity.info()
+        commit = StageCommit(
+            run_id=task.run_id,
+            stage=task.stage,
+            attempt=task.attempt,
+            commit_id=f"{info.workflow_run_id}:{info.activity_id}:{info.attempt}",
+            outcome=outcome,
+            now=datetime.now(UTC),
+            open_next=task.open_next,
+            group_size=task.group_size,
+            report_keys=task.report_keys,
+        )
+        for delay in (*COMMIT_RETRY_DELAYS, None):
+            try:
+                result = await finish_transaction(self._store.commit_stage(commit))
+                break
+            except Exception:
+                if delay is None:
+                    activity.logger.warning(
+                        "stage %s: commit failed, handing it to the workflow", task.stage.stage_id
+                    )
+                    return outcome  # committed by the workflow's local activity, buffer intact
+                await asyncio.sleep(delay)
+        if result.duplicate:  # another delivery of this task committed first: use its outcome
+            return _stored(
+                await finish_transaction(
+                    self._store.begin_stage(task.run_id, task.stage, task.attempt)
+                )
+            )
+        return outcome.model_copy(
+            update={"logs": [], "annotations": [], "progress": [], "ai_calls": [], "commit": result}
+        )
+
+    async def _execute(self, task: StageTask, record_id: str) -> StageOutcome:
+        stage = self._stage(task)
         started_at = datetime.now(UTC)
         clock = time.monotonic()
         storage = StageStorage(self._blobs, task.run_id, task.stage.stage_id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 
-__all__ = ["new_id"]
+__all__ = ["derived_id", "new_id"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase: sorts like the number
 _lock = threading.Lock()
@@ -38,3 +39,11 @@ def new_id() -> str:
             _last_rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
         _last_ms = now_ms
         return _encode(now_ms, 10) + _encode(_last_rand, 16)
+
+
+def derived_id(at_ms: int, seed: str) -> str:
+    """A ``new_id``-shaped id fixed by its inputs: the time part from ``at_ms``, the rest from a
+    hash of ``seed``. Rows written again by a retried transaction get the same id, so a
+    conflict-ignoring insert stores them once."""
+    entropy = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big")
+    return _encode(at_ms, 10) + _encode(entropy, 16)

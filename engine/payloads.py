@@ -134,6 +134,11 @@ class StageTask(BaseModel):
     """Data handed in by an external resume, passed to ``check_completion``."""
     resume_output: Any = None
     """Output handed in by an external resume: validated and completes the stage."""
+    open_next: list[StageSpec] = Field(default_factory=list)
+    """The next group, opened by the commit that completes this stage's group."""
+    group_size: int = 1
+    report_keys: list[str] = Field(default_factory=list)
+    """Annotation keys (besides ``decision.*``) whose written values the commit reports."""
 
 
 class LogDraft(BaseModel):
@@ -173,6 +178,9 @@ class StageOutcome(BaseModel):
     annotations: list[AnnotationDraft] = Field(default_factory=list)
     progress: list[ProgressDraft] = Field(default_factory=list)
     ai_calls: list[AICall] = Field(default_factory=list)
+    commit: CommitResult | None = None
+    """Set when the stage activity committed the outcome itself (its buffers are then
+    dropped from the outcome); ``None`` leaves the commit to the workflow's local activity."""
 
 
 class StageCommit(BaseModel):
@@ -188,7 +196,14 @@ class StageCommit(BaseModel):
     next_poll_at: datetime | None = None
     max_wait_until: datetime | None = None
     open_next: list[StageSpec] = Field(default_factory=list)
-    """Stages of the next group to create PENDING when this commit completes the group."""
+    """The next group: opened (PENDING) by the commit that completes this stage's group."""
+    group_size: int = 1
+    """Members of the stage's group; with more than one, the commit checks its siblings."""
+    after_suspend: bool = False
+    """The outcome comes from ``check_completion`` (or a resume) of a SUSPENDED stage."""
+    poll_count: int = 0
+    """Polls committed before this one: a commit after a suspension applies only on this
+    count, so a retried poll commit cannot count twice."""
     report_keys: list[str] = Field(default_factory=list)
     """Annotation keys (besides ``decision.*``) whose written values the result reports."""
 
@@ -199,6 +214,8 @@ class CommitResult(BaseModel):
     committed: bool
     """False when the run was no longer RUNNING: nothing but logs was written."""
     decisions: list[tuple[str, str]] = Field(default_factory=list)
+    duplicate: bool = False
+    """The outcome had been committed already (by an earlier delivery): nothing was written."""
 
 
 class FinalizeRun(BaseModel):
@@ -222,3 +239,4 @@ class ResumeRequest(BaseModel):
 
 
 RunWorkflowInput.model_rebuild()
+StageOutcome.model_rebuild()

@@ -1,11 +1,14 @@
 """The run workflow: one Temporal workflow per engine run, mirroring the engine's run semantics.
 
 Groups run strictly in order; a parallel group's stages run concurrently and the group
-settles when every member has an outcome. Each stage is the ``wfe.execute_stage`` activity
-followed by the ``wfe.commit_stage`` local activity; async-batch stages then wait on durable
-timers (or an external resume Update) and poll ``wfe.check_completion``. The side-store is
-the source of truth for statuses: a commit against a run that is no longer RUNNING (it was
-cancelled) is refused, and the workflow stops.
+settles when every member has an outcome. Each stage is one ``wfe.execute_stage`` activity,
+which commits its own outcome and opens the next group (see :mod:`activities.stage`); the
+``wfe.commit_stage`` local activity commits what the activity could not (a suspension, a
+poll, an outcome whose commit kept failing, a stage whose retries gave up). Async-batch
+stages wait on durable timers (or an external resume Update) and poll
+``wfe.check_completion``. The side-store is the source of truth for statuses: a commit
+against a run that is no longer RUNNING (it was cancelled) is refused, and the workflow
+stops.
 
 A stage that polls for weeks would grow the history without bound, so once the history is
 long (or the server suggests it) every stage of the group parks at its next wait and the
@@ -76,12 +79,6 @@ class _Group:
     context: dict[str, Any]
     settled: dict[str, StageOutcome] = field(default_factory=dict)
     parked: dict[str, ParkedStage] = field(default_factory=dict)
-
-    def opens_next(self, stage_id: str, outcome: StageOutcome) -> bool:
-        others = [s.stage_id for s in self.specs if s.stage_id != stage_id]
-        return outcome.status == "completed" and all(
-            o in self.settled and self.settled[o].status == "completed" for o in others
-        )
 
     def all_waiting_or_done(self) -> bool:
         return all(s.stage_id in self.settled or s.stage_id in self.parked for s in self.specs)
@@ -226,7 +223,14 @@ class RunWorkflow:
         try:
             outcome: StageOutcome = await workflow.execute_activity(
                 "wfe.execute_stage",
-                self._task(spec, input=stage_input, context=group.context),
+                self._task(
+                    spec,
+                    input=stage_input,
+                    context=group.context,
+                    open_next=group.next_group,
+                    group_size=len(group.specs),
+                    report_keys=list(self._input.projected_keys) if self._input else [],
+                ),
                 result_type=StageOutcome,
                 start_to_close_timeout=spec.start_to_close_timeout,
                 heartbeat_timeout=spec.heartbeat_timeout,
@@ -238,6 +242,10 @@ class RunWorkflow:
             outcome = StageOutcome(status="failed", error=getattr(cause, "message", str(cause)))
         if outcome.status == "skipped":
             raise _RunCancelled()
+        if outcome.commit is not None:  # the activity committed it
+            self._accept(spec.stage_id, outcome.commit)
+            group.settled[spec.stage_id] = outcome
+            return
         if outcome.status != "suspended":
             await self._settle(spec, outcome, group)
             return
@@ -304,7 +312,13 @@ class RunWorkflow:
                             ),
                         }
                     )
-                    await self._commit(spec, outcome, next_poll_at=wait.next_poll_at)
+                    await self._commit(
+                        spec,
+                        outcome,
+                        next_poll_at=wait.next_poll_at,
+                        after_suspend=True,
+                        poll_count=wait.polls - 1,
+                    )
                     continue
                 outcome.status = "failed"
                 outcome.error = (
@@ -312,7 +326,7 @@ class RunWorkflow:
                     f"{wait.max_wait} (max_wait_until {wait.max_wait_until.isoformat()})"
                 )
             self._suspended.discard(spec.stage_id)
-            await self._settle(spec, outcome, group)
+            await self._settle(spec, outcome, group, after_suspend=True, poll_count=wait.polls)
             return
 
     def _history_is_long(self) -> bool:
@@ -327,10 +341,25 @@ class RunWorkflow:
     def _clamp(moment: datetime, limit: datetime | None) -> datetime:
         return min(moment, limit) if limit is not None else moment
 
-    async def _settle(self, spec: StageSpec, outcome: StageOutcome, group: _Group) -> None:
-        """Commit a final outcome (completed or failed); the last to settle opens the next group."""
-        open_next = group.next_group if group.opens_next(spec.stage_id, outcome) else []
-        await self._commit(spec, outcome, open_next=open_next)
+    async def _settle(
+        self,
+        spec: StageSpec,
+        outcome: StageOutcome,
+        group: _Group,
+        *,
+        after_suspend: bool = False,
+        poll_count: int = 0,
+    ) -> None:
+        """Commit a final outcome (completed or failed); the commit that completes the group
+        opens the next one."""
+        await self._commit(
+            spec,
+            outcome,
+            open_next=group.next_group,
+            group_size=len(group.specs),
+            after_suspend=after_suspend,
+            poll_count=poll_count,
+        )
         group.settled[spec.stage_id] = outcome
 
     async def _commit(
@@ -341,6 +370,9 @@ class RunWorkflow:
         next_poll_at: datetime | None = None,
         max_wait_until: datetime | None = None,
         open_next: list[StageSpec] | None = None,
+        group_size: int = 1,
+        after_suspend: bool = False,
+        poll_count: int = 0,
     ) -> CommitResult:
         assert self._input is not None and self._plan is not None
         self._commits += 1
@@ -356,16 +388,23 @@ class RunWorkflow:
                 next_poll_at=next_poll_at,
                 max_wait_until=max_wait_until,
                 open_next=open_next or [],
+                group_size=group_size,
+                after_suspend=after_suspend,
+                poll_count=poll_count,
                 report_keys=list(self._input.projected_keys),
             ),
             result_type=CommitResult,
             start_to_close_timeout=LOCAL_TIMEOUT,
         )
+        self._accept(spec.stage_id, result)
+        return result
+
+    def _accept(self, stage_id: str, result: CommitResult) -> None:
+        """Take in a commit's result: stop if it was refused, show the decisions it wrote."""
         if not result.committed:
             raise _RunCancelled()
         if result.decisions:
-            self._show_decisions(spec.stage_id, result.decisions)
-        return result
+            self._show_decisions(stage_id, result.decisions)
 
     async def _finalize(self, status: str, *, output: Any = None, error: str | None = None) -> None:
         assert self._input is not None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, insert
 
 from engine.ai_calls import AICall, AICallLogger
 from engine.ids import new_id
@@ -16,37 +16,38 @@ from engine.store.models import utcnow
 if TYPE_CHECKING:
     from engine.store.sql_store import SqlStore
 
-__all__ = ["SqlAICallLogger", "add_ai_calls"]
+__all__ = ["SqlAICallLogger", "ai_call_rows"]
+
+AI_CALLS: Table = AICallRow.__table__  # type: ignore[assignment]
 
 
-def add_ai_calls(
-    session: AsyncSession,
+def ai_call_rows(
     calls: Sequence[AICall],
     *,
     workflow_run_id: str | None,
     stage_id: str | None,
     now: datetime,
-) -> None:
-    """Add one ``ai_calls`` row per call to the session's transaction."""
-    for call in calls:
-        session.add(
-            AICallRow(
-                id=new_id(),
-                created_at=now,
-                workflow_run_id=workflow_run_id,
-                stage_id=stage_id,
-                topic=call.topic,
-                call_type=call.call_type,
-                model_key=call.model_key or call.model,
-                model_id=call.model,
-                prompt=call.prompt,
-                response=call.response,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                cost=call.cost,
-                metadata_=call.row_metadata(),
-            )
-        )
+) -> list[dict[str, Any]]:
+    """One ``ai_calls`` row per call, for a batched insert."""
+    return [
+        {
+            "id": new_id(),
+            "created_at": now,
+            "workflow_run_id": workflow_run_id,
+            "stage_id": stage_id,
+            "topic": call.topic,
+            "call_type": call.call_type,
+            "model_key": call.model_key or call.model,
+            "model_id": call.model,
+            "prompt": call.prompt,
+            "response": call.response,
+            "input_tokens": call.input_tokens,
+            "output_tokens": call.output_tokens,
+            "cost": call.cost,
+            "metadata": call.row_metadata(),
+        }
+        for call in calls
+    ]
 
 
 class SqlAICallLogger(AICallLogger):
@@ -59,7 +60,8 @@ class SqlAICallLogger(AICallLogger):
         self, call: AICall, *, workflow_run_id: str | None = None, stage_id: str | None = None
     ) -> None:
         """Store one call."""
+        rows = ai_call_rows(
+            [call], workflow_run_id=workflow_run_id, stage_id=stage_id, now=utcnow()
+        )
         async with self._store.transaction() as session:
-            add_ai_calls(
-                session, [call], workflow_run_id=workflow_run_id, stage_id=stage_id, now=utcnow()
-            )
+            await session.execute(insert(AI_CALLS), rows)

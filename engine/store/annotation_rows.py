@@ -56,7 +56,10 @@ async def insert_annotations(
     Returns the rows actually inserted, in draft order; deduplicated drafts are left out so
     that callers emit ``annotation:created`` only for what was stored.
     """
-    return [row for _, row in await insert_drafts(session, drafts, where, now)]
+    return [
+        Annotation.model_validate(row)
+        for _, row in await insert_drafts(session, drafts, where, now)
+    ]
 
 
 async def insert_drafts(
@@ -64,9 +67,9 @@ async def insert_drafts(
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
-) -> list[tuple[AnnotationDraft, Annotation]]:
-    """Like :func:`insert_annotations`, pairing each inserted row with its draft (whose
-    ``emit_event`` says whether that row, and only that row, gets an event)."""
+) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
+    """Like :func:`insert_annotations`, pairing each inserted row (its column values) with its
+    draft (whose ``emit_event`` says whether that row, and only that row, gets an event)."""
     if not drafts:
         return []
     rows: list[dict[str, Any]] = []
@@ -109,11 +112,7 @@ async def insert_drafts(
         batch.append(row)
     result = await session.execute(insert_ignore(session, table).returning(table.c.id), batch)
     inserted = set(result.scalars().all())
-    return [
-        (draft, Annotation.model_validate(row))
-        for draft, row in zip(drafts, rows, strict=True)
-        if row["id"] in inserted
-    ]
+    return [(draft, row) for draft, row in zip(drafts, rows, strict=True) if row["id"] in inserted]
 
 
 @dataclass(frozen=True)

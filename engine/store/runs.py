@@ -65,17 +65,19 @@ class NewRun:
     annotations: Sequence[tuple[list[AnnotationDraft], bool]] = field(default_factory=tuple)
 
 
-def annotation_events(rows: Sequence[Any], emit: set[str]) -> list[tuple[str, dict[str, Any]]]:
+def annotation_events(
+    rows: Sequence[dict[str, Any]], emit: set[str]
+) -> list[tuple[str, dict[str, Any]]]:
     """``annotation:created`` events for the inserted rows whose draft asked for one."""
     events = []
     for row in rows:
-        if row.id not in emit:
+        if row["id"] not in emit:
             continue
-        body: dict[str, Any] = {"key": row.key, "value": row.value, "scope": row.scope}
+        body: dict[str, Any] = {"key": row["key"], "value": row["value"], "scope": row["scope"]}
         for name in ("scope_id", "actor_kind", "actor_id", "actor_version"):
-            if getattr(row, name) is not None:
-                body[name] = getattr(row, name)
-        body["attempt"] = row.attempt
+            if row[name] is not None:
+                body[name] = row[name]
+        body["attempt"] = row["attempt"]
         events.append(("annotation:created", body))
     return events
 
@@ -85,13 +87,13 @@ async def write_annotations(
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
-) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
     """Insert drafts and build the events for the inserted rows that asked for one."""
     pairs = await insert_drafts(session, drafts, where, now)
     inserted = [row for _, row in pairs]
     # Per draft, not per (key, idempotency key): two unkeyed writes of one key are two rows,
     # and only the one that asked for an event gets it.
-    emit = {row.id for draft, row in pairs if draft.emit_event}
+    emit = {row["id"] for draft, row in pairs if draft.emit_event}
     return inserted, annotation_events(inserted, emit)
 
 
@@ -153,28 +155,34 @@ async def create_run(session: AsyncSession, new: NewRun, now: datetime) -> tuple
 
 
 async def open_stages(
-    session: AsyncSession, run_id: str, stages: Sequence[NewStage], attempt: int, now: datetime
+    session: AsyncSession,
+    run_id: str,
+    stages: Sequence[NewStage],
+    attempt: int,
+    now: datetime,
 ) -> None:
-    """Create PENDING records for ``stages``; records that already exist are left alone."""
-    table = WorkflowStage.__table__
-    for stage in stages:
-        await session.execute(
-            insert_ignore(session, table).values(
-                id=new_id(),
-                created_at=now,
-                updated_at=now,
-                version=1,
-                workflow_run_id=run_id,
-                stage_id=stage.stage_id,
-                stage_name=stage.name,
-                stage_number=stage.number,
-                execution_group=stage.group,
-                attempt=attempt,
-                status=RunStatus.PENDING,
-                config=stage.config,
-                poll_count=0,
-            )
-        )
+    """Create PENDING records for ``stages`` in one statement; existing ones are left alone."""
+    if not stages:
+        return
+    rows = [
+        {
+            "id": new_id(),
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+            "workflow_run_id": run_id,
+            "stage_id": stage.stage_id,
+            "stage_name": stage.name,
+            "stage_number": stage.number,
+            "execution_group": stage.group,
+            "attempt": attempt,
+            "status": RunStatus.PENDING,
+            "config": stage.config,
+            "poll_count": 0,
+        }
+        for stage in stages
+    ]
+    await session.execute(insert_ignore(session, WorkflowStage.__table__), rows)
 
 
 @dataclass(frozen=True)
@@ -231,7 +239,15 @@ async def start_run(
             session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now
         )
     records = (
-        await session.scalars(select(WorkflowStage).where(WorkflowStage.workflow_run_id == run_id))
+        await session.execute(
+            select(
+                WorkflowStage.stage_id,
+                WorkflowStage.execution_group,
+                WorkflowStage.attempt,
+                WorkflowStage.status,
+                WorkflowStage.output_data,
+            ).where(WorkflowStage.workflow_run_id == run_id)
+        )
     ).all()
     attempt = max((r.attempt for r in records), default=0)
     first_group = first_group_of(run.config)

@@ -14,6 +14,9 @@ from engine.store.models import OutboxEvent, WorkflowRun
 
 __all__ = ["append_events", "insert_ignore", "lock_run", "lock_run_status"]
 
+RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
+
 
 def insert_ignore(session: AsyncSession, table: FromClause) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` for the session's dialect (both support it)."""
@@ -34,15 +37,14 @@ async def lock_run(session: AsyncSession, run_id: str) -> WorkflowRun | None:
     return result.scalar_one_or_none()
 
 
-async def lock_run_status(session: AsyncSession, run_id: str) -> str | None:
+async def lock_run_status(session: AsyncSession, run_id: str, *, lock: bool = True) -> str | None:
     """The run's status read under its row lock (as :func:`lock_run`), loading nothing else.
 
     Stage writes need only the status; loading the whole row would decode the run's input,
-    config and output JSON on every stage.
+    config and output JSON on every stage. ``lock=False`` reads it without the lock.
     """
-    result = await session.execute(
-        select(WorkflowRun.status).where(WorkflowRun.id == run_id).with_for_update()
-    )
+    query = select(RUNS.c.status).where(RUNS.c.id == run_id)
+    result = await session.execute(query.with_for_update() if lock else query)
     return result.scalar_one_or_none()
 
 
@@ -61,7 +63,7 @@ async def append_events(
     if not events:
         return
     last = await session.scalar(
-        select(func.max(OutboxEvent.sequence)).where(OutboxEvent.workflow_run_id == run_id)
+        select(func.max(OUTBOX.c.sequence)).where(OUTBOX.c.workflow_run_id == run_id)
     )
     sequence = last or 0
     rows = []
@@ -86,5 +88,4 @@ async def append_events(
                 "retry_count": 0,
             }
         )
-    table: Table = OutboxEvent.__table__  # type: ignore[assignment]
-    await session.execute(table.insert(), rows)
+    await session.execute(OUTBOX.insert(), rows)

@@ -211,8 +211,10 @@ class SqlStore:
 
     # -- stages -------------------------------------------------------------------------------
 
-    async def begin_stage(self, run_id: str, spec: StageSpec, attempt: int) -> str | None:
-        """Mark a stage RUNNING; ``None`` when it must not run."""
+    async def begin_stage(
+        self, run_id: str, spec: StageSpec, attempt: int
+    ) -> stage_rows.StageStart:
+        """Mark a stage RUNNING, or say why it must not run (see :func:`stage_rows.begin_stage`)."""
         async with self.transaction() as session:
             return await stage_rows.begin_stage(session, run_id, spec, attempt, utcnow())
 
@@ -242,7 +244,7 @@ class SqlStore:
             now = utcnow()
             inserted, events = await runs.write_annotations(session, drafts, where, now)
             await append_events(session, run_id, events, causation_id=causation_id, now=now)
-            return inserted
+            return [Annotation.model_validate(row) for row in inserted]
 
     async def list_annotations(self, run_id: str, filters: AnnotationFilters) -> list[Annotation]:
         """A run's annotations (see :func:`annotation_rows.list_annotations`)."""

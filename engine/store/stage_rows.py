@@ -1,25 +1,38 @@
-"""Stage-level writes: begin a stage, and commit its outcome in one transaction."""
+"""Stage-level writes: commit a stage outcome in one transaction, and read a stage's state.
+
+The commit is a compare-and-set on the stage record rather than a claimed token: the outcome
+applies only while the record is in the state it expects (RUNNING, or SUSPENDED with the poll
+count the workflow knows), so a retried or duplicated commit finds the record already moved
+on and writes nothing. That keeps a commit at one lock, one conditional update and one
+batched insert per table it touches (annotations, next stages, outbox, logs), whatever the
+number of annotations.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.ids import new_id
+from engine.ids import derived_id, new_id
 from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
-from engine.records import TERMINAL_STATUSES, RunStatus
-from engine.store.ai_call_rows import add_ai_calls
+from engine.records import RunStatus
+from engine.store.ai_call_rows import ai_call_rows
 from engine.store.annotation_rows import RowContext
-from engine.store.models import WorkflowLog, WorkflowStage
-from engine.store.runs import NewStage, claim_idempotency, open_stages, write_annotations
-from engine.store.sql import append_events, lock_run_status
+from engine.store.models import AICall, WorkflowLog, WorkflowStage
+from engine.store.runs import NewStage, open_stages, write_annotations
+from engine.store.sql import append_events, insert_ignore, lock_run_status
 
-__all__ = ["begin_stage", "commit_stage"]
+__all__ = ["StageStart", "begin_stage", "commit_stage"]
 
 DECISION_PREFIX = "decision."
+
+STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
+LOGS: Table = WorkflowLog.__table__  # type: ignore[assignment]
+AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
 
 
 def new_stage(spec: StageSpec) -> NewStage:
@@ -27,92 +40,153 @@ def new_stage(spec: StageSpec) -> NewStage:
     return NewStage(spec.stage_id, spec.name, spec.number, spec.group, spec.config)
 
 
-async def begin_stage(
-    session: AsyncSession, run_id: str, spec: StageSpec, attempt: int, now: datetime
-) -> str | None:
-    """Mark the stage RUNNING (emitting ``stage:started`` once) and return its record id.
+def _log_rows(
+    commit_id: str, run_id: str, stage_id: str, record_id: str | None, logs: list[LogDraft]
+) -> list[dict[str, Any]]:
+    # Ids fixed by the commit: a retried commit of a ghost (whose logs still land) adds none.
+    return [
+        {
+            "id": derived_id(int(log.at.timestamp() * 1000), f"{commit_id}:{index}"),
+            "created_at": log.at,
+            "workflow_run_id": run_id,
+            "workflow_stage_id": record_id,
+            "stage_id": stage_id,
+            "level": log.level,
+            "message": log.message,
+            "metadata": log.metadata,
+        }
+        for index, log in enumerate(logs)
+    ]
 
-    Returns ``None`` when the stage must not run: its run is not RUNNING, or its record is
-    already terminal (a redelivered activity never re-runs a COMPLETED stage).
-    """
-    if await lock_run_status(session, run_id) != RunStatus.RUNNING:
-        return None
-    record = await session.scalar(
-        select(WorkflowStage).where(
-            WorkflowStage.workflow_run_id == run_id, WorkflowStage.stage_id == spec.stage_id
+
+def _stage_changes(commit: StageCommit) -> dict[str, Any]:
+    """Column values the outcome sets on the stage record."""
+    outcome, now = commit.outcome, commit.now
+    values: dict[str, Any] = {"updated_at": now, "version": STAGES.c.version + 1}
+    if outcome.status in ("completed", "failed"):
+        values.update(completed_at=now, duration_ms=outcome.duration_ms, next_poll_at=None)
+        if outcome.status == "completed":
+            values.update(
+                status=RunStatus.COMPLETED, output_data=outcome.output, metrics=outcome.metrics
+            )
+        else:
+            values.update(status=RunStatus.FAILED, error_message=outcome.error)
+            if outcome.metrics:
+                values["metrics"] = outcome.metrics
+    elif outcome.status == "suspended":
+        poll_interval = outcome.poll_interval
+        values.update(
+            status=RunStatus.SUSPENDED,
+            next_poll_at=commit.next_poll_at,
+            suspended_state=outcome.suspended_state,
+            poll_interval_ms=int(poll_interval.total_seconds() * 1000) if poll_interval else None,
+            max_wait_until=commit.max_wait_until,
+            metrics=outcome.metrics or None,
         )
+    else:  # not_ready: a poll that found the batch unfinished
+        values.update(next_poll_at=commit.next_poll_at, poll_count=commit.poll_count + 1)
+    return values
+
+
+def _expected_state(commit: StageCommit) -> Any:
+    """The record state the outcome applies to: anything else means it was applied already
+    (a retried commit) or the record moved on without it (a ghost)."""
+    status = commit.outcome.status
+    key = and_(
+        STAGES.c.workflow_run_id == commit.run_id,
+        STAGES.c.stage_id == commit.stage.stage_id,
+        STAGES.c.attempt == commit.attempt,
     )
-    if record is None:
-        await open_stages(session, run_id, [new_stage(spec)], attempt, now)
-        record = await session.scalar(
-            select(WorkflowStage).where(
-                WorkflowStage.workflow_run_id == run_id, WorkflowStage.stage_id == spec.stage_id
+    if status == "suspended":
+        return and_(key, STAGES.c.status == RunStatus.RUNNING)
+    if status == "not_ready":
+        return and_(
+            key, STAGES.c.status == RunStatus.SUSPENDED, STAGES.c.poll_count == commit.poll_count
+        )
+    if commit.after_suspend:  # the end of a wait: only at the poll count the workflow knows
+        return and_(
+            key, STAGES.c.status == RunStatus.SUSPENDED, STAGES.c.poll_count == commit.poll_count
+        )
+    return and_(key, STAGES.c.status == RunStatus.RUNNING)
+
+
+async def _record_state(session: AsyncSession, commit: StageCommit) -> tuple[Any, ...] | None:
+    row = (
+        await session.execute(
+            select(STAGES.c.id, STAGES.c.status, STAGES.c.attempt).where(
+                STAGES.c.workflow_run_id == commit.run_id,
+                STAGES.c.stage_id == commit.stage.stage_id,
             )
         )
-        assert record is not None
-    if record.status in TERMINAL_STATUSES or record.status == RunStatus.SUSPENDED:
-        return None
-    if record.status == RunStatus.PENDING:
-        record.status = RunStatus.RUNNING
-        record.started_at = now
-        record.updated_at = now
-        event = {"stage_id": spec.stage_id, "stage_name": spec.name, "stage_number": spec.number}
-        await append_events(
-            session, run_id, [("stage:started", event)], causation_id=record.id, now=now
-        )
-    return record.id
+    ).first()
+    return tuple(row) if row is not None else None
 
 
-def _log_rows(
-    run_id: str, stage_id: str, record_id: str | None, logs: list[LogDraft]
-) -> list[WorkflowLog]:
-    return [
-        WorkflowLog(
-            id=new_id(),
-            created_at=log.at,
-            workflow_run_id=run_id,
-            workflow_stage_id=record_id,
-            stage_id=stage_id,
-            level=log.level,
-            message=log.message,
-            metadata_=log.metadata,
+async def _group_completed(session: AsyncSession, run_id: str, group: int) -> bool:
+    unfinished = await session.scalar(
+        select(func.count())
+        .select_from(STAGES)
+        .where(
+            STAGES.c.workflow_run_id == run_id,
+            STAGES.c.execution_group == group,
+            STAGES.c.status != RunStatus.COMPLETED,
         )
-        for log in logs
-    ]
+    )
+    return not unfinished
 
 
 async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResult:
     """Write a stage outcome, its logs, annotations and events, or nothing but logs.
 
     Guarded by the run's status read under its row lock: against a run that is no longer
-    RUNNING (cancelled, or already finished) only the logs land. Idempotent through
-    ``commit.commit_id``: a retried or duplicated commit returns without writing again.
+    RUNNING (cancelled, or already finished) only the logs land. A retried or duplicated
+    commit finds its record already moved on and returns without writing again.
     """
-    outcome, spec, now = commit.outcome, commit.stage, commit.now
+    outcome, spec = commit.outcome, commit.stage
     run_status = await lock_run_status(session, commit.run_id)
     if run_status is None:
         return CommitResult(committed=False)
-    if await claim_idempotency(session, commit.commit_id, "stage.commit", True, now) is not None:
-        return CommitResult(committed=run_status == RunStatus.RUNNING)
-    record = await session.scalar(
-        select(WorkflowStage).where(
-            WorkflowStage.workflow_run_id == commit.run_id, WorkflowStage.stage_id == spec.stage_id
+    applied = None
+    if run_status == RunStatus.RUNNING and outcome.status != "skipped":
+        applied = (
+            await session.execute(
+                STAGES.update()
+                .where(_expected_state(commit))
+                .values(_stage_changes(commit))
+                .returning(STAGES.c.id, STAGES.c.started_at, STAGES.c.metrics)
+            )
+        ).first()
+    if applied is None:
+        record = await _record_state(session, commit)
+        duplicate = (
+            run_status == RunStatus.RUNNING
+            and record is not None
+            and record[2] == commit.attempt
+            and outcome.status != "skipped"
         )
-    )
-    live = (
-        run_status == RunStatus.RUNNING
-        and record is not None
-        and record.id == outcome.stage_record_id
-        and record.status in (RunStatus.RUNNING, RunStatus.SUSPENDED)
-    )
-    # Logs are diagnostics: they survive a ghosted or failed stage (as in the original).
-    for row in _log_rows(
-        commit.run_id, spec.stage_id, record.id if live and record else None, outcome.logs
-    ):
-        session.add(row)
-    if not live or record is None or outcome.status == "skipped":
+        if duplicate:
+            return CommitResult(committed=True, duplicate=True)
+        # Logs are diagnostics: they survive a ghosted stage (as in the original).
+        if outcome.logs:
+            await session.execute(
+                insert_ignore(session, LOGS),
+                _log_rows(commit.commit_id, commit.run_id, spec.stage_id, None, outcome.logs),
+            )
         return CommitResult(committed=False)
+    record_id, started_at, metrics = applied
+    return await _write_rows(session, commit, record_id, started_at, metrics)
 
+
+async def _write_rows(
+    session: AsyncSession,
+    commit: StageCommit,
+    record_id: str,
+    started_at: datetime | None,
+    stored_metrics: dict[str, Any] | None,
+) -> CommitResult:
+    """Everything an applied outcome writes besides the stage row."""
+    outcome, spec, now = commit.outcome, commit.stage, commit.now
+    logs = _log_rows(commit.commit_id, commit.run_id, spec.stage_id, record_id, outcome.logs)
     events: list[tuple[str, dict[str, Any]]] = [
         (
             "stage:progress",
@@ -125,103 +199,139 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
         )
         for p in outcome.progress
     ]
-    was_suspended = record.status == RunStatus.SUSPENDED
-    if was_suspended and record.started_at is not None:
+    fixes: dict[str, Any] = {}
+    duration = outcome.duration_ms
+    if commit.after_suspend and started_at is not None:
         # A batch stage's duration spans its suspension, not just the last check.
-        outcome.duration_ms = max(int((now - record.started_at).total_seconds() * 1000), 0)
-    record.updated_at = now
-    record.version += 1
+        duration = max(int((now - started_at).total_seconds() * 1000), 0)
+        fixes["duration_ms"] = duration
     if outcome.status == "completed":
-        record.status = RunStatus.COMPLETED
-        record.completed_at = now
-        record.duration_ms = outcome.duration_ms
-        record.output_data = outcome.output
-        record.metrics = outcome.metrics
-        record.next_poll_at = None
         events.append(
             (
                 "stage:completed",
-                {
-                    "stage_id": spec.stage_id,
-                    "stage_name": spec.name,
-                    "duration": outcome.duration_ms,
-                },
+                {"stage_id": spec.stage_id, "stage_name": spec.name, "duration": duration},
             )
         )
     elif outcome.status == "failed":
-        record.status = RunStatus.FAILED
-        record.completed_at = now
-        record.duration_ms = outcome.duration_ms
-        record.error_message = outcome.error
-        record.metrics = outcome.metrics or record.metrics
-        record.next_poll_at = None
         events.append(
             (
                 "stage:failed",
                 {"stage_id": spec.stage_id, "stage_name": spec.name, "error": outcome.error},
             )
         )
-        session.add(
-            WorkflowLog(
-                id=new_id(),
-                created_at=now,
-                workflow_run_id=commit.run_id,
-                workflow_stage_id=record.id,
-                stage_id=spec.stage_id,
-                level="ERROR",
-                message=f"Stage {spec.stage_id} failed: {outcome.error}",
-            )
-        )
-    else:  # suspended (first time) or not_ready (a poll that found the batch unfinished)
-        first = outcome.status == "suspended"
-        record.status = RunStatus.SUSPENDED
-        record.next_poll_at = commit.next_poll_at
-        if first:
-            record.suspended_state = outcome.suspended_state
-            record.poll_interval_ms = (
-                int(outcome.poll_interval.total_seconds() * 1000) if outcome.poll_interval else None
-            )
-            record.max_wait_until = commit.max_wait_until
-            record.metrics = outcome.metrics or None
-            suspended = {
+        logs.append(
+            {
+                "id": new_id(),
+                "created_at": now,
+                "workflow_run_id": commit.run_id,
+                "workflow_stage_id": record_id,
                 "stage_id": spec.stage_id,
-                "stage_name": spec.name,
-                "next_poll_at": commit.next_poll_at.isoformat() if commit.next_poll_at else None,
+                "level": "ERROR",
+                "message": f"Stage {spec.stage_id} failed: {outcome.error}",
+                "metadata": None,
             }
-            events.append(("stage:suspended", suspended))
-            events.append(("workflow:suspended", {"stage_id": spec.stage_id}))
-        else:
-            record.poll_count += 1
-    if outcome.ai_calls:
-        add_ai_calls(
-            session,
-            outcome.ai_calls,
-            workflow_run_id=commit.run_id,
-            stage_id=spec.stage_id,
-            now=now,
         )
-        metrics = dict(record.metrics or {})
+    elif outcome.status == "suspended":
+        next_poll_at = commit.next_poll_at.isoformat() if commit.next_poll_at else None
+        events.append(
+            (
+                "stage:suspended",
+                {"stage_id": spec.stage_id, "stage_name": spec.name, "next_poll_at": next_poll_at},
+            )
+        )
+        events.append(("workflow:suspended", {"stage_id": spec.stage_id}))
+    if outcome.ai_calls:
+        await session.execute(
+            AI_CALLS.insert(),
+            ai_call_rows(
+                outcome.ai_calls, workflow_run_id=commit.run_id, stage_id=spec.stage_id, now=now
+            ),
+        )
+        metrics = dict(stored_metrics or {})
         metrics["total_cost"] = float(metrics.get("total_cost", 0) or 0) + sum(
             c.cost for c in outcome.ai_calls
         )
         metrics["total_tokens"] = int(metrics.get("total_tokens", 0) or 0) + sum(
             c.input_tokens + c.output_tokens for c in outcome.ai_calls
         )
-        record.metrics = metrics
+        fixes["metrics"] = metrics
+    if fixes:
+        await session.execute(STAGES.update().where(STAGES.c.id == record_id).values(fixes))
     where = RowContext(
-        commit.run_id, "stage", spec.stage_id, stage_record_id=record.id, attempt=record.attempt
+        commit.run_id, "stage", spec.stage_id, stage_record_id=record_id, attempt=commit.attempt
     )
     inserted, annotation_events = await write_annotations(session, outcome.annotations, where, now)
     events.extend(annotation_events)
-    await append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
-    if outcome.status == "completed" and commit.open_next:
+    if (
+        outcome.status == "completed"
+        and commit.open_next
+        and (commit.group_size == 1 or await _group_completed(session, commit.run_id, spec.group))
+    ):
         await open_stages(
-            session, commit.run_id, [new_stage(s) for s in commit.open_next], record.attempt, now
+            session, commit.run_id, [new_stage(s) for s in commit.open_next], commit.attempt, now
         )
+    await append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
+    if logs:
+        await session.execute(LOGS.insert(), logs)
     reported = set(commit.report_keys)
     decisions = [
-        (row.key, str(row.value)[:200])
+        (row["key"], str(row["value"])[:200])
         for row in inserted
-        if row.key.startswith(DECISION_PREFIX) or row.key in reported
+        if row["key"].startswith(DECISION_PREFIX) or row["key"] in reported
     ]
     return CommitResult(committed=True, decisions=decisions)
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """What a stage activity finds when it begins: run the stage, return its stored outcome
+    (an earlier delivery committed it), or neither (its run or record moved on)."""
+
+    action: Literal["run", "settled", "skip"]
+    record_id: str | None = None
+    status: str | None = None
+    output: Any = None
+    error: str | None = None
+
+
+async def begin_stage(
+    session: AsyncSession, run_id: str, spec: StageSpec, attempt: int, now: datetime
+) -> StageStart:
+    """Mark the stage RUNNING (emitting ``stage:started`` once), as the original's job did
+    when it picked the stage up; a redelivered activity finds it RUNNING (run it again) or
+    settled (never re-run a committed stage)."""
+    if await lock_run_status(session, run_id) != RunStatus.RUNNING:
+        return StageStart("skip")
+    key = and_(
+        STAGES.c.workflow_run_id == run_id,
+        STAGES.c.stage_id == spec.stage_id,
+        STAGES.c.attempt == attempt,
+    )
+    started = await session.scalar(
+        STAGES.update()
+        .where(key, STAGES.c.status == RunStatus.PENDING)
+        .values(status=RunStatus.RUNNING, started_at=now, updated_at=now)
+        .returning(STAGES.c.id)
+    )
+    if started is not None:
+        event = {"stage_id": spec.stage_id, "stage_name": spec.name, "stage_number": spec.number}
+        await append_events(
+            session, run_id, [("stage:started", event)], causation_id=started, now=now
+        )
+        return StageStart("run", started, RunStatus.RUNNING)
+    record = (
+        await session.execute(
+            select(
+                STAGES.c.id, STAGES.c.status, STAGES.c.output_data, STAGES.c.error_message
+            ).where(key)
+        )
+    ).first()
+    if record is None:
+        return StageStart("skip")
+    if record.status == RunStatus.RUNNING:
+        return StageStart("run", record.id, record.status)
+    if record.status in (RunStatus.COMPLETED, RunStatus.FAILED):
+        return StageStart(
+            "settled", record.id, record.status, record.output_data, record.error_message
+        )
+    return StageStart("skip")

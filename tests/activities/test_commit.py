@@ -150,11 +150,12 @@ async def test_start_run_opens_every_member_of_the_first_group(store: SqlStore) 
 
 async def test_duplicated_commit_writes_one_set_of_rows(store: SqlStore) -> None:
     run_id = await started_run(store)
-    left_id = await store.begin_stage(run_id, LEFT, 0)
-    right_id = await store.begin_stage(run_id, RIGHT, 0)
+    left_id = (await store.begin_stage(run_id, LEFT, 0)).record_id
+    right_id = (await store.begin_stage(run_id, RIGHT, 0)).record_id
     assert left_id is not None and right_id is not None
     # A redelivered activity does not begin a RUNNING stage twice.
-    assert await store.begin_stage(run_id, LEFT, 0) == left_id
+    again = await store.begin_stage(run_id, LEFT, 0)
+    assert (again.action, again.record_id) == ("run", left_id)
     before = await counts(store, run_id)
 
     failed = StageOutcome(
@@ -166,11 +167,13 @@ async def test_duplicated_commit_writes_one_set_of_rows(store: SqlStore) -> None
         annotations=[AnnotationDraft(key="acme.before", value=True)],
     )
     right_commit = commit(run_id, RIGHT, "wf-run:1", failed)
-    left_commit = commit(run_id, LEFT, "wf-run:2", completed_outcome(left_id), open_next=[NEXT])
+    # The group's other member failed: completing this one opens nothing.
+    assert (await store.commit_stage(right_commit)).committed is True
+    left_commit = commit(
+        run_id, LEFT, "wf-run:2", completed_outcome(left_id), open_next=[NEXT], group_size=2
+    )
 
     # The same commit, sequentially and then concurrently, as Temporal retries may deliver it.
-    first = await store.commit_stage(right_commit)
-    assert first.committed is True
     assert (await store.commit_stage(right_commit)).committed is True
     results = await asyncio.gather(
         store.commit_stage(left_commit),
@@ -186,12 +189,12 @@ async def test_duplicated_commit_writes_one_set_of_rows(store: SqlStore) -> None
 
     after = await counts(store, run_id)
     assert after == {
-        "workflow_stages": before["workflow_stages"] + 1,  # "next", opened once
+        "workflow_stages": before["workflow_stages"],  # "next" not opened: "right" failed
         "workflow_logs": 3,  # right: WARN + ERROR; left: INFO
         "workflow_annotations": 3,
         "outbox_events": before["outbox_events"] + 4,
         "runs": 1,
-        "keys": before["keys"] + 2,
+        "keys": before["keys"],  # idempotent by the record's state, not by a claimed key
     }
     stages = {s.stage_id: s for s in await store.list_stages(run_id)}
     left = stages["left"]
@@ -201,8 +204,7 @@ async def test_duplicated_commit_writes_one_set_of_rows(store: SqlStore) -> None
     assert left.duration_ms == 12 and left.completed_at is not None
     assert stages["right"].status == RunStatus.FAILED
     assert stages["right"].error_message == "right broke"
-    assert stages["next"].status == RunStatus.PENDING and stages["next"].execution_group == 2
-    assert stages["next"].config == {"k": 3}
+    assert "next" not in stages
 
     logs = await store.list_logs(run_id)
     assert sorted((log.stage_id, log.level, log.message) for log in logs) == [
@@ -231,13 +233,13 @@ async def test_duplicated_commit_writes_one_set_of_rows(store: SqlStore) -> None
 
 async def test_commit_against_a_cancelled_run_writes_only_logs(store: SqlStore) -> None:
     run_id = await started_run(store)
-    left_id = await store.begin_stage(run_id, LEFT, 0)
+    left_id = (await store.begin_stage(run_id, LEFT, 0)).record_id
     assert left_id is not None
     assert await store.cancel_run(run_id, "stop", causation_id="cancel-1")
     events_before = await store.list_outbox_events(run_id)
     assert events_before[-1].event_type == "workflow:cancelled"
     # Nothing may begin on a cancelled run.
-    assert await store.begin_stage(run_id, RIGHT, 0) is None
+    assert (await store.begin_stage(run_id, RIGHT, 0)).action == "skip"
 
     late = commit(run_id, LEFT, "wf-run:1", completed_outcome(left_id), open_next=[NEXT])
     assert (await store.commit_stage(late)).committed is False
@@ -261,7 +263,7 @@ async def test_commit_against_a_cancelled_run_writes_only_logs(store: SqlStore) 
 
 async def test_commit_against_a_finished_run_writes_only_logs(store: SqlStore) -> None:
     run_id = await started_run(store)
-    left_id = await store.begin_stage(run_id, LEFT, 0)
+    left_id = (await store.begin_stage(run_id, LEFT, 0)).record_id
     assert left_id is not None
     assert await store.finalize_run(
         run_id,

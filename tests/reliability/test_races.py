@@ -359,20 +359,15 @@ async def test_concurrent_attach_with_one_key(env: Any, store: SqlStore) -> None
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="temporal_workflows/run.py: a run cancelled while a stage commit (local activity) "
-    "is in flight ends its workflow with CancelWorkflowExecution ahead of that commit's marker; "
-    "the worker's completion is rejected ('invalid command sequence: [RecordMarker, "
-    "UpsertWorkflowSearchAttributes, CancelWorkflowExecution, RecordMarker], command "
-    "CancelWorkflowExecution must be the last command') and the workflow closes only once the "
-    "workflow task is heartbeaten or times out (8 s here with the default 10 s task timeout, "
-    "10-20 s in the cancel races). On cancellation RunWorkflow should cancel and await its "
-    "stage tasks before running wfe.cancel_run and re-raising.",
-)
 @BENIGN_CANCEL_WARNING
-@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # the bug is in the workflow
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # about the workflow, not SQL
 async def test_cancel_during_commit_closes_the_workflow_promptly(env: Any, store: SqlStore) -> None:
+    """A cancel that lands while the stage activity commits closes the workflow at once.
+
+    When the commit was a local activity, the workflow's CancelWorkflowExecution command came
+    ahead of that commit's marker; the server rejected the completion and the workflow closed
+    only when the workflow task timed out (8-20 s). The commit now ends the stage activity.
+    """
     committing = asyncio.Event()
     proceed = asyncio.Event()
 

@@ -4,17 +4,20 @@ Each crash cycle runs a hooked worker process (``worker_main.py``) and dispatche
 ``crashy`` workflow (prep → [work ‖ side] → finish) whose ``work`` stage is caught:
 
 - ``stage``: inside the stage's user code (it waits, heartbeating, for a release file);
-- ``before_commit``: after the stage's activity completed, before its commit local activity
-  writes anything (the worker sleeps there);
+- ``before_commit``: after the stage's code returned, before its commit (at the end of the
+  stage activity) writes anything (the worker sleeps there);
 - ``in_commit``: inside the commit transaction, every row written and flushed, before COMMIT
   (PostgreSQL shows the worker's backend ``idle in transaction``);
+- ``after_commit``: the commit landed, the activity has not returned it to Temporal yet;
 - ``free``: runs dispatched just before the kill, caught wherever they happen to be.
 
 The worker is killed with ``SIGKILL`` after a varied delay, a standby worker (started before the
 kill, gated by a file so that it polls only afterwards) takes over, and every run must complete
 with each stage's rows (stage record, stage annotations, logs, outbox events) present exactly
-once, counted in SQL per run. The ``stage`` runs must have re-run the stage's code (attempt 2);
-the commit-held runs must not (their stage result was already durable in Temporal).
+once, counted in SQL per run. A stage caught before its commit landed (``stage``,
+``before_commit``, ``in_commit``) must have re-run its code on the new worker (attempt 2: its
+result was durable nowhere, and a rerun rebuilds its buffer); one caught after (``after_commit``)
+must not: the redelivered activity finds the stage COMPLETED and returns the stored outcome.
 
 The reliability tests' dev server (``fast_env``) has a 2 s default workflow-task timeout, so
 that a workflow task lost with the worker is retried after 2 s rather than 10 s.
@@ -40,7 +43,7 @@ from tests.reliability.workloads import assert_exactly_once, crash_workflow, rel
 
 pytestmark = pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 
-HELD_MODES = ("stage", "before_commit", "in_commit")
+HELD_MODES = ("stage", "before_commit", "in_commit", "after_commit")
 WAIT = timedelta(seconds=60)
 
 
@@ -144,6 +147,7 @@ async def crash_cycle(
         "stage": lambda run_id: directory / f"{run_id}.work.1.entered",
         "before_commit": lambda run_id: directory / f"{run_id}.work.before_commit",
         "in_commit": lambda run_id: directory / f"{run_id}.work.in_commit",
+        "after_commit": lambda run_id: directory / f"{run_id}.work.after_commit",
     }
     try:
         await wait_for_files([held[mode](run_id) for run_id, mode in modes.items()])
@@ -173,10 +177,10 @@ async def crash_cycle(
         assert run.status == "COMPLETED", (mode, run)
         await assert_exactly_once(store, run_id)
         reran = (directory / f"{run_id}.work.2.entered").exists()
-        if mode == "stage":
-            assert reran, "the killed stage's code must run again on the new worker"
-        elif mode in ("before_commit", "in_commit"):
-            assert not reran, "a stage whose result Temporal recorded must not run again"
+        if mode in ("stage", "before_commit", "in_commit"):
+            assert reran, "a stage killed before its commit landed must run again"
+        elif mode == "after_commit":
+            assert not reran, "a stage whose commit landed must not run again"
 
 
 @pytest.mark.parametrize("repetition", range(2))

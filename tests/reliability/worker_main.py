@@ -16,12 +16,16 @@ It builds a :class:`~engine.Kernel` with the workflows of ``workloads.py`` and r
     the recovery of a held one and goes through:
 
     ``before_commit``: write ``<run id>.work.before_commit`` and sleep before committing; the
-    stage's activity result is already recorded by Temporal, so a kill now is a crash between
-    the stage finishing and its commit.
+    stage's code has finished, so a kill now is a crash between the stage finishing and its
+    commit (the commit runs at the end of the stage activity).
 
     ``in_commit``: do every write of the commit, flush them to the database, write
     ``<run id>.work.in_commit`` and keep the transaction open before committing; a kill now is
     a crash during the commit transaction.
+
+    ``after_commit``: commit, then write ``<run id>.work.after_commit`` and sleep before the
+    activity returns; a kill now is a crash after the commit landed and before Temporal
+    recorded the activity's result.
 ``REL_HOOK_SECONDS``
     How long a hook holds (default 30; the tests kill the worker long before).
 ``REL_STICKY_SECONDS``
@@ -56,7 +60,11 @@ def install_hooks(seconds: float, markers: Path) -> None:
     async def commit_stage(self: SqlStore, commit: StageCommit) -> CommitResult:
         output = commit.outcome.output
         mode = output.get("mode") if isinstance(output, dict) else None
-        if commit.stage.stage_id != "work" or mode not in ("before_commit", "in_commit"):
+        if commit.stage.stage_id != "work" or mode not in (
+            "before_commit",
+            "in_commit",
+            "after_commit",
+        ):
             return await original(self, commit)
         marker = markers / f"{commit.run_id}.work.{mode}"
         if marker.exists():
@@ -65,6 +73,11 @@ def install_hooks(seconds: float, markers: Path) -> None:
             touch(marker)
             await asyncio.sleep(seconds)
             return await original(self, commit)
+        if mode == "after_commit":
+            result = await original(self, commit)
+            touch(marker)
+            await asyncio.sleep(seconds)
+            return result
         async with self.transaction() as session:
             result = await stage_rows.commit_stage(session, commit)
             await session.flush()  # every row is written, the transaction is open

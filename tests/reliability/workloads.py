@@ -62,9 +62,10 @@ LOGS_PER_STAGE = {"prep": 1, "work": 2, "side": 1, "finish": 1}
 PROGRESS_PER_STAGE = {"work": 1}
 
 
-MODES = ("stage", "before_commit", "in_commit", "free")
+MODES = ("stage", "before_commit", "in_commit", "after_commit", "free")
 """Where a worker crash should catch a run's ``work`` stage: in its code, between its end and
-its commit, inside its commit transaction; ``free`` runs are not held anywhere."""
+its commit, inside its commit transaction, after its commit but before Temporal heard of it;
+``free`` runs are not held anywhere."""
 
 
 class Job(BaseModel):

@@ -1,9 +1,11 @@
 """Replay determinism of ``RunWorkflow``.
 
 The committed histories in ``tests/histories`` (written by ``tests/histories/record.py``) must
-replay against the current workflow code without a nondeterminism error; a run with an
-async-batch stage (durable timers, polls and an external resume Update) is recorded here and
-replayed at once.
+replay against the current workflow code without a nondeterminism error: those of the current
+command sequence (each stage one activity that commits its outcome), and those recorded when
+every stage commit was a local activity (``v1-commit-local-activity``), which workflows
+started by that version still in flight depend on. A run with an async-batch stage (durable
+timers, polls and an external resume Update) is recorded here and replayed at once.
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ from tests.helpers import running_kernel
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 RECORDED = ["sequential", "parallel", "failing"]
+V1 = "v1-commit-local-activity"
 
 
 def replayer() -> Replayer:
     return Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter)
 
 
+@pytest.mark.parametrize("version", ["current", V1])
 @pytest.mark.parametrize("name", RECORDED)
-async def test_recorded_history_replays(name: str) -> None:
-    text = (HISTORIES / f"{name}.json").read_text()
+async def test_recorded_history_replays(name: str, version: str) -> None:
+    directory = HISTORIES if version == "current" else HISTORIES / version
+    text = (directory / f"{name}.json").read_text()
     history = WorkflowHistory.from_json(f"wfe-run-{name}", text)
     # The recording is what it claims to be (guards against an empty or truncated file).
     kinds = [e["eventType"] for e in json.loads(text)["events"]]
@@ -54,7 +59,10 @@ async def test_recorded_history_replays(name: str) -> None:
     scheduled = kinds.count("EVENT_TYPE_ACTIVITY_TASK_SCHEDULED")
     assert scheduled == {"sequential": 2, "parallel": 4, "failing": 2}[name]
     local_activities = kinds.count("EVENT_TYPE_MARKER_RECORDED")
-    assert local_activities >= 1 + scheduled + 1  # start, one commit per stage, finalize
+    if version == V1:
+        assert local_activities >= 1 + scheduled + 1  # start, one commit per stage, finalize
+    else:
+        assert local_activities == 2  # start and finalize: each stage commits in its activity
 
     result = await replayer().replay_workflow(history)
     assert result.replay_failure is None
