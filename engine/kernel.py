@@ -466,22 +466,39 @@ class Kernel:
     async def wait_for_run(
         self, run_id: str, timeout: timedelta = timedelta(seconds=30)
     ) -> RunRecord:
-        """Wait (on the side-store, in real time) until the run is terminal.
+        """Wait (in real time) until the run is terminal in the side-store.
+
+        It waits on the run's Temporal execution, which closes right after the run's final
+        commit, and reads the side-store again whenever that returns; a run whose execution
+        has not started yet (PENDING) is polled.
 
         Raises:
             TimeoutError: the run is still active after ``timeout``.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
-        delay = 0.01
+        closed = 0
         while True:
             run = await self.store.get_run(run_id)
             if run.status in TERMINAL_STATUSES:
                 return await self._resolved(run)
-            if loop.time() >= deadline:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)  # a status read is ~1 ms: poll often
+            temporal_id = await self.store.temporal_workflow_id(run_id)
+            if run.status == RunStatus.PENDING or temporal_id is None:
+                await asyncio.sleep(min(0.02, remaining))
+                continue
+            handle = self.client.get_workflow_handle(temporal_id)
+            try:
+                await asyncio.wait_for(handle.result(), timeout=min(remaining, 5.0))
+            except TimeoutError:
+                continue
+            except Exception:  # failed, cancelled, not found: the side-store has the status
+                pass
+            closed += 1
+            if closed > 1:  # closed, yet not terminal in SQL: a rerun's new execution, or lag
+                await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0)))
 
     def stage_specs(self, workflow_id: str, config: Mapping[str, Any]) -> Sequence[Any]:
         """The plan of a registered workflow as stage specs (the CLI shows it)."""
