@@ -127,7 +127,8 @@ class StageTask(BaseModel):
     input: Any = None
     context: dict[str, Any] = Field(default_factory=dict)
     stage_record_id: str | None = None
-    """The record a poll concerns (``execute`` finds or creates it)."""
+    """The stage's record when the workflow knows it: opened RUNNING by the commit before,
+    so a first attempt of ``execute`` begins nothing (otherwise it begins the stage)."""
     suspended_state: Any = None
     poll_count: int = 0
     resume_data: Any = None
@@ -196,7 +197,7 @@ class StageCommit(BaseModel):
     next_poll_at: datetime | None = None
     max_wait_until: datetime | None = None
     open_next: list[StageSpec] = Field(default_factory=list)
-    """The next group: opened (PENDING) by the commit that completes this stage's group."""
+    """The next group: opened (RUNNING) by the commit that completes this stage's group."""
     group_size: int = 1
     """Members of the stage's group; with more than one, the commit checks its siblings."""
     after_suspend: bool = False
@@ -214,6 +215,8 @@ class CommitResult(BaseModel):
     committed: bool
     """False when the run was no longer RUNNING: nothing but logs was written."""
     decisions: list[tuple[str, str]] = Field(default_factory=list)
+    opened: dict[str, str] = Field(default_factory=dict)
+    """Stage id → record id of the next group's records, when this commit opened them."""
     duplicate: bool = False
     """The outcome had been committed already (by an earlier delivery): nothing was written."""
 

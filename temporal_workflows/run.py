@@ -103,6 +103,8 @@ class RunWorkflow:
         self._resumes: dict[str, ResumeRequest] = {}
         self._details: dict[str, str] = {}
         self._commits = 0
+        self._records: dict[str, str] = {}
+        """Stage id → record id of the stages that commits opened RUNNING."""
         self._stage_tasks: list[asyncio.Task[None]] = []
         self._cancelled = False
 
@@ -227,6 +229,7 @@ class RunWorkflow:
                     spec,
                     input=stage_input,
                     context=group.context,
+                    stage_record_id=self._records.get(spec.stage_id),
                     open_next=group.next_group,
                     group_size=len(group.specs),
                     report_keys=list(self._input.projected_keys) if self._input else [],
@@ -403,6 +406,7 @@ class RunWorkflow:
         """Take in a commit's result: stop if it was refused, show the decisions it wrote."""
         if not result.committed:
             raise _RunCancelled()
+        self._records.update(result.opened)
         if result.decisions:
             self._show_decisions(stage_id, result.decisions)
 

@@ -160,10 +160,13 @@ async def open_stages(
     stages: Sequence[NewStage],
     attempt: int,
     now: datetime,
-) -> None:
-    """Create PENDING records for ``stages`` in one statement; existing ones are left alone."""
+    *,
+    running: bool = False,
+) -> dict[str, str]:
+    """Create records for ``stages`` in one statement, PENDING (or RUNNING and started now);
+    existing ones are left alone. Returns stage id → record id of those created."""
     if not stages:
-        return
+        return {}
     rows = [
         {
             "id": new_id(),
@@ -176,13 +179,17 @@ async def open_stages(
             "stage_number": stage.number,
             "execution_group": stage.group,
             "attempt": attempt,
-            "status": RunStatus.PENDING,
+            "status": RunStatus.RUNNING if running else RunStatus.PENDING,
+            "started_at": now if running else None,
             "config": stage.config,
             "poll_count": 0,
         }
         for stage in stages
     ]
-    await session.execute(insert_ignore(session, WorkflowStage.__table__), rows)
+    table = WorkflowStage.__table__
+    result = await session.execute(insert_ignore(session, table).returning(table.c.id), rows)
+    created = set(result.scalars().all())
+    return {str(row["stage_id"]): str(row["id"]) for row in rows if row["id"] in created}
 
 
 @dataclass(frozen=True)

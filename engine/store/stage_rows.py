@@ -262,13 +262,29 @@ async def _write_rows(
     )
     inserted, annotation_events = await write_annotations(session, outcome.annotations, where, now)
     events.extend(annotation_events)
+    opened: dict[str, str] = {}
     if (
         outcome.status == "completed"
         and commit.open_next
         and (commit.group_size == 1 or await _group_completed(session, commit.run_id, spec.group))
     ):
-        await open_stages(
-            session, commit.run_id, [new_stage(s) for s in commit.open_next], commit.attempt, now
+        # Opened RUNNING: the workflow schedules their activities as soon as it hears of this
+        # commit, so the stages start now and those activities skip a transaction of their own.
+        opened = await open_stages(
+            session,
+            commit.run_id,
+            [new_stage(s) for s in commit.open_next],
+            commit.attempt,
+            now,
+            running=True,
+        )
+        events.extend(
+            (
+                "stage:started",
+                {"stage_id": s.stage_id, "stage_name": s.name, "stage_number": s.number},
+            )
+            for s in commit.open_next
+            if s.stage_id in opened
         )
     await append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
     if logs:
@@ -279,7 +295,7 @@ async def _write_rows(
         for row in inserted
         if row["key"].startswith(DECISION_PREFIX) or row["key"] in reported
     ]
-    return CommitResult(committed=True, decisions=decisions)
+    return CommitResult(committed=True, decisions=decisions, opened=opened)
 
 
 @dataclass(frozen=True)

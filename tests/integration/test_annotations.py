@@ -209,7 +209,15 @@ async def test_stage_annotation_forms_rows_envelopes_and_events(env, store):
     types = [e.event_type for e in events]
     completed_at = types.index("stage:completed")
     forms_events = [e for e in events if e.causation_id == events[completed_at].causation_id]
-    assert {e.event_type for e in forms_events} == {"stage:completed", "annotation:created"}
+    # One commit: the stage's outcome, its annotations, and the start of the next group.
+    assert {e.event_type for e in forms_events} == {
+        "stage:completed",
+        "annotation:created",
+        "stage:started",
+    }
+    assert all(
+        e.payload["stage_id"] != "forms" for e in forms_events if e.event_type == "stage:started"
+    )
 
     # A typed key given a wrong type raises TypeError naming the key and the expected type.
     type_errors = PROBES.pop(token)["type_errors"]
