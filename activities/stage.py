@@ -16,9 +16,9 @@ redelivered activity (attempt > 1 always begins in a transaction: its first deli
 committed before the worker died) finds the record settled and returns the stored outcome
 without running user code again. A commit that fails for an infrastructure reason is retried
 in the activity, and if the database stays unavailable the outcome is returned with its buffer
-intact for the workflow's ``wfe.commit_stage`` local activity, which Temporal retries until it lands: the
-buffer is never lost (the original lost it there). Suspensions and polls, which need the
-workflow's clock for their timers, always commit through that local activity.
+intact for the workflow's ``wfe.commit_stage`` local activity, which Temporal retries until
+it lands: the buffer is never lost (the original lost it there). Suspensions and polls, which
+need the workflow's clock for their timers, always commit through that local activity.
 
 A stage's own exception is its outcome (FAILED on the first try) unless the stage declares a
 ``retry_policy``: then the activity raises so Temporal retries the user code, and only the
