@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, Table, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.annotations import AnnotationDraft, text_problem, typed_columns
@@ -96,7 +96,7 @@ async def insert_drafts(
                 "idempotency_key": draft.idempotency_key,
             }
         )
-    table = WorkflowAnnotation.__table__
+    table: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
     # One multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id for the whole batch
     # (executemany, sent as one statement by SQLAlchemy's insertmanyvalues; one statement per
     # row cost ~1 ms each). A (key, idempotency key) pair repeated within the batch is
@@ -110,6 +110,10 @@ async def insert_drafts(
                 continue
             seen.add(pair)
         batch.append(row)
+    if all(row["idempotency_key"] is None for row in batch):
+        # Nothing to deduplicate (ids are new): a plain batched insert, no RETURNING to read.
+        await session.execute(table.insert(), batch)
+        return list(zip(drafts, rows, strict=True))
     result = await session.execute(insert_ignore(session, table).returning(table.c.id), batch)
     inserted = set(result.scalars().all())
     return [(draft, row) for draft, row in zip(drafts, rows, strict=True) if row["id"] in inserted]

@@ -62,7 +62,10 @@ def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-        kwargs.setdefault("pool_pre_ping", True)
+        # No pre-ping: it costs a round trip per transaction, and a connection that died in
+        # the pool fails its statement, is invalidated, and the caller's retry (an activity's,
+        # or the in-activity commit's) gets a fresh one.
+        kwargs.setdefault("pool_pre_ping", False)
         return create_async_engine(url, **kwargs)
     raise ValueError(
         f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
