@@ -105,16 +105,18 @@ class RunRerunFromResult(_Message):
 
 
 class RunClaimPending(_Message):
-    """Start the Temporal workflow of PENDING runs whose start was lost."""
+    """Start the Temporal workflow of PENDING runs whose start was lost, and restart RUNNING
+    runs whose Temporal execution is gone (terminated by an operator, timed out, deleted)."""
 
     type: Literal["run.claimPending"] = "run.claimPending"
     max_claims: int = Field(default=10, ge=1, le=1000)
 
 
 class RunClaimPendingResult(_Message):
-    """Runs whose workflow this call started."""
+    """Runs whose workflow this call started, and RUNNING runs it restarted."""
 
     started: list[str]
+    restarted: list[str] = Field(default_factory=list)
 
 
 class OutboxFlush(_Message):

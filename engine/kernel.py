@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -18,7 +18,7 @@ from temporalio.common import (
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.run import new_stages, plan_of
 from engine.annotations import Actor, AnnotationLimits, build_drafts, json_problem
@@ -78,6 +78,18 @@ R = TypeVar("R")
 def temporal_workflow_id(run_id: str, attempt: int = 0) -> str:
     """The Temporal workflow id of a run's first execution, or of its ``attempt``-th rerun."""
     return f"wfe-run-{run_id}" if attempt == 0 else f"wfe-run-{run_id}-rerun-{attempt}"
+
+
+def restart_workflow_id(temporal_id: str) -> str:
+    """The id of the execution that takes over from ``temporal_id`` (``…-restart-<n>``)."""
+    base, marker, count = temporal_id.rpartition("-restart-")
+    if marker and count.isdigit():
+        return f"{base}-restart-{int(count) + 1}"
+    return f"{temporal_id}-restart-1"
+
+
+RUNNING_SCAN_LIMIT = 200
+"""RUNNING runs one ``RunClaimPending`` checks against Temporal (least recently updated)."""
 
 
 class Kernel:
@@ -300,7 +312,14 @@ class Kernel:
         return self._search_attributes
 
     async def _start(
-        self, run_id: str, workflow_id: str, *, start_group: int, attempt: int
+        self,
+        run_id: str,
+        workflow_id: str,
+        *,
+        start_group: int,
+        attempt: int = 0,
+        temporal_id: str | None = None,
+        note: str | None = None,
     ) -> bool:
         """Start the run's Temporal workflow; False if it was already started."""
         enabled = await self._search_attributes_enabled()
@@ -321,6 +340,8 @@ class Kernel:
                 f"Rerun {attempt} of run `{run_id}` from group {start_group}; previous "
                 f"execution `{temporal_workflow_id(run_id, attempt - 1)}`"
             )
+        if note:
+            lines.append(note)
         if self.viewer_url:
             lines.append(f"Provenance: {self.viewer_url}/runs/{run_id}")
         details = "\n\n".join(lines) or None
@@ -335,7 +356,7 @@ class Kernel:
                     projected_keys=self.projected_keys,
                     continue_as_new_after_events=self.continue_as_new_after_events,
                 ),
-                id=temporal_workflow_id(run_id, attempt),
+                id=temporal_id or temporal_workflow_id(run_id, attempt),
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=search,
@@ -401,7 +422,35 @@ class Kernel:
         for run_id, workflow_id, _temporal_id in await self.store.pending_runs(command.max_claims):
             if await self._start(run_id, workflow_id, start_group=1, attempt=0):
                 started.append(run_id)
-        return RunClaimPendingResult(started=started)
+        restarted: list[str] = []
+        for run_id, workflow_id, temporal_id in await self.store.running_runs(RUNNING_SCAN_LIMIT):
+            if len(restarted) >= command.max_claims:
+                break
+            if temporal_id is not None and await self._execution_running(temporal_id):
+                continue
+            new_id = restart_workflow_id(temporal_id or temporal_workflow_id(run_id))
+            group = await self.store.restart_run(
+                run_id, expected_temporal_id=temporal_id, temporal_id=new_id
+            )
+            if group is None:  # another claimer restarted it, or it finished meanwhile
+                continue
+            note = f"Restart of run `{run_id}` at group {group}: execution `{temporal_id}` ended"
+            if await self._start(
+                run_id, workflow_id, start_group=group, temporal_id=new_id, note=note
+            ):
+                log.warning("restarted run %s as %s (%s)", run_id, new_id, note)
+                restarted.append(run_id)
+        return RunClaimPendingResult(started=started, restarted=restarted)
+
+    async def _execution_running(self, temporal_id: str) -> bool:
+        """Whether the Temporal execution (its latest run) is still open."""
+        try:
+            description = await self._handle(temporal_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status == WorkflowExecutionStatus.RUNNING
 
     async def resume_stage(
         self,

@@ -22,6 +22,7 @@ from engine.store.models import (
     WorkflowLog,
     WorkflowRun,
     WorkflowStage,
+    utcnow,
 )
 from engine.store.sql import append_events, insert_ignore, lock_run
 
@@ -34,6 +35,8 @@ __all__ = [
     "finalize_run",
     "open_stages",
     "rerun_from",
+    "restart_run",
+    "running_runs",
     "start_run",
 ]
 
@@ -437,3 +440,55 @@ async def count_rows(session: AsyncSession, model: Any, run_id: str) -> int:
         )
         or 0
     )
+
+
+async def restart_run(
+    session: AsyncSession, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
+) -> int | None:
+    """Point a RUNNING run at a new Temporal execution and return the group it resumes at.
+
+    A compare-and-set on the run's current execution id: of two callers that both found the
+    execution gone, one wins and the other gets ``None`` (as does a run no longer RUNNING).
+    The resumed group is the first one with a stage not COMPLETED; its unfinished records go
+    back to PENDING, so the new execution begins them again (a suspended batch is submitted
+    again: its waiting state lived in the lost execution).
+    """
+    run = await lock_run(session, run_id)
+    if (
+        run is None
+        or run.status != RunStatus.RUNNING
+        or run.temporal_workflow_id != expected_temporal_id
+    ):
+        return None
+    records = (
+        await session.execute(
+            select(WorkflowStage.id, WorkflowStage.execution_group, WorkflowStage.status).where(
+                WorkflowStage.workflow_run_id == run_id
+            )
+        )
+    ).all()
+    unfinished = [r for r in records if r.status != RunStatus.COMPLETED]
+    group = min((r.execution_group for r in unfinished), default=None)
+    if group is None:  # every stage completed: the lost execution only had to finalize
+        group = max((r.execution_group for r in records), default=1)
+    reopen = [r.id for r in unfinished if r.execution_group == group]
+    if reopen:
+        await session.execute(
+            update(WorkflowStage)
+            .where(WorkflowStage.id.in_(reopen))
+            .values(status=RunStatus.PENDING, next_poll_at=None, updated_at=utcnow())
+        )
+    run.temporal_workflow_id = temporal_id
+    run.version = run.version + 1
+    return group
+
+
+async def running_runs(session: AsyncSession, limit: int) -> list[tuple[str, str, str | None]]:
+    """RUNNING runs, least recently updated first: (run id, workflow id, temporal id)."""
+    rows = await session.execute(
+        select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
+        .where(WorkflowRun.status == RunStatus.RUNNING)
+        .order_by(WorkflowRun.updated_at, WorkflowRun.id)
+        .limit(limit)
+    )
+    return [(r[0], r[1], r[2]) for r in rows.all()]

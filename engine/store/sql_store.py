@@ -200,6 +200,23 @@ class SqlStore:
             )
             return [(r[0], r[1], r[2]) for r in rows.all()]
 
+    async def running_runs(self, limit: int) -> list[tuple[str, str, str | None]]:
+        """RUNNING runs, least recently updated first: (run id, workflow id, temporal id)."""
+        async with self.sessions() as session:
+            return await runs.running_runs(session, limit)
+
+    async def restart_run(
+        self, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
+    ) -> int | None:
+        """Hand a RUNNING run to a new execution (see :func:`runs.restart_run`)."""
+        async with self.transaction() as session:
+            return await runs.restart_run(
+                session,
+                run_id,
+                expected_temporal_id=expected_temporal_id,
+                temporal_id=temporal_id,
+            )
+
     async def temporal_workflow_id(self, run_id: str) -> str | None:
         """Id of the Temporal workflow currently driving the run."""
         if _unknown(run_id):

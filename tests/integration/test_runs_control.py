@@ -185,6 +185,55 @@ async def test_claim_pending_starts_a_lost_run_exactly_once(env: Any, store: Sql
         assert await temporal_executions(env, run_id) == 1
 
 
+async def test_claim_pending_restarts_a_running_run_whose_execution_was_terminated(
+    env: Any, store: SqlStore
+) -> None:
+    """An operator terminated the run's Temporal execution: the side-store still says RUNNING.
+
+    RunClaimPending notices (the execution is closed), hands the run to a new execution at the
+    first unfinished group, exactly once, and reports it; earlier groups are not run again.
+    """
+    calls: list[str] = []
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @define_stage(id="first", input=Doc, output=Doc)
+    async def first(ctx: StageContext[Doc, None]) -> Doc:
+        calls.append("first")
+        return Doc(text=ctx.input.text + "1")
+
+    @define_stage(id="second", input=Doc, output=Doc)
+    async def second(ctx: StageContext[Doc, None]) -> Doc:
+        calls.append("second")
+        if calls.count("second") == 1:
+            entered.set()
+            await release.wait()  # held until the operator has terminated the execution
+        return Doc(text=ctx.input.text + "2")
+
+    workflow = define_workflow(id="restartable", input=Doc).pipe(first).pipe(second).build()
+    async with running_kernel(env, store, workflow) as kernel:
+        run_id = (
+            await kernel.dispatch(RunCreate(workflow_id="restartable", input={"text": "x"}))
+        ).workflow_run_id
+        await asyncio.wait_for(entered.wait(), timeout=30)
+        await env.client.get_workflow_handle(temporal_workflow_id(run_id)).terminate("operator")
+        assert (await kernel.get_run(run_id)).status == RunStatus.RUNNING
+
+        claimed = await kernel.dispatch(RunClaimPending())
+        assert (claimed.started, claimed.restarted) == ([], [run_id])
+        assert (await kernel.dispatch(RunClaimPending())).restarted == []
+        run = await kernel.wait_for_run(run_id, timeout=WAIT)
+        release.set()  # the terminated execution's activity finishes late: a ghost
+        assert run.status == RunStatus.COMPLETED and run.output == {"text": "x12"}
+        assert calls == ["first", "second", "second"]  # the completed group is kept
+        stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
+        assert {s.status for s in stages.values()} == {RunStatus.COMPLETED}
+        assert stages["second"].output_data == {"text": "x12"}
+        current = await store.temporal_workflow_id(run_id)
+        assert current == f"{temporal_workflow_id(run_id)}-restart-1"
+        types = [e.event_type for e in await kernel.list_outbox_events(run_id)]
+        assert types.count("workflow:completed") == 1
+
+
 @BENIGN_CANCEL_RACE
 async def test_cancel_running_run(env: Any, store: SqlStore) -> None:
     entered = asyncio.Event()
