@@ -40,6 +40,12 @@ def new_stage(spec: StageSpec) -> NewStage:
     return NewStage(spec.stage_id, spec.name, spec.number, spec.group, spec.config)
 
 
+def started_event(spec: StageSpec) -> tuple[str, dict[str, Any]]:
+    """The ``stage:started`` outbox event of a stage."""
+    body = {"stage_id": spec.stage_id, "stage_name": spec.name, "stage_number": spec.number}
+    return ("stage:started", body)
+
+
 def _log_rows(
     commit_id: str, run_id: str, stage_id: str, record_id: str | None, logs: list[LogDraft]
 ) -> list[dict[str, Any]]:
@@ -278,14 +284,7 @@ async def _write_rows(
             now,
             running=True,
         )
-        events.extend(
-            (
-                "stage:started",
-                {"stage_id": s.stage_id, "stage_name": s.name, "stage_number": s.number},
-            )
-            for s in commit.open_next
-            if s.stage_id in opened
-        )
+        events.extend(started_event(s) for s in commit.open_next if s.stage_id in opened)
     await append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
     if logs:
         await session.execute(LOGS.insert(), logs)
@@ -330,10 +329,7 @@ async def begin_stage(
         .returning(STAGES.c.id)
     )
     if started is not None:
-        event = {"stage_id": spec.stage_id, "stage_name": spec.name, "stage_number": spec.number}
-        await append_events(
-            session, run_id, [("stage:started", event)], causation_id=started, now=now
-        )
+        await append_events(session, run_id, [started_event(spec)], causation_id=started, now=now)
         return StageStart("run", started, RunStatus.RUNNING)
     record = (
         await session.execute(
