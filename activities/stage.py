@@ -165,6 +165,7 @@ class StageActivities:
             now=datetime.now(UTC),
             open_next=task.open_next,
             group_size=task.group_size,
+            completes_run=task.completes_run,
             report_keys=task.report_keys,
         )
         for delay in (*COMMIT_RETRY_DELAYS, None):

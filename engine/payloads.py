@@ -138,6 +138,8 @@ class StageTask(BaseModel):
     open_next: list[StageSpec] = Field(default_factory=list)
     """The next group, opened by the commit that completes this stage's group."""
     group_size: int = 1
+    completes_run: bool = False
+    """The stage is in the run's last group: the commit that completes it completes the run."""
     report_keys: list[str] = Field(default_factory=list)
     """Annotation keys (besides ``decision.*``) whose written values the commit reports."""
 
@@ -200,6 +202,8 @@ class StageCommit(BaseModel):
     """The next group: opened (RUNNING) by the commit that completes this stage's group."""
     group_size: int = 1
     """Members of the stage's group; with more than one, the commit checks its siblings."""
+    completes_run: bool = False
+    """The stage is in the run's last group: completing the group completes the run."""
     after_suspend: bool = False
     """The outcome comes from ``check_completion`` (or a resume) of a SUSPENDED stage."""
     poll_count: int = 0
@@ -217,6 +221,8 @@ class CommitResult(BaseModel):
     decisions: list[tuple[str, str]] = Field(default_factory=list)
     opened: dict[str, str] = Field(default_factory=dict)
     """Stage id → record id of the next group's records, when this commit opened them."""
+    completed_run: bool = False
+    """This commit completed the last group, and with it the run (``workflow:completed``)."""
     duplicate: bool = False
     """The outcome had been committed already (by an earlier delivery): nothing was written."""
 

@@ -2,10 +2,11 @@
 
 Groups run strictly in order; a parallel group's stages run concurrently and the group
 settles when every member has an outcome. Each stage is one ``wfe.execute_stage`` activity,
-which commits its own outcome and opens the next group (see :mod:`activities.stage`); the
-``wfe.commit_stage`` local activity commits what the activity could not (a suspension, a
-poll, an outcome whose commit kept failing, a stage whose retries gave up). Async-batch
-stages wait on durable timers (or an external resume Update) and poll
+which commits its own outcome and opens the next group, or completes the run when it
+completes the last group (see :mod:`activities.stage`); the ``wfe.commit_stage`` local
+activity commits what the activity could not (a suspension, a poll, an outcome whose commit
+kept failing, a stage whose retries gave up), and ``wfe.finalize_run`` ends a run that
+failed. Async-batch stages wait on durable timers (or an external resume Update) and poll
 ``wfe.check_completion``. The side-store is the source of truth for statuses: a commit
 against a run that is no longer RUNNING (it was cancelled) is refused, and the workflow
 stops.
@@ -103,6 +104,7 @@ class RunWorkflow:
         self._resumes: dict[str, ResumeRequest] = {}
         self._details: dict[str, str] = {}
         self._commits = 0
+        self._run_completed = False
         self._records: dict[str, str] = {}
         """Stage id → record id of the stages that commits opened RUNNING."""
         self._stage_tasks: list[asyncio.Task[None]] = []
@@ -232,6 +234,7 @@ class RunWorkflow:
                     stage_record_id=self._records.get(spec.stage_id),
                     open_next=group.next_group,
                     group_size=len(group.specs),
+                    completes_run=not group.next_group,
                     report_keys=list(self._input.projected_keys) if self._input else [],
                 ),
                 result_type=StageOutcome,
@@ -360,6 +363,7 @@ class RunWorkflow:
             outcome,
             open_next=group.next_group,
             group_size=len(group.specs),
+            completes_run=not group.next_group,
             after_suspend=after_suspend,
             poll_count=poll_count,
         )
@@ -374,6 +378,7 @@ class RunWorkflow:
         max_wait_until: datetime | None = None,
         open_next: list[StageSpec] | None = None,
         group_size: int = 1,
+        completes_run: bool = False,
         after_suspend: bool = False,
         poll_count: int = 0,
     ) -> CommitResult:
@@ -392,6 +397,7 @@ class RunWorkflow:
                 max_wait_until=max_wait_until,
                 open_next=open_next or [],
                 group_size=group_size,
+                completes_run=completes_run,
                 after_suspend=after_suspend,
                 poll_count=poll_count,
                 report_keys=list(self._input.projected_keys),
@@ -407,11 +413,15 @@ class RunWorkflow:
         if not result.committed:
             raise _RunCancelled()
         self._records.update(result.opened)
+        self._run_completed = self._run_completed or result.completed_run
         if result.decisions:
             self._show_decisions(stage_id, result.decisions)
 
     async def _finalize(self, status: str, *, output: Any = None, error: str | None = None) -> None:
         assert self._input is not None
+        if status == "COMPLETED" and self._run_completed:  # the last commit completed the run
+            self._set_status(status)
+            return
         await workflow.execute_local_activity(
             "wfe.finalize_run",
             FinalizeRun(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.annotations import AnnotationDraft
@@ -24,13 +24,14 @@ from engine.store.models import (
     WorkflowStage,
     utcnow,
 )
-from engine.store.sql import append_events, insert_ignore, lock_run
+from engine.store.sql import RUNS, append_events, insert_ignore, lock_run
 
 __all__ = [
     "NewRun",
     "NewStage",
     "cancel_run",
     "claim_idempotency",
+    "complete_run",
     "create_run",
     "finalize_run",
     "open_stages",
@@ -39,6 +40,8 @@ __all__ = [
     "running_runs",
     "start_run",
 ]
+
+STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
 
@@ -289,35 +292,54 @@ async def finalize_run(
         return False
     if await claim_idempotency(session, commit_id, "run.finalize", True, now) is not None:
         return False
-    run.completed_at = now
-    run.duration_ms = int((now - run.created_at).total_seconds() * 1000)
     events: list[tuple[str, dict[str, Any]]]
     if status == RunStatus.FAILED:
         run.status = RunStatus.FAILED
+        run.completed_at = now
+        run.duration_ms = int((now - run.created_at).total_seconds() * 1000)
         events = [("workflow:failed", {"error": error or "Stage failed"})]
     else:
-        metrics = (
-            await session.scalars(
-                select(WorkflowStage.metrics).where(WorkflowStage.workflow_run_id == run_id)
-            )
-        ).all()
-        run.total_cost = sum(float((m or {}).get("total_cost", 0) or 0) for m in metrics)
-        run.total_tokens = sum(int((m or {}).get("total_tokens", 0) or 0) for m in metrics)
-        run.status = RunStatus.COMPLETED
-        run.output = output
-        events = [
-            (
-                "workflow:completed",
-                {
-                    "duration": run.duration_ms,
-                    "total_cost": run.total_cost,
-                    "total_tokens": run.total_tokens,
-                    "output": output,
-                },
-            )
-        ]
+        events = [await complete_run(session, run_id, output=output, now=now)]
     await append_events(session, run_id, events, causation_id=commit_id, now=now)
     return True
+
+
+async def complete_run(
+    session: AsyncSession, run_id: str, *, output: Any, now: datetime
+) -> tuple[str, dict[str, Any]]:
+    """Set a RUNNING run COMPLETED with its output and totals; return ``workflow:completed``.
+
+    The caller holds the run's lock and writes the event (with the rest of its events).
+    """
+    runs, stages = RUNS, STAGES
+    created_at = await session.scalar(select(runs.c.created_at).where(runs.c.id == run_id))
+    metrics = (
+        await session.scalars(select(stages.c.metrics).where(stages.c.workflow_run_id == run_id))
+    ).all()
+    total_cost = sum(float((m or {}).get("total_cost", 0) or 0) for m in metrics)
+    total_tokens = sum(int((m or {}).get("total_tokens", 0) or 0) for m in metrics)
+    duration = int((now - created_at).total_seconds() * 1000) if created_at else 0
+    await session.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(
+            status=RunStatus.COMPLETED,
+            completed_at=now,
+            duration_ms=duration,
+            output=output,
+            total_cost=total_cost,
+            total_tokens=total_tokens,
+            updated_at=now,
+            version=runs.c.version + 1,
+        )
+    )
+    body = {
+        "duration": duration,
+        "total_cost": total_cost,
+        "total_tokens": total_tokens,
+        "output": output,
+    }
+    return ("workflow:completed", body)
 
 
 async def cancel_run(

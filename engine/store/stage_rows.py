@@ -23,7 +23,7 @@ from engine.records import RunStatus
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.annotation_rows import RowContext
 from engine.store.models import AICall, WorkflowLog, WorkflowStage
-from engine.store.runs import NewStage, open_stages, write_annotations
+from engine.store.runs import NewStage, complete_run, open_stages, write_annotations
 from engine.store.sql import append_events, insert_ignore, lock_run_status
 
 __all__ = ["StageStart", "begin_stage", "commit_stage"]
@@ -139,6 +139,16 @@ async def _group_completed(session: AsyncSession, run_id: str, group: int) -> bo
         )
     )
     return not unfinished
+
+
+async def _group_output(session: AsyncSession, run_id: str, group: int) -> dict[str, Any]:
+    """A completed parallel group's output: each member's output by stage id."""
+    rows = await session.execute(
+        select(STAGES.c.stage_id, STAGES.c.output_data)
+        .where(STAGES.c.workflow_run_id == run_id, STAGES.c.execution_group == group)
+        .order_by(STAGES.c.stage_number)
+    )
+    return {row.stage_id: row.output_data for row in rows if row.output_data is not None}
 
 
 async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResult:
@@ -285,6 +295,21 @@ async def _write_rows(
             running=True,
         )
         events.extend(started_event(s) for s in commit.open_next if s.stage_id in opened)
+    completed_run = False
+    if (
+        outcome.status == "completed"
+        and commit.completes_run
+        and (commit.group_size == 1 or await _group_completed(session, commit.run_id, spec.group))
+    ):
+        # The last group is complete: so is the run, in this same transaction (no separate
+        # finalize step, and no window in which every stage is done but the run is not).
+        run_output = (
+            outcome.output
+            if commit.group_size == 1
+            else await _group_output(session, commit.run_id, spec.group)
+        )
+        events.append(await complete_run(session, commit.run_id, output=run_output, now=now))
+        completed_run = True
     await append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
     if logs:
         await session.execute(LOGS.insert(), logs)
@@ -294,7 +319,9 @@ async def _write_rows(
         for row in inserted
         if row["key"].startswith(DECISION_PREFIX) or row["key"] in reported
     ]
-    return CommitResult(committed=True, decisions=decisions, opened=opened)
+    return CommitResult(
+        committed=True, decisions=decisions, opened=opened, completed_run=completed_run
+    )
 
 
 @dataclass(frozen=True)
