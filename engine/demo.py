@@ -6,11 +6,13 @@ The workflow is what ``wfe run create``, ``wfe worker`` and ``wfe dev`` register
     group 1  classify          an "agent" classifies the ticket; annotates decision.*
     group 2  notify | enrich   in parallel: page the on-call queue, look the customer up
     group 3  similar-tickets   async batch: submits a search, suspends, polled every second
-    group 4  route             picks the queue; annotates routing.*
+    group 4  human-review      waits for a person: resumed from outside (kernel.resume_stage)
+                               with approval.* annotations; policy-approved if nobody answers
+    group 5  route             picks the queue; annotates routing.*
 
 :func:`run_demo` starts a Temporal dev server (with its Web UI), a SQLite side-store and a
-worker in this process, runs one ticket through, attaches a reviewer's approval, reruns the
-last stage, and hands back everything the side-store recorded.
+worker in this process, runs one ticket through, has a reviewer approve it while it waits,
+reruns the last stage, and hands back everything the side-store recorded.
 """
 
 from __future__ import annotations
@@ -40,8 +42,16 @@ from engine.cli.render import (
 from engine.commands import RunCreate, RunRerunFrom, RunRerunFromResult
 from engine.context import CompletionContext, StageContext
 from engine.conventions import Approval, Decision, Trigger
+from engine.errors import InvalidStateError
 from engine.kernel import Kernel, temporal_workflow_id
-from engine.records import Annotation, LogRecord, RunRecord, RunStatus, StageRecord
+from engine.records import (
+    TERMINAL_STATUSES,
+    Annotation,
+    LogRecord,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+)
 from engine.stages import CompletionCheck, Suspend, define_async_batch_stage, define_stage
 from engine.workflows import Workflow, define_workflow
 
@@ -116,6 +126,22 @@ class SimilarTickets(BaseModel):
     matches: list[str]
 
 
+class ReviewConfig(BaseModel):
+    """How the human-review step waits."""
+
+    poll_interval: timedelta = timedelta(seconds=1)
+    auto_approve_after_polls: int | None = 5
+    """Checks without an answer before the policy approves on its own (``None``: wait)."""
+
+
+class Review(BaseModel):
+    """A reviewer's verdict."""
+
+    approved: bool
+    reviewer: str
+    note: str = ""
+
+
 class Routing(BaseModel):
     """Where the ticket goes."""
 
@@ -139,6 +165,8 @@ CRM_LATENCY = timedelta(milliseconds=40)
 
 TRIAGE_AGENT = Actor(kind="agent", id="triage-agent", version="v3")
 ROUTER = Actor(kind="system", id="routing-rules", version="2026.11")
+POLICY = Actor(kind="system", id="review-policy", version="triage-policy-7")
+REVIEWER = Actor(kind="user", id="alice@acme.example")
 
 
 @define_stage(
@@ -246,6 +274,47 @@ similar_tickets = define_async_batch_stage(
 )
 
 
+async def _request_review(ctx: StageContext[None, ReviewConfig]) -> Suspend:
+    triage = ctx.require("classify")
+    ctx.annotate("review.requested_from", "support-leads")
+    ctx.log("INFO", f"review of {triage['ticket_id']} requested from support-leads")
+    return Suspend(
+        state={"ticket_id": triage["ticket_id"]},
+        poll_interval=ctx.config.poll_interval,
+        max_wait=timedelta(hours=24),
+    )
+
+
+async def _check_review(state: dict[str, Any], ctx: CompletionContext[ReviewConfig]) -> Any:
+    # A reviewer answers through kernel.resume_stage(output=...), which completes the stage
+    # without a check; a check only finds whether the policy may approve on its own.
+    limit = ctx.config.auto_approve_after_polls
+    if limit is None or ctx.poll_count + 1 < limit:
+        return CompletionCheck(ready=False)
+    ctx.annotate(
+        actor=POLICY,
+        attributes={
+            Approval.approvers.key: [POLICY.id],
+            Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
+            Approval.policy_version.key: "triage-policy-7",
+        },
+    )
+    return CompletionCheck(ready=True, output=Review(approved=True, reviewer=POLICY.id))
+
+
+human_review = define_async_batch_stage(
+    id="human-review",
+    name="Human review",
+    input=None,
+    output=Review,
+    config=ReviewConfig,
+    execute=_request_review,
+    check_completion=_check_review,
+    description="Waits for a support lead's verdict (an external resume); the policy approves "
+    "after a few checks without one.",
+)
+
+
 @define_stage(id="route", name="Route to queue", input=None, output=Routing)
 async def route(ctx: StageContext[None, None]) -> Routing:
     """Pick the queue from the decision and the CRM data."""
@@ -266,12 +335,13 @@ def build_triage_workflow() -> Workflow:
         define_workflow(
             id="ticket-triage",
             name="Ticket triage",
-            description="Classify, notify and enrich, find similar tickets, route.",
+            description="Classify, notify and enrich, find similar tickets, review, route.",
             input=Ticket,
         )
         .pipe(classify)
         .parallel([notify, enrich])
         .pipe(similar_tickets)
+        .pipe(human_review)
         .pipe(route)
         .build()
     )
@@ -336,7 +406,8 @@ WaitFor = Callable[[Kernel, str], Awaitable[RunRecord]]
 async def run_triage_demo(
     kernel: Kernel, *, ui_url: str, namespace: str, wait_for: WaitFor, echo: Echo
 ) -> DemoResult:
-    """Create a triage run, approve it, rerun its last stage; return what was recorded.
+    """Create a triage run, approve it while it waits, rerun its last stage; return what was
+    recorded.
 
     Args:
         kernel: A kernel whose worker runs :data:`TRIAGE`.
@@ -365,22 +436,14 @@ async def run_triage_demo(
     )
     run_id = created.workflow_run_id
     echo(f"Run {run_id} created (trigger.source = webhook:zendesk)")
-    run = await wait_for(kernel, run_id)
+    review = asyncio.create_task(_review_when_asked(kernel, run_id, echo))
+    try:
+        run = await wait_for(kernel, run_id)
+    finally:
+        approval = await review
     echo(f"Run {run.status.value} in {format_duration(run.duration_ms)}")
     if run.status != RunStatus.COMPLETED:
-        return await _result(kernel, run, [], None, ui_url, namespace, started)
-
-    approval = await kernel.annotations.attach(
-        run_id,
-        attributes={
-            Approval.approvers.key: ["alice@acme.example"],
-            Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
-            Approval.policy_version.key: "triage-policy-7",
-        },
-        actor=Actor(kind="user", id="alice@acme.example"),
-        idempotency_key=f"approval:{run_id}:alice",
-    )
-    echo("Approval by user alice@acme.example attached (kernel.annotations.attach)")
+        return await _result(kernel, run, approval, None, ui_url, namespace, started)
 
     rerun = await kernel.dispatch(RunRerunFrom(workflow_run_id=run_id, from_stage_id="route"))
     echo(f"Rerun from stage route (replaces: {', '.join(rerun.deleted_stages)})")
@@ -388,6 +451,45 @@ async def run_triage_demo(
     echo(f"Rerun {run.status.value}")
 
     return await _result(kernel, run, approval, rerun, ui_url, namespace, started)
+
+
+async def _review_when_asked(kernel: Kernel, run_id: str, echo: Echo) -> list[Annotation]:
+    """Play the support lead: once the review stage waits, approve it from outside.
+
+    The verdict and its ``approval.*`` annotations go in with ``kernel.resume_stage`` (a
+    Temporal Update that wakes the waiting workflow at once), attributed to the reviewer.
+    """
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
+        review = stages.get(human_review.id)
+        if review is not None and review.status == RunStatus.SUSPENDED:
+            break
+        if (await kernel.get_run(run_id)).status in TERMINAL_STATUSES:
+            return []
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # the reviewer reads the ticket
+    verdict = Review(approved=True, reviewer=REVIEWER.id, note="Berlin VPN outage: page on-call")
+    while True:
+        try:
+            await kernel.resume_stage(
+                run_id,
+                human_review.id,
+                output=verdict.model_dump(),
+                attributes={
+                    Approval.approvers.key: [REVIEWER.id],
+                    Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
+                    Approval.policy_version.key: "triage-policy-7",
+                },
+                actor=REVIEWER,
+            )
+            break
+        except InvalidStateError:  # not waiting (yet, or any more: the policy approved)
+            if time.monotonic() > deadline:
+                return []
+            await asyncio.sleep(0.1)
+    echo(f"Approved by {REVIEWER.kind} {REVIEWER.id} while the run waited (kernel.resume_stage)")
+    return await kernel.annotations.list(run_id, key_prefix="approval.")
 
 
 async def _result(

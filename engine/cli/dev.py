@@ -88,8 +88,9 @@ def demo(
 
     Starts a local Temporal dev server with its Web UI on free ports (--temporal-address is
     not used), upgrades the side-store (--database-url, default .wfe/engine.db), runs a worker
-    and a triage run, attaches an approval, reruns the last stage, prints the stages, the
-    annotation timeline and the Temporal UI links, and stops the server again.
+    and a triage run, approves its human-review step from outside while it waits, reruns the
+    last stage, prints the stages, the annotation timeline and the Temporal UI links, and stops
+    the server again.
     """
     _configure_logging()
     code = execute(_demo(options, timeout, keep_running))

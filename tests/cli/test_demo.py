@@ -73,6 +73,7 @@ async def test_demo_from_a_fresh_checkout(wfe: Wfe, tmp_path: Path) -> None:
         "notify": 0,
         "enrich": 0,
         "similar-tickets": 0,
+        "human-review": 0,
         "route": 1,
     }
     result = await wfe(
@@ -89,6 +90,12 @@ async def test_demo_from_a_fresh_checkout(wfe: Wfe, tmp_path: Path) -> None:
     (approval, *_rest) = json.loads(result.stdout)
     assert approval["key"] == "approval.approvers"
     assert approval["value"] == ["alice@acme.example"]
+    # Given while the run waited: stage rows of the review stage, first attempt.
+    assert (approval["scope"], approval["scope_id"], approval["attempt"]) == (
+        "stage",
+        "human-review",
+        0,
+    )
 
 
 async def test_dev_serves_until_ctrl_c(
@@ -111,7 +118,10 @@ async def test_dev_serves_until_ctrl_c(
         "run", "create", "ticket-triage", "--input", json.dumps(DEMO_TICKET), "--wait",
         "--temporal-address", address,
         "--database-url", f"sqlite+aiosqlite:///{tmp_path / '.wfe' / 'engine.db'}",
-        "--config", '{"similar-tickets": {"poll_interval": 0.1}}',
+        "--config", json.dumps({
+            "similar-tickets": {"poll_interval": 0.1},
+            "human-review": {"poll_interval": 0.1, "auto_approve_after_polls": 1},
+        }),
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "Status       COMPLETED" in result.stdout

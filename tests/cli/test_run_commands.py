@@ -16,6 +16,14 @@ from engine.demo import DEMO_TICKET
 from engine.store import SqlStore
 from tests.cli.support import Background, Wfe, assert_one_line_error, clean_env, temporal_address
 
+# The demo workflow's waits made short: nobody answers the review, the policy approves at once.
+REVIEWED_QUICKLY = json.dumps(
+    {
+        "similar-tickets": {"poll_interval": 0.2},
+        "human-review": {"poll_interval": 0.1, "auto_approve_after_polls": 1},
+    }
+)
+
 
 async def test_worker_and_run_lifecycle(
     wfe: Wfe,
@@ -38,7 +46,7 @@ async def test_worker_and_run_lifecycle(
         "run", "create", "ticket-triage", "--input", ticket, *opts, "--json", "--wait",
         "--idempotency-key", "ticket-1042", "-a", "trigger.source=cli", "-a", "batch.size=3",
         "--actor-kind", "user", "--actor-id", "ops@acme.example",
-        "--config", '{"similar-tickets": {"poll_interval": 0.2}}',
+        "--config", REVIEWED_QUICKLY,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     run = json.loads(result.stdout)
@@ -46,7 +54,8 @@ async def test_worker_and_run_lifecycle(
     assert run["status"] == "COMPLETED"
     assert run["output"]["queue"] == "outage-oncall"
     assert [(s["stage_id"], s["attempt"]) for s in run["stages"]] == [
-        ("classify", 0), ("notify", 0), ("enrich", 0), ("similar-tickets", 0), ("route", 0)
+        ("classify", 0), ("notify", 0), ("enrich", 0), ("similar-tickets", 0),
+        ("human-review", 0), ("route", 0),
     ]  # fmt: skip
     assert "similar-tickets" in result.stderr and "SUSPENDED" in result.stderr
     result = await wfe("annotations", "list", run_id, *opts, "--json", "--scope", "run")
