@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import threading
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -70,6 +73,13 @@ class StageContext(_Buffered, Generic[InT, CfgT]):
         limits: AnnotationLimits,
     ) -> None:
         super().__init__(limits)
+        # Where heartbeats go when the stage's code runs in a worker thread.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._loop_thread = threading.get_ident()
+        self._activity_context = contextvars.copy_context()
         self.input = input
         """The parsed input (``None`` for ``input=None`` stages)."""
         self.config = config
@@ -110,9 +120,22 @@ class StageContext(_Buffered, Generic[InT, CfgT]):
         self.progress.append(ProgressDraft(progress=progress, message=message, details=details))
 
     def heartbeat(self, *details: Any) -> None:
-        """Heartbeat the Temporal activity (lets long stages notice cancellation)."""
-        if activity.in_activity():
+        """Heartbeat the Temporal activity (lets long stages notice cancellation).
+
+        A synchronous stage runs in a worker thread: there its heartbeats are handed to the
+        activity's event loop, and once the activity has been cancelled the call raises
+        :class:`asyncio.CancelledError` so the work stops instead of running on as a ghost.
+        """
+        if not activity.in_activity():
+            return
+        if self._loop is None or threading.get_ident() == self._loop_thread:
             activity.heartbeat(*details)
+            return
+        if activity.is_cancelled():
+            raise asyncio.CancelledError("the stage's activity was cancelled")
+        self._loop.call_soon_threadsafe(
+            activity.heartbeat, *details, context=self._activity_context
+        )
 
 
 class CompletionContext(_Buffered, Generic[CfgT]):

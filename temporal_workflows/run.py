@@ -134,14 +134,17 @@ class RunWorkflow:
             return "CANCELLED"
         except asyncio.CancelledError:
             self._cancelled = True
+            # Cancel the stages' activities: Temporal tells running stage code through its
+            # heartbeats, and suspended stages stop waiting at once. Whatever a stage still
+            # finishes is refused at its commit (the run is CANCELLED): a ghost.
+            for task in self._stage_tasks:
+                task.cancel()
+            await workflow.wait_condition(lambda: all(t.done() for t in self._stage_tasks))
             # RunCancel already wrote CANCELLED; a cancel from Temporal itself (e.g. the UI)
             # did not, so make the side-store agree (a no-op when it already does).
             await workflow.execute_local_activity(
                 "wfe.cancel_run", input.run_id, start_to_close_timeout=LOCAL_TIMEOUT
             )
-            # Stage code already running finishes, and its commit (refused: the run is
-            # CANCELLED) still writes its logs; suspended stages stop waiting at once.
-            await workflow.wait_condition(lambda: all(t.done() for t in self._stage_tasks))
             self._set_status("CANCELLED")
             raise
 
@@ -244,6 +247,8 @@ class RunWorkflow:
                 summary=f"{spec.stage_id} · attempt {self._plan.attempt}",
             )
         except ActivityError as err:  # the stage's own retry policy gave up
+            if self._cancelled:  # or the run's cancel cancelled it: nothing to commit
+                raise
             cause = err.cause or err
             outcome = StageOutcome(status="failed", error=getattr(cause, "message", str(cause)))
         if outcome.status == "skipped":
@@ -383,6 +388,8 @@ class RunWorkflow:
         poll_count: int = 0,
     ) -> CommitResult:
         assert self._input is not None and self._plan is not None
+        if self._cancelled:  # the side-store would refuse it: the run is being cancelled
+            raise _RunCancelled()
         self._commits += 1
         result: CommitResult = await workflow.execute_local_activity(
             "wfe.commit_stage",
