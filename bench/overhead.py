@@ -57,6 +57,8 @@ with workflow.unsafe.imports_passed_through():
     from engine.store import SqlStore
 
 STAGES = 10
+RSS_TARGET_MIB = 300.0
+"""Issue 8: a worker running 200 concurrent runs stays within 300 MiB."""
 WORKFLOW_ID = "bench-noop-10"
 LATENCY_TARGET = 1.5
 THROUGHPUT_TARGET = 0.7
@@ -210,6 +212,23 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _rss_mib() -> float:
+    """Resident memory of this process now, in MiB (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def _sample_peak_rss(result: Measured) -> None:
+    while True:
+        result.peak_rss_mib = max(result.peak_rss_mib, _rss_mib())
+        await asyncio.sleep(0.02)
+
+
 # -- measuring ----------------------------------------------------------------------------------
 
 
@@ -236,6 +255,9 @@ class Measured:
     """This process (client and worker) during the throughput phase."""
     server_cpu_ms_per_run: float = 0.0
     """The Temporal dev server during the throughput phase."""
+    peak_rss_mib: float = 0.0
+    """Peak resident memory of this process (worker and client) during the throughput phase."""
+    rss_before_mib: float = 0.0
 
     def closed_latencies(self) -> list[float]:
         """Per single run: start call + workflow started→closed, i.e. without the client's
@@ -261,6 +283,8 @@ async def measure(
     result.details = [breakdown(await side.history(token)) for token in tokens]
     if concurrent:
         cpu, server_cpu = time.process_time(), _cpu_seconds(server_pid)
+        result.rss_before_mib = _rss_mib()
+        sampler = asyncio.ensure_future(_sample_peak_rss(result))
         started = time.perf_counter()
         tokens = await asyncio.gather(*(side.start() for _ in range(concurrent)))
         # One waiter at a time: runs finish roughly in start order, so this adds no polling
@@ -268,6 +292,7 @@ async def measure(
         for token in tokens:
             await side.finish(token)
         result.throughput_seconds = time.perf_counter() - started
+        sampler.cancel()
         result.throughput = concurrent / result.throughput_seconds
         result.cpu_ms_per_run = (time.process_time() - cpu) * 1000 / concurrent
         result.server_cpu_ms_per_run = (_cpu_seconds(server_pid) - server_cpu) * 1000 / concurrent
@@ -358,7 +383,14 @@ async def run_engine(
             through = await measure(
                 side, runs=0, warmups=0, concurrent=args.concurrent, server_pid=server_pid
             )
-        for name in ("throughput", "throughput_seconds", "cpu_ms_per_run", "server_cpu_ms_per_run"):
+        for name in (
+            "throughput",
+            "throughput_seconds",
+            "cpu_ms_per_run",
+            "server_cpu_ms_per_run",
+            "peak_rss_mib",
+            "rss_before_mib",
+        ):
             setattr(measured, name, getattr(through, name))
         times = dict(timer.times)
         times["statements"] = [timer.statements / max(args.runs, 1)]
@@ -442,6 +474,13 @@ def _report(
     # Where the single-run latency goes (medians over the timed runs' histories).
     d, r = median_breakdown(engine.details), median_breakdown(raw.details)
     closed_engine, closed_raw = _ms(engine.closed_latencies()), _ms(raw.closed_latencies())
+    add(
+        f"worker process RSS, peak over {args.concurrent} concurrent runs",
+        engine.peak_rss_mib,
+        "MiB",
+        RSS_TARGET_MIB,
+        note=f"client in the same process; {engine.rss_before_mib:.0f} MiB before the phase",
+    )
     add(
         "latency ratio to workflow closed (no wait_for_run polling)",
         closed_engine / closed_raw,
