@@ -29,12 +29,14 @@ from engine.store.annotation_rows import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog, WorkflowStage
 
 __all__ = [
+    "LOAD_STAGES",
     "CRASH_OUTPUT",
     "CRASH_STAGES",
     "MODES",
     "Job",
     "assert_exactly_once",
     "crash_workflow",
+    "load_workflow",
     "release_path",
     "touch",
 ]
@@ -212,3 +214,36 @@ async def assert_exactly_once(store: SqlStore, run_id: str) -> None:
     for key in EMITTING_KEYS:
         expected[("annotation:created", key)] = 1
     assert counted == expected, counted
+
+
+LOAD_STAGES = ("intake", "extract", "classify", "score", "publish")
+"""Stage ids of :func:`load_workflow`: intake → [extract ‖ classify] → score → publish."""
+LOAD_ANNOTATIONS_PER_STAGE = 10
+
+
+def load_workflow() -> Workflow:
+    """Five stages with a parallel group; each writes ten annotations and returns a count."""
+
+    def stage(stage_id: str) -> Any:
+        @define_stage(id=stage_id, input=None, start_to_close_timeout=timedelta(seconds=30))
+        async def annotate_ten(ctx: StageContext[None, None]) -> Any:
+            ctx.annotate(
+                actor=Actor(kind="system", id=f"load-{stage_id}"),
+                attributes={
+                    f"load.{stage_id}.{n}": n if n % 2 else f"value-{n}"
+                    for n in range(LOAD_ANNOTATIONS_PER_STAGE)
+                },
+            )
+            return {"stage": stage_id}
+
+        return annotate_ten
+
+    intake, extract, classify, score, publish = (stage(s) for s in LOAD_STAGES)
+    return (
+        define_workflow(id="load")
+        .pipe(intake)
+        .parallel([extract, classify])
+        .pipe(score)
+        .pipe(publish)
+        .build()
+    )
