@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +68,29 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONValue = JSON().with_variant(JSONB(), "postgresql")
+
+
+class JSONText(TypeDecorator[Any]):
+    """A JSON value kept as TEXT (SQLite's annotation columns).
+
+    SQLite gives a column declared ``JSON`` NUMERIC affinity, which converts a top-level JSON
+    number on storage: ``1.0`` came back as ``1`` and integers past 2**63 as lossy floats.
+    Declared TEXT, the JSON text is kept as written and read back exactly.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        # None is the JSON ``null`` (as the JSON type stores it), not SQL NULL.
+        return json.dumps(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+# Annotation values are any JSON, top-level numbers included: exact on both backends.
+AnnotationJSON = JSON().with_variant(JSONB(), "postgresql").with_variant(JSONText(), "sqlite")
 # Byte-order collation on PostgreSQL so that a key prefix is an index range scan, as on SQLite.
 AnnotationKey = String(255).with_variant(String(255, collation="C"), "postgresql")
 
@@ -221,11 +245,11 @@ class WorkflowAnnotation(Base):
     actor_id: Mapped[str | None] = mapped_column(String(255))
     actor_version: Mapped[str | None] = mapped_column(String(255))
     key: Mapped[str] = mapped_column(AnnotationKey)
-    value: Mapped[Any] = mapped_column(JSONValue)
+    value: Mapped[Any] = mapped_column(AnnotationJSON)
     value_text: Mapped[str | None] = mapped_column(String(1024))
     value_number: Mapped[float | None] = mapped_column(Float)
     value_bool: Mapped[bool | None] = mapped_column(Boolean)
-    payload: Mapped[Any | None] = mapped_column(JSONValue)
+    payload: Mapped[Any | None] = mapped_column(AnnotationJSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
 

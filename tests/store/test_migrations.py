@@ -23,7 +23,8 @@ on_both_backends = pytest.mark.parametrize("empty_database_url", BACKENDS, indir
 
 REVISION_1 = "0001"
 REVISION_2 = "0002"
-HEAD = "0003"
+REVISION_3 = "0003"
+HEAD = "0004"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -188,10 +189,11 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_2, REVISION_1]
+    assert chain == [HEAD, REVISION_3, REVISION_2, REVISION_1]
     assert script.get_revision(REVISION_1).down_revision is None
     assert script.get_revision(REVISION_2).down_revision == REVISION_1
-    assert script.get_revision(HEAD).down_revision == REVISION_2
+    assert script.get_revision(REVISION_3).down_revision == REVISION_2
+    assert script.get_revision(HEAD).down_revision == REVISION_3
 
 
 @on_both_backends
