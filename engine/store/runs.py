@@ -126,8 +126,13 @@ async def claim_idempotency(
     )
 
 
-async def create_run(session: AsyncSession, new: NewRun, now: datetime) -> tuple[str, bool]:
-    """Insert a PENDING run, its annotations and events; returns (run id, created)."""
+async def create_run(
+    session: AsyncSession, new: NewRun, now: datetime, temporal_workflow_id: str | None = None
+) -> tuple[str, bool]:
+    """Insert a PENDING run, its annotations and events; returns (run id, created).
+
+    ``temporal_workflow_id`` may name the run id as ``{run_id}``.
+    """
     run_id = new_id()
     existing = await claim_idempotency(
         session, new.idempotency_key, "run.create", {"workflow_run_id": run_id}, now
@@ -147,6 +152,9 @@ async def create_run(session: AsyncSession, new: NewRun, now: datetime) -> tuple
             config=new.config,
             priority=new.priority,
             metadata_=new.metadata,
+            temporal_workflow_id=(
+                temporal_workflow_id.format(run_id=run_id) if temporal_workflow_id else None
+            ),
         )
     )
     await session.flush()
@@ -156,7 +164,9 @@ async def create_run(session: AsyncSession, new: NewRun, now: datetime) -> tuple
     for drafts, _ in new.annotations:
         _, created = await write_annotations(session, drafts, RowContext(run_id, "run"), now)
         events.extend(created)
-    await append_events(session, run_id, events, causation_id=new.idempotency_key, now=now)
+    await append_events(
+        session, run_id, events, causation_id=new.idempotency_key, now=now, last_sequence=0
+    )
     return run_id, True
 
 

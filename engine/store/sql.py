@@ -55,16 +55,20 @@ async def append_events(
     *,
     causation_id: str,
     now: datetime,
+    last_sequence: int | None = None,
 ) -> None:
     """Write outbox events with the run's next gap-free sequence numbers.
 
-    The caller must hold the run's lock (:func:`lock_run`) or have just created the run.
+    The caller must hold the run's lock (:func:`lock_run`) or have just created the run (and
+    then passes ``last_sequence=0``: there is nothing to read).
     """
     if not events:
         return
-    last = await session.scalar(
-        select(func.max(OUTBOX.c.sequence)).where(OUTBOX.c.workflow_run_id == run_id)
-    )
+    last = last_sequence
+    if last is None:
+        last = await session.scalar(
+            select(func.max(OUTBOX.c.sequence)).where(OUTBOX.c.workflow_run_id == run_id)
+        )
     sequence = last or 0
     rows = []
     for event_type, body in events:

@@ -120,12 +120,7 @@ class SqlStore:
     async def create_run(self, new: NewRun, temporal_workflow_id: str) -> tuple[str, bool]:
         """Insert a run (or find the one holding its idempotency key): (run id, created)."""
         async with self.transaction() as session:
-            run_id, created = await runs.create_run(session, new, utcnow())
-            if created:
-                run = await session.get(WorkflowRun, run_id)
-                assert run is not None
-                run.temporal_workflow_id = temporal_workflow_id.format(run_id=run_id)
-            return run_id, created
+            return await runs.create_run(session, new, utcnow(), temporal_workflow_id)
 
     async def start_run(
         self,
