@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.errors import describe_validation, error_message
+from activities.run import new_stages
 from activities.shield import finish_transaction
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
@@ -140,10 +141,13 @@ class StageActivities:
     @activity.defn(name="wfe.execute_stage")
     async def execute_stage(self, task: StageTask) -> StageOutcome:
         """Mark the stage RUNNING, run ``execute``, and commit what it produced."""
+        if task.workflow_id not in self._workflows:
+            return await self._unknown_workflow(task)
         record_id = task.stage_record_id
         if record_id is None or activity.info().attempt > 1:
+            first_group = new_stages(task.starts_run) if task.starts_run else None
             start = await finish_transaction(
-                self._store.begin_stage(task.run_id, task.stage, task.attempt)
+                self._store.begin_stage(task.run_id, task.stage, task.attempt, first_group)
             )
             if start.action != "run" or start.record_id is None:
                 return _stored(start)
@@ -152,6 +156,17 @@ class StageActivities:
         if outcome.status not in ("completed", "failed"):
             return outcome
         return await self._commit(task, outcome)
+
+    async def _unknown_workflow(self, task: StageTask) -> StageOutcome:
+        """This worker does not have the run's workflow: fail the run if it is to start it
+        (``WORKFLOW_NOT_FOUND``, as the original's claim did), and run nothing."""
+        if task.starts_run:
+            await finish_transaction(
+                self._store.start_run(task.run_id, None, causation_id=task.run_id)
+            )
+        return StageOutcome(
+            status="skipped", error=f"Workflow {task.workflow_id} not found in registry"
+        )
 
     async def _commit(self, task: StageTask, outcome: StageOutcome) -> StageOutcome:
         """Commit ``outcome`` here; on lasting database trouble leave it to the workflow."""

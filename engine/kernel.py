@@ -47,7 +47,7 @@ from engine.errors import (
 )
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
-from engine.payloads import ResumeRequest, RunWorkflowInput
+from engine.payloads import ResumeRequest, RunPlan, RunWorkflowInput
 from engine.plugins import Plugin, PluginRunner
 from engine.records import (
     TERMINAL_STATUSES,
@@ -286,7 +286,8 @@ class Kernel:
             # Also on a repeat: the first caller may have crashed before starting. The
             # workflow id is derived from the run id and never reused, so this starts at
             # most one workflow.
-            await self._start(run_id, workflow.id, start_group=1, attempt=0)
+            plan = RunPlan(status="ok", groups=plan_of(workflow, config), run_input=command.input)
+            await self._start(run_id, workflow.id, start_group=1, attempt=0, plan=plan)
         return RunCreateResult(workflow_run_id=run_id, status=run.status)
 
     async def _search_attributes_enabled(self) -> bool:
@@ -320,6 +321,7 @@ class Kernel:
         attempt: int = 0,
         temporal_id: str | None = None,
         note: str | None = None,
+        plan: RunPlan | None = None,
     ) -> bool:
         """Start the run's Temporal workflow; False if it was already started."""
         enabled = await self._search_attributes_enabled()
@@ -355,6 +357,7 @@ class Kernel:
                     search_attributes=enabled,
                     projected_keys=self.projected_keys,
                     continue_as_new_after_events=self.continue_as_new_after_events,
+                    plan=plan,
                 ),
                 id=temporal_id or temporal_workflow_id(run_id, attempt),
                 task_queue=self.task_queue,
@@ -519,7 +522,7 @@ class Kernel:
 
         It waits on the run's Temporal execution, which closes right after the run's final
         commit, and reads the side-store again whenever that returns; a run whose execution
-        has not started yet (PENDING) is polled.
+        is not there (its start was lost) is polled.
 
         Raises:
             TimeoutError: the run is still active after ``timeout``.
@@ -535,7 +538,7 @@ class Kernel:
             if remaining <= 0:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}")
             temporal_id = await self.store.temporal_workflow_id(run_id)
-            if run.status == RunStatus.PENDING or temporal_id is None:
+            if temporal_id is None:
                 await asyncio.sleep(min(0.02, remaining))
                 continue
             handle = self.client.get_workflow_handle(temporal_id)

@@ -76,6 +76,9 @@ class RunWorkflowInput(BaseModel):
     ``DecisionOutcome``."""
     details: dict[str, str] = Field(default_factory=dict)
     """Latest decision annotations shown in the Temporal UI (carried over)."""
+    plan: RunPlan | None = None
+    """The plan, when the kernel knew it at creation: the first group's activities then
+    start the run themselves, and no ``wfe.start_run`` local activity runs first."""
 
 
 class ParkedStage(BaseModel):
@@ -135,6 +138,9 @@ class StageTask(BaseModel):
     """Data handed in by an external resume, passed to ``check_completion``."""
     resume_output: Any = None
     """Output handed in by an external resume: validated and completes the stage."""
+    starts_run: list[StageSpec] = Field(default_factory=list)
+    """The run's first group, when this activity may have to start the run (mark it RUNNING
+    and open the group's records) before it begins its stage."""
     open_next: list[StageSpec] = Field(default_factory=list)
     """The next group, opened by the commit that completes this stage's group."""
     group_size: int = 1

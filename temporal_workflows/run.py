@@ -1,5 +1,9 @@
 """The run workflow: one Temporal workflow per engine run, mirroring the engine's run semantics.
 
+The kernel starts the workflow with the run's plan, and the first group's activities mark
+the run RUNNING as they begin; a rerun, a restart or a continued execution reads its plan (and
+the outputs kept so far) back with the ``wfe.start_run`` local activity instead.
+
 Groups run strictly in order; a parallel group's stages run concurrently and the group
 settles when every member has an outcome. Each stage is one ``wfe.execute_stage`` activity,
 which commits its own outcome and opens the next group, or completes the run when it
@@ -90,7 +94,12 @@ def _failed(task: asyncio.Future[None]) -> bool:
 
 
 class _RunCancelled(Exception):
-    """The side-store refused a commit: the run is no longer RUNNING."""
+    """The side-store refused a commit: the run is no longer RUNNING (``failed``: it could
+    not start, its workflow unknown to the worker)."""
+
+    def __init__(self, failed: bool = False) -> None:
+        super().__init__()
+        self.failed = failed
 
 
 @workflow.defn(name="wfe.run")
@@ -105,6 +114,7 @@ class RunWorkflow:
         self._details: dict[str, str] = {}
         self._commits = 0
         self._run_completed = False
+        self._starts_run = False
         self._records: dict[str, str] = {}
         """Stage id → record id of the stages that commits opened RUNNING."""
         self._stage_tasks: list[asyncio.Task[None]] = []
@@ -115,23 +125,30 @@ class RunWorkflow:
         """Run the stages from ``input.start_group`` on; returns the run's final status."""
         self._input = input
         self._details = dict(input.details)
-        plan: RunPlan = await workflow.execute_local_activity(
-            "wfe.start_run",
-            StartRun(
-                run_id=input.run_id, workflow_id=input.workflow_id, start_group=input.start_group
-            ),
-            result_type=RunPlan,
-            start_to_close_timeout=LOCAL_TIMEOUT,
-        )
+        if input.plan is not None:  # the first group's activities start the run
+            plan = input.plan
+            self._starts_run = True
+        else:
+            plan = await workflow.execute_local_activity(
+                "wfe.start_run",
+                StartRun(
+                    run_id=input.run_id,
+                    workflow_id=input.workflow_id,
+                    start_group=input.start_group,
+                ),
+                result_type=RunPlan,
+                start_to_close_timeout=LOCAL_TIMEOUT,
+            )
         if plan.status != "ok":
             return "FAILED" if plan.status == "failed" else "NOT_RUNNING"
         self._plan = plan
         self._set_status("RUNNING")
         try:
             return await self._run_groups(input, plan)
-        except _RunCancelled:
-            self._set_status("CANCELLED")
-            return "CANCELLED"
+        except _RunCancelled as stop:
+            status = "FAILED" if stop.failed else "CANCELLED"
+            self._set_status(status)
+            return status
         except asyncio.CancelledError:
             self._cancelled = True
             # Cancel the stages' activities: Temporal tells running stage code through its
@@ -162,8 +179,11 @@ class RunWorkflow:
                 context=dict(outputs),  # siblings never see each other: deterministic context
             )
             stage_input = plan.run_input if previous is None else previous
+            starts_run = specs if self._starts_run and index == start else []
             tasks = [
-                asyncio.ensure_future(self._run_stage(spec, stage_input, group, carried))
+                asyncio.ensure_future(
+                    self._run_stage(spec, stage_input, group, carried, starts_run)
+                )
                 for spec in specs
             ]
             self._stage_tasks = tasks
@@ -203,6 +223,7 @@ class RunWorkflow:
                     "outputs": outputs,
                     "carried": CarriedGroup(settled=group.settled, parked=group.parked),
                     "details": self._details,
+                    "plan": None,  # the next execution reads the run's state back
                 }
             )
         )
@@ -218,7 +239,12 @@ class RunWorkflow:
         )
 
     async def _run_stage(
-        self, spec: StageSpec, stage_input: Any, group: _Group, carried: CarriedGroup | None
+        self,
+        spec: StageSpec,
+        stage_input: Any,
+        group: _Group,
+        carried: CarriedGroup | None,
+        starts_run: list[StageSpec],
     ) -> None:
         assert self._plan is not None
         if carried is not None and spec.stage_id in carried.settled:
@@ -235,6 +261,7 @@ class RunWorkflow:
                     input=stage_input,
                     context=group.context,
                     stage_record_id=self._records.get(spec.stage_id),
+                    starts_run=starts_run,
                     open_next=group.next_group,
                     group_size=len(group.specs),
                     completes_run=not group.next_group,
@@ -252,7 +279,7 @@ class RunWorkflow:
             cause = err.cause or err
             outcome = StageOutcome(status="failed", error=getattr(cause, "message", str(cause)))
         if outcome.status == "skipped":
-            raise _RunCancelled()
+            raise _RunCancelled(failed=outcome.error is not None)
         if outcome.commit is not None:  # the activity committed it
             self._accept(spec.stage_id, outcome.commit)
             group.settled[spec.stage_id] = outcome

@@ -224,11 +224,17 @@ class SqlStore:
     # -- stages -------------------------------------------------------------------------------
 
     async def begin_stage(
-        self, run_id: str, spec: StageSpec, attempt: int
+        self,
+        run_id: str,
+        spec: StageSpec,
+        attempt: int,
+        first_group: Sequence[NewStage] | None = None,
     ) -> stage_rows.StageStart:
         """Mark a stage RUNNING, or say why it must not run (see :func:`stage_rows.begin_stage`)."""
         async with self.transaction() as session:
-            return await stage_rows.begin_stage(session, run_id, spec, attempt, utcnow())
+            return await stage_rows.begin_stage(
+                session, run_id, spec, attempt, utcnow(), first_group
+            )
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""

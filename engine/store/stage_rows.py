@@ -10,6 +10,7 @@ number of annotations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from engine.store.ai_call_rows import ai_call_rows
 from engine.store.annotation_rows import RowContext
 from engine.store.models import AICall, WorkflowLog, WorkflowStage
 from engine.store.runs import NewStage, complete_run, open_stages, write_annotations
-from engine.store.sql import append_events, insert_ignore, lock_run_status
+from engine.store.sql import RUNS, append_events, insert_ignore, lock_run_status
 
 __all__ = ["StageStart", "begin_stage", "commit_stage"]
 
@@ -337,12 +338,33 @@ class StageStart:
 
 
 async def begin_stage(
-    session: AsyncSession, run_id: str, spec: StageSpec, attempt: int, now: datetime
+    session: AsyncSession,
+    run_id: str,
+    spec: StageSpec,
+    attempt: int,
+    now: datetime,
+    first_group: Sequence[NewStage] | None = None,
 ) -> StageStart:
     """Mark the stage RUNNING (emitting ``stage:started`` once), as the original's job did
     when it picked the stage up; a redelivered activity finds it RUNNING (run it again) or
-    settled (never re-run a committed stage)."""
-    if await lock_run_status(session, run_id) != RunStatus.RUNNING:
+    settled (never re-run a committed stage).
+
+    With ``first_group``, a PENDING run is started first, in the same transaction (RUNNING,
+    ``workflow:started``, the group's records opened), as ``start_run`` would have.
+    """
+    status = await lock_run_status(session, run_id)
+    if status == RunStatus.PENDING and first_group is not None:
+        await session.execute(
+            RUNS.update()
+            .where(RUNS.c.id == run_id)
+            .values(status=RunStatus.RUNNING, started_at=now, updated_at=now)
+        )
+        await open_stages(session, run_id, first_group, attempt, now)
+        await append_events(
+            session, run_id, [("workflow:started", {})], causation_id=run_id, now=now
+        )
+        status = RunStatus.RUNNING
+    if status != RunStatus.RUNNING:
         return StageStart("skip")
     key = and_(
         STAGES.c.workflow_run_id == run_id,

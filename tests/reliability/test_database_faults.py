@@ -186,10 +186,11 @@ async def test_connections_killed_while_committing_repeated(
 # Which store calls lose their acknowledgement, per run (by idempotency key): spread over runs so
 # that the retries (1 s apart: Temporal's default retry policy) overlap.
 LOST_ACKS = {
-    # (finalize_run only ends failed runs: a completed run completes in its last commit.)
-    "ack-run": {("create_run", None), ("start_run", None)},
-    # Only the first group begins in a transaction of its own: later groups are opened RUNNING
-    # by the commit that completes the group before them.
+    # A new run is started by its first group's begin and completed by its last commit:
+    # start_run and finalize_run serve reruns, restarts and failed runs only.
+    "ack-run": {("create_run", None)},
+    # Only the first group begins in a transaction of its own (which also starts the run):
+    # later groups are opened RUNNING by the commit that completes the group before them.
     "ack-begin": {("begin_stage", "prep")},
     "ack-commit": {("commit_stage", stage_id) for stage_id in CRASH_STAGES},
 }
