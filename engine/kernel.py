@@ -10,7 +10,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -488,10 +493,19 @@ class Kernel:
         drafts = build_drafts(attributes or {}, actor=actor, limits=self.annotation_limits)
         temporal_id = await self.store.temporal_workflow_id(run_id)
         assert temporal_id is not None
-        await self._handle(temporal_id).execute_update(
-            "wfe.resume_stage",
-            ResumeRequest(stage_id=stage_id, output=output, data=data, annotations=drafts),
-        )
+        try:
+            await self._handle(temporal_id).execute_update(
+                "wfe.resume_stage",
+                ResumeRequest(stage_id=stage_id, output=output, data=data, annotations=drafts),
+            )
+        except WorkflowUpdateFailedError as err:
+            # The workflow refused it (the stage settled, or another resume got there first).
+            raise InvalidStateError(
+                f"Stage {stage_id} of run {run_id} cannot be resumed: "
+                f"{getattr(err.cause, 'message', None) or err}",
+                workflow_run_id=run_id,
+                stage_id=stage_id,
+            ) from err
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -298,6 +298,9 @@ class RunWorkflow:
             max_wait_until=max_wait_until,
             interval=interval,
         )
+        # Resumable from the moment the side-store can say SUSPENDED (which the kernel checks
+        # before it sends the Update): a resume that lands during this commit waits its turn.
+        self._suspended.add(spec.stage_id)
         await self._commit(
             spec, outcome, next_poll_at=parked.next_poll_at, max_wait_until=max_wait_until
         )

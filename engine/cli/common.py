@@ -115,66 +115,41 @@ class CommonOptions:
         typer.echo(line)
 
 
+def _connection_option(name: str, envvar: str, help: str, default: str) -> inspect.Parameter:
+    """A keyword-only ``--<name>`` option read from ``envvar`` when absent."""
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                f"--{name.replace('_', '-')}",
+                envvar=envvar,
+                help=help,
+                show_default=default,
+                rich_help_panel="Connection",
+            ),
+        ],
+    )
+
+
 _COMMON_PARAMETERS = [
-    inspect.Parameter(
+    _connection_option(
         "temporal_address",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            str | None,
-            typer.Option(
-                "--temporal-address",
-                envvar="WFE_TEMPORAL_ADDRESS",
-                help="host:port of the Temporal frontend.",
-                show_default="localhost:7233",
-                rich_help_panel="Connection",
-            ),
-        ],
+        "WFE_TEMPORAL_ADDRESS",
+        "host:port of the Temporal frontend.",
+        "localhost:7233",
     ),
-    inspect.Parameter(
-        "namespace",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            str | None,
-            typer.Option(
-                "--namespace",
-                envvar="WFE_NAMESPACE",
-                help="Temporal namespace.",
-                show_default="default",
-                rich_help_panel="Connection",
-            ),
-        ],
+    _connection_option("namespace", "WFE_NAMESPACE", "Temporal namespace.", "default"),
+    _connection_option(
+        "task_queue", "WFE_TASK_QUEUE", "Task queue of the engine's worker.", "workflow-engine"
     ),
-    inspect.Parameter(
-        "task_queue",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            str | None,
-            typer.Option(
-                "--task-queue",
-                envvar="WFE_TASK_QUEUE",
-                help="Task queue of the engine's worker.",
-                show_default="workflow-engine",
-                rich_help_panel="Connection",
-            ),
-        ],
-    ),
-    inspect.Parameter(
+    _connection_option(
         "database_url",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            str | None,
-            typer.Option(
-                "--database-url",
-                envvar="WFE_DATABASE_URL",
-                help="SQLAlchemy URL of the side-store.",
-                show_default="sqlite+aiosqlite:///.wfe/engine.db",
-                rich_help_panel="Connection",
-            ),
-        ],
+        "WFE_DATABASE_URL",
+        "SQLAlchemy URL of the side-store.",
+        "sqlite+aiosqlite:///.wfe/engine.db",
     ),
     inspect.Parameter(
         "json_output",
