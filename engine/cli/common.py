@@ -478,8 +478,9 @@ async def wait_with_progress(
         remaining = deadline - loop.time()
         run: RunRecord | None
         try:
+            # Short slices: a stage that suspends briefly is still shown SUSPENDED.
             run = await kernel.wait_for_run(
-                run_id, timeout=timedelta(seconds=max(0.0, min(0.5, remaining)))
+                run_id, timeout=timedelta(seconds=max(0.0, min(0.25, remaining)))
             )
         except TimeoutError:
             run = None

@@ -16,10 +16,11 @@ from engine.demo import DEMO_TICKET
 from engine.store import SqlStore
 from tests.cli.support import Background, Wfe, assert_one_line_error, clean_env, temporal_address
 
-# The demo workflow's waits made short: nobody answers the review, the policy approves at once.
+# The demo workflow's waits made short: nobody answers the review, the policy approves at once;
+# the search stays SUSPENDED about a second, long enough for --wait's progress to show it.
 REVIEWED_QUICKLY = json.dumps(
     {
-        "similar-tickets": {"poll_interval": 0.2},
+        "similar-tickets": {"poll_interval": 0.5},
         "human-review": {"poll_interval": 0.1, "auto_approve_after_polls": 1},
     }
 )
