@@ -165,7 +165,8 @@ CRM_LATENCY = timedelta(milliseconds=40)
 
 TRIAGE_AGENT = Actor(kind="agent", id="triage-agent", version="v3")
 ROUTER = Actor(kind="system", id="routing-rules", version="2026.11")
-POLICY = Actor(kind="system", id="review-policy", version="triage-policy-7")
+POLICY_VERSION = "triage-policy-7"
+POLICY = Actor(kind="system", id="review-policy", version=POLICY_VERSION)
 REVIEWER = Actor(kind="user", id="alice@acme.example")
 
 
@@ -274,6 +275,15 @@ similar_tickets = define_async_batch_stage(
 )
 
 
+def _approval(approver: Actor) -> dict[str, Any]:
+    """The ``approval.*`` attributes of an approval given now by ``approver``."""
+    return {
+        Approval.approvers.key: [approver.id],
+        Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
+        Approval.policy_version.key: POLICY_VERSION,
+    }
+
+
 async def _request_review(ctx: StageContext[None, ReviewConfig]) -> Suspend:
     triage = ctx.require("classify")
     ctx.annotate("review.requested_from", "support-leads")
@@ -291,14 +301,7 @@ async def _check_review(state: dict[str, Any], ctx: CompletionContext[ReviewConf
     limit = ctx.config.auto_approve_after_polls
     if limit is None or ctx.poll_count + 1 < limit:
         return CompletionCheck(ready=False)
-    ctx.annotate(
-        actor=POLICY,
-        attributes={
-            Approval.approvers.key: [POLICY.id],
-            Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
-            Approval.policy_version.key: "triage-policy-7",
-        },
-    )
+    ctx.annotate(actor=POLICY, attributes=_approval(POLICY))
     return CompletionCheck(ready=True, output=Review(approved=True, reviewer=POLICY.id))
 
 
@@ -476,11 +479,7 @@ async def _review_when_asked(kernel: Kernel, run_id: str, echo: Echo) -> list[An
                 run_id,
                 human_review.id,
                 output=verdict.model_dump(),
-                attributes={
-                    Approval.approvers.key: [REVIEWER.id],
-                    Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
-                    Approval.policy_version.key: "triage-policy-7",
-                },
+                attributes=_approval(REVIEWER),
                 actor=REVIEWER,
             )
             break

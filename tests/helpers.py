@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import BaseModel
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from engine import (
     Actor,
@@ -131,3 +133,20 @@ async def run_with_events(store: SqlStore, events: list[tuple[str, dict[str, Any
         await lock_run(session, run_id)
         await append_events(session, run_id, events, causation_id=str(_uuid.uuid4()), now=utcnow())
     return run_id
+
+
+async def workflow_closed(
+    client: Client, run_id: str, timeout: float = 60
+) -> WorkflowExecutionStatus:
+    """Wait for the run's first Temporal execution to close (after that nothing can commit);
+    returns its final status."""
+    from engine.kernel import temporal_workflow_id
+
+    handle = client.get_workflow_handle(temporal_workflow_id(run_id))
+    try:
+        await asyncio.wait_for(handle.result(), timeout=timeout)
+    except WorkflowFailureError:
+        pass
+    status = (await handle.describe()).status
+    assert status is not None and status != WorkflowExecutionStatus.RUNNING
+    return status

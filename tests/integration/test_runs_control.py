@@ -38,7 +38,7 @@ from engine.storage import StageStorage
 from engine.store import SqlStore
 from engine.store.models import WorkflowRun
 from engine.store.runs import NewRun
-from tests.helpers import running_kernel
+from tests.helpers import running_kernel, workflow_closed
 
 WAIT = timedelta(seconds=30)
 # Temporal's SDK warns when asked to cancel a local activity that has already finished (a
@@ -80,18 +80,6 @@ async def temporal_executions(env: Any, run_id: str) -> int:
             return len(found)
         assert loop.time() < deadline, found
         await asyncio.sleep(0.05)
-
-
-async def workflow_closed(env: Any, run_id: str) -> WorkflowExecutionStatus:
-    """Wait for the run's first Temporal execution to close; returns its final status."""
-    handle = env.client.get_workflow_handle(temporal_workflow_id(run_id))
-    try:
-        await asyncio.wait_for(handle.result(), timeout=30)
-    except WorkflowFailureError:
-        pass
-    status = (await handle.describe()).status
-    assert status is not None and status != WorkflowExecutionStatus.RUNNING
-    return status
 
 
 async def test_idempotent_create_sequential_and_concurrent(env: Any, store: SqlStore) -> None:
@@ -288,7 +276,7 @@ async def test_cancel_running_run(env: Any, store: SqlStore) -> None:
         release.set()
         await asyncio.wait_for(finished.wait(), timeout=30)
         # Once the Temporal workflow has closed, nothing can commit any more.
-        await workflow_closed(env, run_id)
+        await workflow_closed(env.client, run_id)
 
     stages = {s.stage_id: s for s in await store.list_stages(run_id)}
     assert stages["first"].status == RunStatus.COMPLETED
@@ -342,7 +330,7 @@ async def test_ghosted_stage_logs_persist(env: Any, store: SqlStore) -> None:
         with contextlib.suppress(WorkflowFailureError, TimeoutError):
             await asyncio.wait_for(handle.result(), timeout=5)
         release.set()
-        await workflow_closed(env, run_id)
+        await workflow_closed(env.client, run_id)
         # The run stays CANCELLED, the stage too, with nothing of its outcome.
         assert (await kernel.get_run(run_id)).status == RunStatus.CANCELLED
         (record,) = await kernel.list_stages(run_id)
@@ -366,7 +354,7 @@ async def test_cancel_of_pending_run(env: Any, store: SqlStore) -> None:
     run = await kernel.get_run(run_id)
     assert run.status == RunStatus.CANCELLED and run.completed_at is not None
     async with create_worker(kernel):
-        await workflow_closed(env, run_id)
+        await workflow_closed(env.client, run_id)
         assert (await kernel.dispatch(RunClaimPending())).started == []
     assert calls == []
     assert await kernel.get_run(run_id) == run

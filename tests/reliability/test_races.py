@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus
 
 from engine import (
     Actor,
@@ -43,6 +43,7 @@ from engine.payloads import CommitResult, StageCommit
 from engine.store import SqlStore
 from engine.store.annotation_rows import AnnotationFilters
 from engine.store.runs import NewRun
+from tests.helpers import workflow_closed
 from tests.reliability.support import ROOT, FastEnv, table_counts, wait_for_files
 from tests.reliability.workloads import assert_exactly_once, crash_workflow
 
@@ -90,18 +91,6 @@ def race_workflow(racer: Racer) -> Any:
         return {"tail": True}
 
     return define_workflow(id="race").pipe(race).pipe(tail).build()
-
-
-async def workflow_closed(kernel: Kernel, run_id: str) -> WorkflowExecutionStatus:
-    """Wait for the run's Temporal workflow to close: after that nothing can commit."""
-    handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
-    try:
-        await asyncio.wait_for(handle.result(), timeout=60)
-    except WorkflowFailureError:
-        pass
-    status = (await handle.describe()).status
-    assert status is not None and status != WorkflowExecutionStatus.RUNNING
-    return status
 
 
 async def check_cancelled_run(store: SqlStore, run_id: str) -> str:
@@ -183,7 +172,7 @@ async def cancel_races(
             await committing.wait()
         await asyncio.sleep(offset)  # the varied offset of the race, not a wait
         cancelled = (await kernel.dispatch(RunCancel(workflow_run_id=run_id))).cancelled
-        await workflow_closed(kernel, run_id)
+        await workflow_closed(kernel.client, run_id)
         if cancelled:
             tally[f"cancelled, {await check_cancelled_run(store, run_id)} won"] += 1
         else:
@@ -407,7 +396,7 @@ async def test_cancel_during_commit_closes_the_workflow_promptly(env: Any, store
             assert (await kernel.dispatch(RunCancel(workflow_run_id=run_id))).cancelled
             loop = asyncio.get_running_loop()
             started = loop.time()
-            await workflow_closed(kernel, run_id)
+            await workflow_closed(kernel.client, run_id)
             closed_after = loop.time() - started
     finally:
         await worker_store.dispose()
