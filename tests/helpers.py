@@ -130,8 +130,10 @@ async def run_with_events(store: SqlStore, events: list[tuple[str, dict[str, Any
         "wfe-run-{run_id}",
     )
     async with store.transaction() as session:
-        await lock_run(session, run_id)
-        await append_events(session, run_id, events, causation_id=str(_uuid.uuid4()), now=utcnow())
+        await session.run_sync(lock_run, run_id)
+        await session.run_sync(
+            append_events, run_id, events, causation_id=str(_uuid.uuid4()), now=utcnow()
+        )
     return run_id
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft, text_problem, typed_columns
 from engine.errors import AnnotationError
@@ -45,8 +45,8 @@ class RowContext:
     attempt: int = 0
 
 
-async def insert_annotations(
-    session: AsyncSession,
+def insert_annotations(
+    session: Session,
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
@@ -56,14 +56,11 @@ async def insert_annotations(
     Returns the rows actually inserted, in draft order; deduplicated drafts are left out so
     that callers emit ``annotation:created`` only for what was stored.
     """
-    return [
-        Annotation.model_validate(row)
-        for _, row in await insert_drafts(session, drafts, where, now)
-    ]
+    return [Annotation.model_validate(row) for _, row in insert_drafts(session, drafts, where, now)]
 
 
-async def insert_drafts(
-    session: AsyncSession,
+def insert_drafts(
+    session: Session,
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
@@ -112,9 +109,9 @@ async def insert_drafts(
         batch.append(row)
     if all(row["idempotency_key"] is None for row in batch):
         # Nothing to deduplicate (ids are new): a plain batched insert, no RETURNING to read.
-        await session.execute(table.insert(), batch)
+        session.execute(table.insert(), batch)
         return list(zip(drafts, rows, strict=True))
-    result = await session.execute(insert_ignore(session, table).returning(table.c.id), batch)
+    result = session.execute(insert_ignore(session, table).returning(table.c.id), batch)
     inserted = set(result.scalars().all())
     return [(draft, row) for draft, row in zip(drafts, rows, strict=True) if row["id"] in inserted]
 
@@ -199,13 +196,13 @@ def _legacy_possible(filters: AnnotationFilters) -> bool:
     return True
 
 
-async def _legacy_rows(
-    session: AsyncSession, run: WorkflowRun, filters: AnnotationFilters
+def _legacy_rows(
+    session: Session, run: WorkflowRun, filters: AnnotationFilters
 ) -> list[Annotation]:
     metadata = run.metadata_
     if not isinstance(metadata, dict) or not metadata:
         return []
-    any_stored = await session.scalar(
+    any_stored = session.scalar(
         select(WorkflowAnnotation.id)
         .where(
             WorkflowAnnotation.workflow_run_id == run.id,
@@ -239,17 +236,17 @@ async def _legacy_rows(
     return rows
 
 
-async def list_annotations(
-    session: AsyncSession, run: WorkflowRun, filters: AnnotationFilters
+def list_annotations(
+    session: Session, run: WorkflowRun, filters: AnnotationFilters
 ) -> list[Annotation]:
     """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim."""
     stored = [
         Annotation.model_validate(row)
-        for row in (await session.scalars(_stored_query(run.id, filters))).all()
+        for row in (session.scalars(_stored_query(run.id, filters))).all()
     ]
     if not _legacy_possible(filters):
         return stored
-    legacy = await _legacy_rows(session, run, filters)
+    legacy = _legacy_rows(session, run, filters)
     if not legacy:
         return stored
     merged = sorted([*stored, *legacy], key=lambda a: (a.created_at, a.id))
@@ -331,8 +328,8 @@ def _cross_run_conditions(filters: CrossRunFilters) -> list[Any]:
     return conditions
 
 
-async def query_annotations(
-    session: AsyncSession, filters: CrossRunFilters, *, limit: int, cursor: str | None
+def query_annotations(
+    session: Session, filters: CrossRunFilters, *, limit: int, cursor: str | None
 ) -> tuple[list[Annotation], str | None]:
     """Annotations across runs, oldest first, one keyset page at a time."""
     if limit < 1 or limit > MAX_QUERY_LIMIT:
@@ -344,14 +341,14 @@ async def query_annotations(
         query = query.where(
             or_(col.created_at > after_at, and_(col.created_at == after_at, col.id > after_id))
         )
-    rows = (await session.scalars(query.order_by(col.created_at, col.id).limit(limit))).all()
+    rows = (session.scalars(query.order_by(col.created_at, col.id).limit(limit))).all()
     page = [Annotation.model_validate(row) for row in rows]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
     return page, next_cursor
 
 
-async def count_runs(
-    session: AsyncSession,
+def count_runs(
+    session: Session,
     match: Mapping[str, Any],
     *,
     since: datetime | None,
@@ -373,7 +370,5 @@ async def count_runs(
     query = run_sets[0]
     for other in run_sets[1:]:
         query = query.where(WorkflowAnnotation.workflow_run_id.in_(other))
-    total = await session.scalar(
-        select(func.count(func.distinct(query.subquery().c.workflow_run_id)))
-    )
+    total = session.scalar(select(func.count(func.distinct(query.subquery().c.workflow_run_id))))
     return int(total or 0)

@@ -1,73 +1,103 @@
-"""Async engine factory with the per-backend settings the side-store relies on."""
+"""Engine factories with the per-backend settings the side-store relies on."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from engine.settings import ensure_sqlite_parent
 
-__all__ = ["create_engine_for_url", "is_sqlite"]
+__all__ = ["create_engine_for_url", "create_sync_engine_for_url", "is_sqlite"]
+
+POSTGRES_POOL = {"pool_size": 10, "max_overflow": 20}
+"""Connections per engine on PostgreSQL (the store's thread pool matches ``pool_size``)."""
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
+def is_sqlite(engine: AsyncEngine | Engine) -> bool:
     """Whether the engine talks to SQLite (which has no row locks: writers serialize instead)."""
     return engine.dialect.name == "sqlite"
 
 
-def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
-    """Create the async engine for ``url``.
-
-    On SQLite every transaction starts with ``BEGIN IMMEDIATE``: a deferred transaction that
-    reads and then writes can fail with "database is locked" when another writer got there
-    first, whereas an immediate one waits (``busy_timeout``) and then runs alone. WAL keeps
-    readers off the writers' backs.
-    """
+def _parse(url: str) -> URL:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
+            "use sqlite+aiosqlite:///path or postgresql+psycopg://user@host/db"
+        )
+    if backend == "sqlite":
         ensure_sqlite_parent(url)
+    return parsed
+
+
+def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
+    """Create the async engine for ``url`` (the kernel's reads, the outbox, plugins, blobs)."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(url, **kwargs)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        @event.listens_for(engine.sync_engine, "invalidate")
-        def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
-            # A task cancelled mid-transaction (e.g. a local activity cancelled by Temporal or a
-            # worker shutdown) gets its connection invalidated and closed. Closed while a cursor
-            # of the cancelled task is still alive, sqlite3 keeps it as a "zombie" that holds
-            # the write lock until garbage collection, and every other writer then fails with
-            # "database is locked" after busy_timeout. Rolling back first releases the lock.
-            try:
-                dbapi_connection.rollback()
-            except (Exception, asyncio.CancelledError):
-                pass  # already closed, or cancelled again: the close still follows
-
+        _configure_sqlite(engine.sync_engine)
         return engine
-    if parsed.get_backend_name() == "postgresql":
-        kwargs.setdefault("pool_size", 10)
-        kwargs.setdefault("max_overflow", 20)
-        # No pre-ping: it costs a round trip per transaction, and a connection that died in
-        # the pool fails its statement, is invalidated, and the caller's retry (an activity's,
-        # or the in-activity commit's) gets a fresh one.
-        kwargs.setdefault("pool_pre_ping", False)
-        return create_async_engine(url, **kwargs)
-    raise ValueError(
-        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
-        "use sqlite+aiosqlite:///path or postgresql+psycopg://user@host/db"
-    )
+    return create_async_engine(url, **_postgres_options(kwargs))
+
+
+def create_sync_engine_for_url(url: str, **kwargs: Any) -> Engine:
+    """Create the synchronous engine for ``url``: the store runs each transaction on it in a
+    worker thread (see :class:`engine.store.SqlStore`). An async URL is mapped to its
+    synchronous driver (``sqlite+aiosqlite`` → ``sqlite+pysqlite``; psycopg is both)."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        # Connections move between the store's threads (one at a time, through the pool).
+        connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
+        engine = create_engine(
+            parsed.set(drivername="sqlite+pysqlite"), connect_args=connect_args, **kwargs
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(parsed, **_postgres_options(kwargs))
+
+
+def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # No pre-ping: it costs a round trip per transaction, and a connection that died in the
+    # pool fails its statement, is invalidated, and the caller's retry (an activity's, or the
+    # in-activity commit's) gets a fresh one.
+    return {**POSTGRES_POOL, "pool_pre_ping": False, **kwargs}
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction.
+
+    A deferred transaction that reads and then writes can fail with "database is locked" when
+    another writer got there first, whereas an immediate one waits (``busy_timeout``) and then
+    runs alone. WAL keeps readers off the writers' backs.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
+        # A task cancelled mid-transaction (e.g. a local activity cancelled by Temporal or a
+        # worker shutdown) gets its connection invalidated and closed. Closed while a cursor
+        # of the cancelled task is still alive, sqlite3 keeps it as a "zombie" that holds
+        # the write lock until garbage collection, and every other writer then fails with
+        # "database is locked" after busy_timeout. Rolling back first releases the lock.
+        try:
+            dbapi_connection.rollback()
+        except (Exception, asyncio.CancelledError):
+            pass  # already closed, or cancelled again: the close still follows

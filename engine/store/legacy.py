@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft, AnnotationLimits, build_drafts
 from engine.errors import AnnotationError
@@ -61,8 +61,8 @@ def legacy_drafts(metadata: dict[str, Any]) -> list[AnnotationDraft]:
     ]
 
 
-async def runs_with_metadata(
-    session: AsyncSession, *, after: str | None, limit: int
+def runs_with_metadata(
+    session: Session, *, after: str | None, limit: int
 ) -> tuple[list[str], str | None]:
     """One batch of runs, by id: (ids of those whose metadata is a non-empty object, last id).
 
@@ -71,15 +71,15 @@ async def runs_with_metadata(
     query = select(WorkflowRun.id, WorkflowRun.metadata_).order_by(WorkflowRun.id).limit(limit)
     if after is not None:
         query = query.where(WorkflowRun.id > after)
-    rows = (await session.execute(query)).all()
+    rows = (session.execute(query)).all()
     if not rows:
         return [], None
     wanted = [row[0] for row in rows if isinstance(row[1], dict) and row[1]]
     return wanted, rows[-1][0]
 
 
-async def _has_stored_legacy(session: AsyncSession, run_id: str) -> bool:
-    found = await session.scalar(
+def _has_stored_legacy(session: Session, run_id: str) -> bool:
+    found = session.scalar(
         select(WorkflowAnnotation.id)
         .where(
             WorkflowAnnotation.workflow_run_id == run_id,
@@ -92,7 +92,7 @@ async def _has_stored_legacy(session: AsyncSession, run_id: str) -> bool:
     return found is not None
 
 
-async def migrate_run(session: AsyncSession, run_id: str) -> bool:
+def migrate_run(session: Session, run_id: str) -> bool:
     """Store one run's metadata as ``legacy.metadata.*`` rows in the caller's transaction.
 
     Returns:
@@ -100,15 +100,15 @@ async def migrate_run(session: AsyncSession, run_id: str) -> bool:
         migrated already (any stored ``legacy.metadata.*`` row), or holds a key or value
         that cannot be stored (logged; the run keeps showing virtual rows).
     """
-    run = await lock_run(session, run_id)  # serializes with attach and concurrent migrations
+    run = lock_run(session, run_id)  # serializes with attach and concurrent migrations
     if run is None or not isinstance(run.metadata_, dict) or not run.metadata_:
         return False
-    if await _has_stored_legacy(session, run_id):
+    if _has_stored_legacy(session, run_id):
         return False
     try:
         drafts: Sequence[AnnotationDraft] = legacy_drafts(run.metadata_)
     except AnnotationError as exc:
         log.warning("legacy metadata of run %s not migrated: %s", run_id, exc)
         return False
-    inserted = await insert_annotations(session, drafts, RowContext(run_id, "run"), run.created_at)
+    inserted = insert_annotations(session, drafts, RowContext(run_id, "run"), run.created_at)
     return bool(inserted)

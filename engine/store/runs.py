@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft
 from engine.errors import InvalidStateError
@@ -88,14 +88,14 @@ def annotation_events(
     return events
 
 
-async def write_annotations(
-    session: AsyncSession,
+def write_annotations(
+    session: Session,
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
     """Insert drafts and build the events for the inserted rows that asked for one."""
-    pairs = await insert_drafts(session, drafts, where, now)
+    pairs = insert_drafts(session, drafts, where, now)
     inserted = [row for _, row in pairs]
     # Per draft, not per (key, idempotency key): two unkeyed writes of one key are two rows,
     # and only the one that asked for an event gets it.
@@ -103,8 +103,8 @@ async def write_annotations(
     return inserted, annotation_events(inserted, emit)
 
 
-async def claim_idempotency(
-    session: AsyncSession, key: str, command_type: str, result: Any, now: datetime
+def claim_idempotency(
+    session: Session, key: str, command_type: str, result: Any, now: datetime
 ) -> Any | None:
     """Claim ``key`` for ``command_type`` inside the caller's transaction.
 
@@ -112,29 +112,29 @@ async def claim_idempotency(
     the key), or the result stored by the transaction that claimed it first.
     """
     table = IdempotencyKey.__table__
-    claimed = await session.execute(
+    claimed = session.execute(
         insert_ignore(session, table)
         .values(id=new_id(), created_at=now, key=key, command_type=command_type, result=result)
         .returning(table.c.id)
     )
     if claimed.scalar_one_or_none() is not None:
         return None
-    return await session.scalar(
+    return session.scalar(
         select(IdempotencyKey.result).where(
             IdempotencyKey.key == key, IdempotencyKey.command_type == command_type
         )
     )
 
 
-async def create_run(
-    session: AsyncSession, new: NewRun, now: datetime, temporal_workflow_id: str | None = None
+def create_run(
+    session: Session, new: NewRun, now: datetime, temporal_workflow_id: str | None = None
 ) -> tuple[str, bool]:
     """Insert a PENDING run, its annotations and events; returns (run id, created).
 
     ``temporal_workflow_id`` may name the run id as ``{run_id}``.
     """
     run_id = new_id()
-    existing = await claim_idempotency(
+    existing = claim_idempotency(
         session, new.idempotency_key, "run.create", {"workflow_run_id": run_id}, now
     )
     if existing is not None:
@@ -157,21 +157,21 @@ async def create_run(
             ),
         )
     )
-    await session.flush()
+    session.flush()
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
     ]
     for drafts, _ in new.annotations:
-        _, created = await write_annotations(session, drafts, RowContext(run_id, "run"), now)
+        _, created = write_annotations(session, drafts, RowContext(run_id, "run"), now)
         events.extend(created)
-    await append_events(
+    append_events(
         session, run_id, events, causation_id=new.idempotency_key, now=now, last_sequence=0
     )
     return run_id, True
 
 
-async def open_stages(
-    session: AsyncSession,
+def open_stages(
+    session: Session,
     run_id: str,
     stages: Sequence[NewStage],
     attempt: int,
@@ -203,7 +203,7 @@ async def open_stages(
         for stage in stages
     ]
     table = WorkflowStage.__table__
-    result = await session.execute(insert_ignore(session, table).returning(table.c.id), rows)
+    result = session.execute(insert_ignore(session, table).returning(table.c.id), rows)
     created = set(result.scalars().all())
     return {str(row["stage_id"]): str(row["id"]) for row in rows if row["id"] in created}
 
@@ -219,8 +219,8 @@ class StartedRun:
     attempt: int = 0
 
 
-async def start_run(
-    session: AsyncSession,
+def start_run(
+    session: Session,
     run_id: str,
     first_group_of: Callable[[dict[str, Any]], Sequence[NewStage]] | None,
     now: datetime,
@@ -232,7 +232,7 @@ async def start_run(
     workflow is not registered: the run fails with ``WORKFLOW_NOT_FOUND`` (as the original's
     claim did).
     """
-    run = await lock_run(session, run_id)
+    run = lock_run(session, run_id)
     if run is None:
         return StartedRun(status="not_running")
     if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
@@ -247,7 +247,7 @@ async def start_run(
                 id=new_id(), created_at=now, workflow_run_id=run_id, level="ERROR", message=message
             )
         )
-        await append_events(
+        append_events(
             session,
             run_id,
             [("workflow:failed", {"error": message})],
@@ -258,11 +258,11 @@ async def start_run(
     if run.status == RunStatus.PENDING:
         run.status = RunStatus.RUNNING
         run.started_at = now
-        await append_events(
+        append_events(
             session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now
         )
     records = (
-        await session.execute(
+        session.execute(
             select(
                 WorkflowStage.stage_id,
                 WorkflowStage.execution_group,
@@ -274,7 +274,7 @@ async def start_run(
     ).all()
     attempt = max((r.attempt for r in records), default=0)
     first_group = first_group_of(run.config)
-    await open_stages(session, run_id, first_group, attempt, now)
+    open_stages(session, run_id, first_group, attempt, now)
     first = min((s.group for s in first_group), default=1)
     outputs = {
         r.stage_id: r.output_data
@@ -286,8 +286,8 @@ async def start_run(
     )
 
 
-async def finalize_run(
-    session: AsyncSession,
+def finalize_run(
+    session: Session,
     run_id: str,
     *,
     status: str,
@@ -297,10 +297,10 @@ async def finalize_run(
     commit_id: str,
 ) -> bool:
     """End a RUNNING run COMPLETED (with totals and output) or FAILED; idempotent."""
-    run = await lock_run(session, run_id)
+    run = lock_run(session, run_id)
     if run is None or run.status != RunStatus.RUNNING:
         return False
-    if await claim_idempotency(session, commit_id, "run.finalize", True, now) is not None:
+    if claim_idempotency(session, commit_id, "run.finalize", True, now) is not None:
         return False
     events: list[tuple[str, dict[str, Any]]]
     if status == RunStatus.FAILED:
@@ -309,27 +309,27 @@ async def finalize_run(
         run.duration_ms = int((now - run.created_at).total_seconds() * 1000)
         events = [("workflow:failed", {"error": error or "Stage failed"})]
     else:
-        events = [await complete_run(session, run_id, output=output, now=now)]
-    await append_events(session, run_id, events, causation_id=commit_id, now=now)
+        events = [complete_run(session, run_id, output=output, now=now)]
+    append_events(session, run_id, events, causation_id=commit_id, now=now)
     return True
 
 
-async def complete_run(
-    session: AsyncSession, run_id: str, *, output: Any, now: datetime
+def complete_run(
+    session: Session, run_id: str, *, output: Any, now: datetime
 ) -> tuple[str, dict[str, Any]]:
     """Set a RUNNING run COMPLETED with its output and totals; return ``workflow:completed``.
 
     The caller holds the run's lock and writes the event (with the rest of its events).
     """
     runs, stages = RUNS, STAGES
-    created_at = await session.scalar(select(runs.c.created_at).where(runs.c.id == run_id))
+    created_at = session.scalar(select(runs.c.created_at).where(runs.c.id == run_id))
     metrics = (
-        await session.scalars(select(stages.c.metrics).where(stages.c.workflow_run_id == run_id))
+        session.scalars(select(stages.c.metrics).where(stages.c.workflow_run_id == run_id))
     ).all()
     total_cost = sum(float((m or {}).get("total_cost", 0) or 0) for m in metrics)
     total_tokens = sum(int((m or {}).get("total_tokens", 0) or 0) for m in metrics)
     duration = int((now - created_at).total_seconds() * 1000) if created_at else 0
-    await session.execute(
+    session.execute(
         update(runs)
         .where(runs.c.id == run_id)
         .values(
@@ -352,22 +352,22 @@ async def complete_run(
     return ("workflow:completed", body)
 
 
-async def cancel_run(
-    session: AsyncSession, run_id: str, reason: str | None, now: datetime, causation_id: str
+def cancel_run(
+    session: Session, run_id: str, reason: str | None, now: datetime, causation_id: str
 ) -> bool:
     """Cancel a PENDING or RUNNING run and its non-terminal stages; False if nothing to do."""
-    run = await lock_run(session, run_id)
+    run = lock_run(session, run_id)
     if run is None or run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
         return False
     run.status = RunStatus.CANCELLED
     run.completed_at = now
-    await session.execute(
+    session.execute(
         update(WorkflowStage)
         .where(WorkflowStage.workflow_run_id == run_id, WorkflowStage.status.in_(ACTIVE))
         .values(status=RunStatus.CANCELLED, completed_at=now, next_poll_at=None, updated_at=now)
     )
     body = {"reason": reason} if reason is not None else {}
-    await append_events(
+    append_events(
         session, run_id, [("workflow:cancelled", body)], causation_id=causation_id, now=now
     )
     return True
@@ -381,8 +381,8 @@ class Rerun:
     attempt: int
 
 
-async def rerun_from(
-    session: AsyncSession,
+def rerun_from(
+    session: Session,
     run_id: str,
     *,
     target_group: int,
@@ -398,7 +398,7 @@ async def rerun_from(
         InvalidStateError: the run is not COMPLETED or FAILED, or an earlier stage has no
             COMPLETED record (the original only asked for *some* earlier record).
     """
-    run = await lock_run(session, run_id)
+    run = lock_run(session, run_id)
     if run is None:
         raise InvalidStateError(f"Run {run_id} not found", workflow_run_id=run_id)
     if run.status not in (RunStatus.COMPLETED, RunStatus.FAILED):
@@ -407,7 +407,7 @@ async def rerun_from(
             workflow_run_id=run_id,
         )
     records = (
-        await session.scalars(select(WorkflowStage).where(WorkflowStage.workflow_run_id == run_id))
+        session.scalars(select(WorkflowStage).where(WorkflowStage.workflow_run_id == run_id))
     ).all()
     completed = {r.stage_id for r in records if r.status == RunStatus.COMPLETED}
     missing = [s for s in groups_before if s not in completed]
@@ -423,26 +423,24 @@ async def rerun_from(
     if removed_ids:
         # Done explicitly rather than through FK actions, which SQLite applies only when
         # foreign keys are switched on for the connection.
-        await session.execute(
+        session.execute(
             update(WorkflowAnnotation)
             .where(WorkflowAnnotation.workflow_stage_record_id.in_(removed_ids))
             .values(workflow_stage_record_id=None)
         )
-        await session.execute(
-            delete(WorkflowLog).where(WorkflowLog.workflow_stage_id.in_(removed_ids))
-        )
-        await session.execute(delete(WorkflowStage).where(WorkflowStage.id.in_(removed_ids)))
+        session.execute(delete(WorkflowLog).where(WorkflowLog.workflow_stage_id.in_(removed_ids)))
+        session.execute(delete(WorkflowStage).where(WorkflowStage.id.in_(removed_ids)))
     stage_ids = [r.stage_id for r in removed]
     if stage_ids:
         prefixes = [f"{stage_id}/" for stage_id in stage_ids]
         artifact_keys = (
-            await session.scalars(
+            session.scalars(
                 select(WorkflowArtifact.key).where(WorkflowArtifact.workflow_run_id == run_id)
             )
         ).all()
         doomed = [k for k in artifact_keys if any(k.startswith(p) for p in prefixes)]
         if doomed:
-            await session.execute(
+            session.execute(
                 delete(WorkflowArtifact).where(
                     WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key.in_(doomed)
                 )
@@ -457,25 +455,23 @@ async def rerun_from(
     # The kernel passes a template: each rerun is a new Temporal workflow, named by its attempt.
     run.temporal_workflow_id = temporal_workflow_id.format(attempt=attempt)
     run.version = run.version + 1
-    await open_stages(session, run_id, target_stages, attempt, now)
-    await append_events(
-        session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now
-    )
+    open_stages(session, run_id, target_stages, attempt, now)
+    append_events(session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now)
     return Rerun(deleted_stages=stage_ids, attempt=attempt)
 
 
-async def count_rows(session: AsyncSession, model: Any, run_id: str) -> int:
+def count_rows(session: Session, model: Any, run_id: str) -> int:
     """Rows of ``model`` belonging to ``run_id`` (tests and benchmarks use it)."""
     return int(
-        await session.scalar(
+        session.scalar(
             select(func.count()).select_from(model).where(model.workflow_run_id == run_id)
         )
         or 0
     )
 
 
-async def restart_run(
-    session: AsyncSession, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
+def restart_run(
+    session: Session, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
 ) -> int | None:
     """Point a RUNNING run at a new Temporal execution and return the group it resumes at.
 
@@ -485,7 +481,7 @@ async def restart_run(
     back to PENDING, so the new execution begins them again (a suspended batch is submitted
     again: its waiting state lived in the lost execution).
     """
-    run = await lock_run(session, run_id)
+    run = lock_run(session, run_id)
     if (
         run is None
         or run.status != RunStatus.RUNNING
@@ -493,7 +489,7 @@ async def restart_run(
     ):
         return None
     records = (
-        await session.execute(
+        session.execute(
             select(WorkflowStage.id, WorkflowStage.execution_group, WorkflowStage.status).where(
                 WorkflowStage.workflow_run_id == run_id
             )
@@ -505,7 +501,7 @@ async def restart_run(
         group = max((r.execution_group for r in records), default=1)
     reopen = [r.id for r in unfinished if r.execution_group == group]
     if reopen:
-        await session.execute(
+        session.execute(
             update(WorkflowStage)
             .where(WorkflowStage.id.in_(reopen))
             .values(status=RunStatus.PENDING, next_poll_at=None, updated_at=utcnow())
@@ -515,9 +511,9 @@ async def restart_run(
     return group
 
 
-async def running_runs(session: AsyncSession, limit: int) -> list[tuple[str, str, str | None]]:
+def running_runs(session: Session, limit: int) -> list[tuple[str, str, str | None]]:
     """RUNNING runs, least recently updated first: (run id, workflow id, temporal id)."""
-    rows = await session.execute(
+    rows = session.execute(
         select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
         .where(WorkflowRun.status == RunStatus.RUNNING)
         .order_by(WorkflowRun.updated_at, WorkflowRun.id)

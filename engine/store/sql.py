@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import FromClause, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from engine.ids import new_id
 from engine.store.models import OutboxEvent, WorkflowRun
@@ -18,38 +19,36 @@ RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 
 
-def insert_ignore(session: AsyncSession, table: FromClause) -> Any:
+def insert_ignore(session: Session | AsyncSession, table: FromClause) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` for the session's dialect (both support it)."""
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
 
 
-async def lock_run(session: AsyncSession, run_id: str) -> WorkflowRun | None:
+def lock_run(session: Session, run_id: str) -> WorkflowRun | None:
     """Read the run row under a row lock (``FOR UPDATE``; SQLite already holds the write lock).
 
     Every write that depends on the run's status takes this lock first, so a cancel and a
     stage commit cannot interleave, and outbox sequences per run are handed out one at a time.
     """
-    result = await session.execute(
-        select(WorkflowRun).where(WorkflowRun.id == run_id).with_for_update()
-    )
+    result = session.execute(select(WorkflowRun).where(WorkflowRun.id == run_id).with_for_update())
     return result.scalar_one_or_none()
 
 
-async def lock_run_status(session: AsyncSession, run_id: str, *, lock: bool = True) -> str | None:
+def lock_run_status(session: Session, run_id: str, *, lock: bool = True) -> str | None:
     """The run's status read under its row lock (as :func:`lock_run`), loading nothing else.
 
     Stage writes need only the status; loading the whole row would decode the run's input,
     config and output JSON on every stage. ``lock=False`` reads it without the lock.
     """
     query = select(RUNS.c.status).where(RUNS.c.id == run_id)
-    result = await session.execute(query.with_for_update() if lock else query)
+    result = session.execute(query.with_for_update() if lock else query)
     return result.scalar_one_or_none()
 
 
-async def append_events(
-    session: AsyncSession,
+def append_events(
+    session: Session,
     run_id: str,
     events: list[tuple[str, dict[str, Any]]],
     *,
@@ -66,7 +65,7 @@ async def append_events(
         return
     last = last_sequence
     if last is None:
-        last = await session.scalar(
+        last = session.scalar(
             select(func.max(OUTBOX.c.sequence)).where(OUTBOX.c.workflow_run_id == run_id)
         )
     sequence = last or 0
@@ -92,4 +91,4 @@ async def append_events(
                 "retry_count": 0,
             }
         )
-    await session.execute(OUTBOX.insert(), rows)
+    session.execute(OUTBOX.insert(), rows)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from engine.annotations import AnnotationDraft, text_problem
 from engine.errors import RunNotFoundError
@@ -16,7 +20,12 @@ from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import annotation_rows, migrate, runs, stage_rows
 from engine.store.annotation_rows import AnnotationFilters, CrossRunFilters, RowContext
-from engine.store.database import create_engine_for_url, is_sqlite
+from engine.store.database import (
+    POSTGRES_POOL,
+    create_engine_for_url,
+    create_sync_engine_for_url,
+    is_sqlite,
+)
 from engine.store.models import (
     Base,
     OutboxEvent,
@@ -29,6 +38,11 @@ from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
 
 __all__ = ["SqlStore"]
+
+T = TypeVar("T")
+
+SQLITE_THREADS = 4
+"""Store threads on SQLite: one writer at a time anyway; readers run beside it (WAL)."""
 
 
 def _run_record(row: WorkflowRun) -> RunRecord:
@@ -67,6 +81,16 @@ class SqlStore:
     Every write method is one transaction; those that activities call are idempotent under
     Temporal's at-least-once delivery.
 
+    Each method runs its whole transaction on one of the store's threads with the synchronous
+    driver, and the event loop awaits it once. Through the async drivers every statement
+    crossed threads several times (aiosqlite hands each cursor call to its own thread; psycopg
+    and the greenlet bridge wake the loop per round trip): measured on a 5-statement stage
+    commit under 20 concurrent writers, the thread costs half the CPU on SQLite (1.3–2.1 ms
+    against 3.6–4.3 ms) and a quarter less on PostgreSQL, and it cuts SQLite's wall time by
+    more than half (``bench/README.md``). The async engine (:attr:`engine`,
+    :meth:`transaction`, :meth:`sessions`) stays for the outbox, plugins, blobs and
+    migrations, which are not on a stage's path.
+
     Args:
         url: SQLAlchemy URL, ``sqlite+aiosqlite:///path`` or ``postgresql+psycopg://...``.
     """
@@ -74,7 +98,35 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: AsyncEngine = create_engine_for_url(url)
+        self.sync_engine: Engine = create_sync_engine_for_url(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sync_sessions = sessionmaker(self.sync_engine, expire_on_commit=False)
+        self._threads: ThreadPoolExecutor | None = None
+
+    async def _write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction on a store thread: committed, or rolled back if it
+        raises."""
+        return await self._on_thread(work, transaction=True)
+
+    async def _read(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` on a store thread in a session that is rolled back when it ends."""
+        return await self._on_thread(work, transaction=False)
+
+    async def _on_thread(self, work: Callable[[Session], T], *, transaction: bool) -> T:
+        def run() -> T:
+            with self._sync_sessions() as session:
+                if not transaction:
+                    return work(session)
+                with session.begin():
+                    return work(session)
+
+        if self._threads is None:
+            workers = SQLITE_THREADS if self.is_sqlite else POSTGRES_POOL["pool_size"]
+            self._threads = ThreadPoolExecutor(workers, thread_name_prefix="wfe-store")
+        # Shielded: a cancelled caller (an activity cancelled with its run) does not abandon
+        # the transaction half-way; it ends normally in its thread, and its run-status guard
+        # makes a late commit harmless.
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._threads, run))
 
     @property
     def is_sqlite(self) -> bool:
@@ -112,15 +164,20 @@ class SqlStore:
                 await conn.execute(text(f"TRUNCATE {names} CASCADE"))
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (the store can still be used after, and reconnects)."""
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            await asyncio.to_thread(threads.shutdown)
+        self.sync_engine.dispose()
         await self.engine.dispose()
 
     # -- runs ---------------------------------------------------------------------------------
 
     async def create_run(self, new: NewRun, temporal_workflow_id: str) -> tuple[str, bool]:
         """Insert a run (or find the one holding its idempotency key): (run id, created)."""
-        async with self.transaction() as session:
-            return await runs.create_run(session, new, utcnow(), temporal_workflow_id)
+        return await self._write(
+            lambda session: runs.create_run(session, new, utcnow(), temporal_workflow_id)
+        )
 
     async def start_run(
         self,
@@ -129,8 +186,9 @@ class SqlStore:
         causation_id: str,
     ) -> StartedRun:
         """Mark the run RUNNING and open its first group (see :func:`runs.start_run`)."""
-        async with self.transaction() as session:
-            return await runs.start_run(session, run_id, first_group_of, utcnow(), causation_id)
+        return await self._write(
+            lambda session: runs.start_run(session, run_id, first_group_of, utcnow(), causation_id)
+        )
 
     async def finalize_run(
         self,
@@ -143,8 +201,8 @@ class SqlStore:
         commit_id: str,
     ) -> bool:
         """End the run COMPLETED or FAILED (idempotent)."""
-        async with self.transaction() as session:
-            return await runs.finalize_run(
+        return await self._write(
+            lambda session: runs.finalize_run(
                 session,
                 run_id,
                 status=status,
@@ -153,13 +211,15 @@ class SqlStore:
                 now=now,
                 commit_id=commit_id,
             )
+        )
 
     async def cancel_run(self, run_id: str, reason: str | None, causation_id: str) -> bool:
         """Cancel a PENDING or RUNNING run; False when unknown or already terminal."""
         if _unknown(run_id):
             return False
-        async with self.transaction() as session:
-            return await runs.cancel_run(session, run_id, reason, utcnow(), causation_id)
+        return await self._write(
+            lambda session: runs.cancel_run(session, run_id, reason, utcnow(), causation_id)
+        )
 
     async def rerun_from(
         self,
@@ -172,8 +232,8 @@ class SqlStore:
         causation_id: str,
     ) -> Rerun:
         """Delete the records from ``target_group`` on and reopen that group."""
-        async with self.transaction() as session:
-            return await runs.rerun_from(
+        return await self._write(
+            lambda session: runs.rerun_from(
                 session,
                 run_id,
                 target_group=target_group,
@@ -183,43 +243,42 @@ class SqlStore:
                 now=utcnow(),
                 causation_id=causation_id,
             )
+        )
 
     async def pending_runs(self, limit: int) -> list[tuple[str, str, str | None]]:
         """PENDING runs, highest priority then oldest first: (run id, workflow id, temporal id)."""
-        async with self.sessions() as session:
-            rows = await session.execute(
-                select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
-                .where(WorkflowRun.status == "PENDING")
-                .order_by(WorkflowRun.priority.desc(), WorkflowRun.created_at, WorkflowRun.id)
-                .limit(limit)
-            )
-            return [(r[0], r[1], r[2]) for r in rows.all()]
+        query = (
+            select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
+            .where(WorkflowRun.status == "PENDING")
+            .order_by(WorkflowRun.priority.desc(), WorkflowRun.created_at, WorkflowRun.id)
+            .limit(limit)
+        )
+        rows = await self._read(lambda session: session.execute(query).all())
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def running_runs(self, limit: int) -> list[tuple[str, str, str | None]]:
         """RUNNING runs, least recently updated first: (run id, workflow id, temporal id)."""
-        async with self.sessions() as session:
-            return await runs.running_runs(session, limit)
+        return await self._read(lambda session: runs.running_runs(session, limit))
 
     async def restart_run(
         self, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
     ) -> int | None:
         """Hand a RUNNING run to a new execution (see :func:`runs.restart_run`)."""
-        async with self.transaction() as session:
-            return await runs.restart_run(
+        return await self._write(
+            lambda session: runs.restart_run(
                 session,
                 run_id,
                 expected_temporal_id=expected_temporal_id,
                 temporal_id=temporal_id,
             )
+        )
 
     async def temporal_workflow_id(self, run_id: str) -> str | None:
         """Id of the Temporal workflow currently driving the run."""
         if _unknown(run_id):
             return None
-        async with self.sessions() as session:
-            return await session.scalar(
-                select(WorkflowRun.temporal_workflow_id).where(WorkflowRun.id == run_id)
-            )
+        query = select(WorkflowRun.temporal_workflow_id).where(WorkflowRun.id == run_id)
+        return await self._read(lambda session: session.scalar(query))
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -231,15 +290,15 @@ class SqlStore:
         first_group: Sequence[NewStage] | None = None,
     ) -> stage_rows.StageStart:
         """Mark a stage RUNNING, or say why it must not run (see :func:`stage_rows.begin_stage`)."""
-        async with self.transaction() as session:
-            return await stage_rows.begin_stage(
+        return await self._write(
+            lambda session: stage_rows.begin_stage(
                 session, run_id, spec, attempt, utcnow(), first_group
             )
+        )
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""
-        async with self.transaction() as session:
-            return await stage_rows.commit_stage(session, commit)
+        return await self._write(lambda session: stage_rows.commit_stage(session, commit))
 
     # -- annotations --------------------------------------------------------------------------
 
@@ -253,35 +312,41 @@ class SqlStore:
         """Insert annotations on a run of any status, all or none; unknown run raises."""
         if _unknown(run_id):
             raise _not_found(run_id)
-        async with self.transaction() as session:
-            run = await lock_run(session, run_id)
-            if run is None:
+
+        def attach(session: Session) -> list[Annotation]:
+            if lock_run(session, run_id) is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
             if not drafts:
                 return []
             now = utcnow()
-            inserted, events = await runs.write_annotations(session, drafts, where, now)
-            await append_events(session, run_id, events, causation_id=causation_id, now=now)
+            inserted, events = runs.write_annotations(session, drafts, where, now)
+            append_events(session, run_id, events, causation_id=causation_id, now=now)
             return [Annotation.model_validate(row) for row in inserted]
+
+        return await self._write(attach)
 
     async def list_annotations(self, run_id: str, filters: AnnotationFilters) -> list[Annotation]:
         """A run's annotations (see :func:`annotation_rows.list_annotations`)."""
         if _unknown(run_id):
             raise _not_found(run_id)
-        async with self.sessions() as session:
-            run = await session.get(WorkflowRun, run_id)
+
+        def list_rows(session: Session) -> list[Annotation]:
+            run = session.get(WorkflowRun, run_id)
             if run is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return await annotation_rows.list_annotations(session, run, filters)
+            return annotation_rows.list_annotations(session, run, filters)
+
+        return await self._read(list_rows)
 
     async def query_annotations(
         self, filters: CrossRunFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Annotation], str | None]:
         """Annotations across runs, one keyset page at a time."""
-        async with self.sessions() as session:
-            return await annotation_rows.query_annotations(
+        return await self._read(
+            lambda session: annotation_rows.query_annotations(
                 session, filters, limit=limit, cursor=cursor
             )
+        )
 
     async def count_runs(
         self,
@@ -292,10 +357,11 @@ class SqlStore:
         workflow_id: str | None,
     ) -> int:
         """Runs carrying every ``key = value`` pair of ``match``."""
-        async with self.sessions() as session:
-            return await annotation_rows.count_runs(
+        return await self._read(
+            lambda session: annotation_rows.count_runs(
                 session, match, since=since, until=until, workflow_id=workflow_id
             )
+        )
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -303,61 +369,67 @@ class SqlStore:
         """The run, or :class:`RunNotFoundError`."""
         if _unknown(run_id):
             raise _not_found(run_id)
-        async with self.sessions() as session:
-            row = await session.get(WorkflowRun, run_id)
+
+        def read(session: Session) -> RunRecord:
+            row = session.get(WorkflowRun, run_id)
             if row is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
             return _run_record(row)
 
-    async def _require_run(self, session: AsyncSession, run_id: str) -> None:
+        return await self._read(read)
+
+    async def _read_run_rows(self, run_id: str, query: Any) -> list[Any]:
+        """The rows ``query`` selects for a run that must exist (else RunNotFoundError)."""
         if _unknown(run_id):
             raise _not_found(run_id)
-        if await session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
-            raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+
+        def read(session: Session) -> list[Any]:
+            if session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
+                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+            return list(session.scalars(query).all())
+
+        return await self._read(read)
 
     async def list_stages(self, run_id: str) -> list[StageRecord]:
         """The run's stage records in execution order."""
-        async with self.sessions() as session:
-            await self._require_run(session, run_id)
-            rows = await session.scalars(
-                select(WorkflowStage)
-                .where(WorkflowStage.workflow_run_id == run_id)
-                .order_by(WorkflowStage.execution_group, WorkflowStage.stage_number)
-            )
-            return [StageRecord.model_validate(r) for r in rows.all()]
+        rows = await self._read_run_rows(
+            run_id,
+            select(WorkflowStage)
+            .where(WorkflowStage.workflow_run_id == run_id)
+            .order_by(WorkflowStage.execution_group, WorkflowStage.stage_number),
+        )
+        return [StageRecord.model_validate(r) for r in rows]
 
     async def list_logs(self, run_id: str) -> list[LogRecord]:
         """The run's log lines, oldest first."""
-        async with self.sessions() as session:
-            await self._require_run(session, run_id)
-            rows = await session.scalars(
-                select(WorkflowLog)
-                .where(WorkflowLog.workflow_run_id == run_id)
-                .order_by(WorkflowLog.created_at, WorkflowLog.id)
+        rows = await self._read_run_rows(
+            run_id,
+            select(WorkflowLog)
+            .where(WorkflowLog.workflow_run_id == run_id)
+            .order_by(WorkflowLog.created_at, WorkflowLog.id),
+        )
+        return [
+            LogRecord(
+                id=r.id,
+                created_at=r.created_at,
+                workflow_run_id=r.workflow_run_id,
+                stage_id=r.stage_id,
+                level=r.level,
+                message=r.message,
+                metadata=r.metadata_,
             )
-            return [
-                LogRecord(
-                    id=r.id,
-                    created_at=r.created_at,
-                    workflow_run_id=r.workflow_run_id,
-                    stage_id=r.stage_id,
-                    level=r.level,
-                    message=r.message,
-                    metadata=r.metadata_,
-                )
-                for r in rows.all()
-            ]
+            for r in rows
+        ]
 
     async def list_outbox_events(self, run_id: str) -> list[OutboxEventRecord]:
         """The run's outbox events in sequence order; raises :class:`RunNotFoundError`."""
-        async with self.sessions() as session:
-            await self._require_run(session, run_id)
-            rows = await session.scalars(
-                select(OutboxEvent)
-                .where(OutboxEvent.workflow_run_id == run_id)
-                .order_by(OutboxEvent.sequence)
-            )
-            return [OutboxEventRecord.model_validate(r) for r in rows.all()]
+        rows = await self._read_run_rows(
+            run_id,
+            select(OutboxEvent)
+            .where(OutboxEvent.workflow_run_id == run_id)
+            .order_by(OutboxEvent.sequence),
+        )
+        return [OutboxEventRecord.model_validate(r) for r in rows]
 
     # -- legacy metadata ----------------------------------------------------------------------
 
@@ -381,13 +453,11 @@ class SqlStore:
         migrated = 0
         after: str | None = None
         while True:
-            async with self.sessions() as session:
-                run_ids, after = await legacy.runs_with_metadata(
-                    session, after=after, limit=batch_size
-                )
+            run_ids, after = await self._read(
+                partial(legacy.runs_with_metadata, after=after, limit=batch_size)
+            )
             for run_id in run_ids:
-                async with self.transaction() as session:
-                    if await legacy.migrate_run(session, run_id):
-                        migrated += 1
+                if await self._write(partial(legacy.migrate_run, run_id=run_id)):
+                    migrated += 1
             if after is None:
                 return migrated

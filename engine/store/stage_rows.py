@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Table, and_, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from engine.ids import derived_id, new_id
 from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
@@ -117,9 +117,9 @@ def _expected_state(commit: StageCommit) -> Any:
     return and_(key, STAGES.c.status == RunStatus.RUNNING)
 
 
-async def _record_state(session: AsyncSession, commit: StageCommit) -> tuple[Any, ...] | None:
+def _record_state(session: Session, commit: StageCommit) -> tuple[Any, ...] | None:
     row = (
-        await session.execute(
+        session.execute(
             select(STAGES.c.id, STAGES.c.status, STAGES.c.attempt).where(
                 STAGES.c.workflow_run_id == commit.run_id,
                 STAGES.c.stage_id == commit.stage.stage_id,
@@ -129,8 +129,8 @@ async def _record_state(session: AsyncSession, commit: StageCommit) -> tuple[Any
     return tuple(row) if row is not None else None
 
 
-async def _group_completed(session: AsyncSession, run_id: str, group: int) -> bool:
-    unfinished = await session.scalar(
+def _group_completed(session: Session, run_id: str, group: int) -> bool:
+    unfinished = session.scalar(
         select(func.count())
         .select_from(STAGES)
         .where(
@@ -142,9 +142,9 @@ async def _group_completed(session: AsyncSession, run_id: str, group: int) -> bo
     return not unfinished
 
 
-async def _group_output(session: AsyncSession, run_id: str, group: int) -> dict[str, Any]:
+def _group_output(session: Session, run_id: str, group: int) -> dict[str, Any]:
     """A completed parallel group's output: each member's output by stage id."""
-    rows = await session.execute(
+    rows = session.execute(
         select(STAGES.c.stage_id, STAGES.c.output_data)
         .where(STAGES.c.workflow_run_id == run_id, STAGES.c.execution_group == group)
         .order_by(STAGES.c.stage_number)
@@ -152,7 +152,7 @@ async def _group_output(session: AsyncSession, run_id: str, group: int) -> dict[
     return {row.stage_id: row.output_data for row in rows if row.output_data is not None}
 
 
-async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResult:
+def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
     """Write a stage outcome, its logs, annotations and events, or nothing but logs.
 
     Guarded by the run's status read under its row lock: against a run that is no longer
@@ -160,13 +160,13 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
     commit finds its record already moved on and returns without writing again.
     """
     outcome, spec = commit.outcome, commit.stage
-    run_status = await lock_run_status(session, commit.run_id)
+    run_status = lock_run_status(session, commit.run_id)
     if run_status is None:
         return CommitResult(committed=False)
     applied = None
     if run_status == RunStatus.RUNNING and outcome.status != "skipped":
         applied = (
-            await session.execute(
+            session.execute(
                 STAGES.update()
                 .where(_expected_state(commit))
                 .values(_stage_changes(commit))
@@ -174,7 +174,7 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
             )
         ).first()
     if applied is None:
-        record = await _record_state(session, commit)
+        record = _record_state(session, commit)
         duplicate = (
             run_status == RunStatus.RUNNING
             and record is not None
@@ -185,17 +185,17 @@ async def commit_stage(session: AsyncSession, commit: StageCommit) -> CommitResu
             return CommitResult(committed=True, duplicate=True)
         # Logs are diagnostics: they survive a ghosted stage (as in the original).
         if outcome.logs:
-            await session.execute(
+            session.execute(
                 insert_ignore(session, LOGS),
                 _log_rows(commit.commit_id, commit.run_id, spec.stage_id, None, outcome.logs),
             )
         return CommitResult(committed=False)
     record_id, started_at, metrics = applied
-    return await _write_rows(session, commit, record_id, started_at, metrics)
+    return _write_rows(session, commit, record_id, started_at, metrics)
 
 
-async def _write_rows(
-    session: AsyncSession,
+def _write_rows(
+    session: Session,
     commit: StageCommit,
     record_id: str,
     started_at: datetime | None,
@@ -258,7 +258,7 @@ async def _write_rows(
         )
         events.append(("workflow:suspended", {"stage_id": spec.stage_id}))
     if outcome.ai_calls:
-        await session.execute(
+        session.execute(
             AI_CALLS.insert(),
             ai_call_rows(
                 outcome.ai_calls, workflow_run_id=commit.run_id, stage_id=spec.stage_id, now=now
@@ -273,21 +273,21 @@ async def _write_rows(
         )
         fixes["metrics"] = metrics
     if fixes:
-        await session.execute(STAGES.update().where(STAGES.c.id == record_id).values(fixes))
+        session.execute(STAGES.update().where(STAGES.c.id == record_id).values(fixes))
     where = RowContext(
         commit.run_id, "stage", spec.stage_id, stage_record_id=record_id, attempt=commit.attempt
     )
-    inserted, annotation_events = await write_annotations(session, outcome.annotations, where, now)
+    inserted, annotation_events = write_annotations(session, outcome.annotations, where, now)
     events.extend(annotation_events)
     opened: dict[str, str] = {}
     if (
         outcome.status == "completed"
         and commit.open_next
-        and (commit.group_size == 1 or await _group_completed(session, commit.run_id, spec.group))
+        and (commit.group_size == 1 or _group_completed(session, commit.run_id, spec.group))
     ):
         # Opened RUNNING: the workflow schedules their activities as soon as it hears of this
         # commit, so the stages start now and those activities skip a transaction of their own.
-        opened = await open_stages(
+        opened = open_stages(
             session,
             commit.run_id,
             [new_stage(s) for s in commit.open_next],
@@ -300,20 +300,20 @@ async def _write_rows(
     if (
         outcome.status == "completed"
         and commit.completes_run
-        and (commit.group_size == 1 or await _group_completed(session, commit.run_id, spec.group))
+        and (commit.group_size == 1 or _group_completed(session, commit.run_id, spec.group))
     ):
         # The last group is complete: so is the run, in this same transaction (no separate
         # finalize step, and no window in which every stage is done but the run is not).
         run_output = (
             outcome.output
             if commit.group_size == 1
-            else await _group_output(session, commit.run_id, spec.group)
+            else _group_output(session, commit.run_id, spec.group)
         )
-        events.append(await complete_run(session, commit.run_id, output=run_output, now=now))
+        events.append(complete_run(session, commit.run_id, output=run_output, now=now))
         completed_run = True
-    await append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
+    append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
     if logs:
-        await session.execute(LOGS.insert(), logs)
+        session.execute(LOGS.insert(), logs)
     reported = set(commit.report_keys)
     decisions = [
         (row["key"], str(row["value"])[:200])
@@ -337,8 +337,8 @@ class StageStart:
     error: str | None = None
 
 
-async def begin_stage(
-    session: AsyncSession,
+def begin_stage(
+    session: Session,
     run_id: str,
     spec: StageSpec,
     attempt: int,
@@ -352,17 +352,15 @@ async def begin_stage(
     With ``first_group``, a PENDING run is started first, in the same transaction (RUNNING,
     ``workflow:started``, the group's records opened), as ``start_run`` would have.
     """
-    status = await lock_run_status(session, run_id)
+    status = lock_run_status(session, run_id)
     if status == RunStatus.PENDING and first_group is not None:
-        await session.execute(
+        session.execute(
             RUNS.update()
             .where(RUNS.c.id == run_id)
             .values(status=RunStatus.RUNNING, started_at=now, updated_at=now)
         )
-        await open_stages(session, run_id, first_group, attempt, now)
-        await append_events(
-            session, run_id, [("workflow:started", {})], causation_id=run_id, now=now
-        )
+        open_stages(session, run_id, first_group, attempt, now)
+        append_events(session, run_id, [("workflow:started", {})], causation_id=run_id, now=now)
         status = RunStatus.RUNNING
     if status != RunStatus.RUNNING:
         return StageStart("skip")
@@ -371,17 +369,17 @@ async def begin_stage(
         STAGES.c.stage_id == spec.stage_id,
         STAGES.c.attempt == attempt,
     )
-    started = await session.scalar(
+    started = session.scalar(
         STAGES.update()
         .where(key, STAGES.c.status == RunStatus.PENDING)
         .values(status=RunStatus.RUNNING, started_at=now, updated_at=now)
         .returning(STAGES.c.id)
     )
     if started is not None:
-        await append_events(session, run_id, [started_event(spec)], causation_id=started, now=now)
+        append_events(session, run_id, [started_event(spec)], causation_id=started, now=now)
         return StageStart("run", started, RunStatus.RUNNING)
     record = (
-        await session.execute(
+        session.execute(
             select(
                 STAGES.c.id, STAGES.c.status, STAGES.c.output_data, STAGES.c.error_message
             ).where(key)

@@ -297,7 +297,7 @@ async def test_a_commit_cancelled_mid_transaction_leaves_the_store_usable(store:
 
     async def stuck_commit() -> None:
         async with store.transaction() as session:
-            assert await lock_run(session, run_id) is not None
+            assert await session.run_sync(lock_run, run_id) is not None
             if store.is_sqlite:
                 raw = await (await session.connection()).get_raw_connection()
 

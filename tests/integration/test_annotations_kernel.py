@@ -215,7 +215,7 @@ async def test_failed_run_create_writes_nothing(env, store, monkeypatch):
 
         # A failure inside the transaction, after the run and its annotations were inserted,
         # rolls all of it back (and frees the idempotency key).
-        async def broken_events(*args: Any, **kwargs: Any) -> None:
+        def broken_events(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("outbox write failed")
 
         with monkeypatch.context() as patch:
@@ -361,7 +361,7 @@ async def test_attach_defaults_all_or_none_and_closed_workflows(env, store, monk
             assert await counts(store) == before, name
         # ... and a failure inside the transaction rolls every attribute back.
 
-        async def broken_events(*args: Any, **kwargs: Any) -> None:
+        def broken_events(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("outbox write failed")
 
         with monkeypatch.context() as patch:
@@ -702,8 +702,8 @@ async def test_migrate_legacy_is_complete_per_run_and_idempotent(env, store, mon
         # A failure while migrating a run rolls that run back whole.
         real_insert = engine.store.legacy.insert_annotations
 
-        async def insert_then_fail(session: Any, drafts: Any, where: Any, now: Any) -> Any:
-            inserted = await real_insert(session, drafts, where, now)
+        def insert_then_fail(session: Any, drafts: Any, where: Any, now: Any) -> Any:
+            inserted = real_insert(session, drafts, where, now)
             if where.run_id == runs["failing"]:
                 raise RuntimeError("database went away mid-run")
             return inserted

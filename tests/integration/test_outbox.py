@@ -170,9 +170,9 @@ async def test_flush_publishes_in_run_sequence_order_and_never_republishes(env, 
 
     # New events of a published run go out next, and only they.
     async with store.transaction() as session:
-        await lock_run(session, runs[1])
-        await append_events(
-            session, runs[1], [("workflow:cancelled", {})], causation_id="c", now=utcnow()
+        await session.run_sync(lock_run, runs[1])
+        await session.run_sync(
+            append_events, runs[1], [("workflow:cancelled", {})], causation_id="c", now=utcnow()
         )
     assert (await kernel.dispatch(OutboxFlush())).published == 1
     assert sink.delivered[-1] == (runs[1], 5)

@@ -116,7 +116,7 @@ async def connections_killed_while_committing(
             targeted.add(key)
             try:
                 async with worker_store.transaction() as session:
-                    await stage_rows.commit_stage(session, commit)
+                    await session.run_sync(stage_rows.commit_stage, commit)
                     await session.flush()
                     pid = await session.scalar(text("SELECT pg_backend_pid()"))
                     # (The background killer may have been first: then it is dead already.)

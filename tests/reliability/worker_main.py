@@ -79,7 +79,7 @@ def install_hooks(seconds: float, markers: Path) -> None:
             await asyncio.sleep(seconds)
             return result
         async with self.transaction() as session:
-            result = await stage_rows.commit_stage(session, commit)
+            result = await session.run_sync(stage_rows.commit_stage, commit)
             await session.flush()  # every row is written, the transaction is open
             touch(marker)
             await asyncio.sleep(seconds)
