@@ -285,15 +285,16 @@ class Kernel:
             idempotency_key=command.idempotency_key or str(uuid.uuid4()),
             annotations=annotations,
         )
-        run_id, _created = await self.store.create_run(new, temporal_workflow_id("{run_id}"))
-        run = await self.store.get_run(run_id)
-        if run.status == RunStatus.PENDING:
+        run_id, created = await self.store.create_run(new, temporal_workflow_id("{run_id}"))
+        # A repeat reads the run: it may have moved on since the first dispatch.
+        status = RunStatus.PENDING if created else (await self.store.get_run(run_id)).status
+        if status == RunStatus.PENDING:
             # Also on a repeat: the first caller may have crashed before starting. The
             # workflow id is derived from the run id and never reused, so this starts at
             # most one workflow.
             plan = RunPlan(status="ok", groups=plan_of(workflow, config), run_input=command.input)
             await self._start(run_id, workflow.id, start_group=1, attempt=0, plan=plan)
-        return RunCreateResult(workflow_run_id=run_id, status=run.status)
+        return RunCreateResult(workflow_run_id=run_id, status=status)
 
     async def _search_attributes_enabled(self) -> bool:
         """Whether the engine's search attributes exist on the server (checked once)."""
@@ -544,27 +545,32 @@ class Kernel:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
         closed = 0
-        while True:
-            run = await self.store.get_run(run_id)
-            if run.status in TERMINAL_STATUSES:
-                return await self._resolved(run)
+        status, temporal_id = await self.store.run_progress(run_id)
+        while status not in TERMINAL_STATUSES:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"run {run_id} still {run.status} after {timeout}")
-            temporal_id = await self.store.temporal_workflow_id(run_id)
+                raise TimeoutError(f"run {run_id} still {status} after {timeout}")
             if temporal_id is None:
                 await asyncio.sleep(min(0.02, remaining))
-                continue
-            handle = self.client.get_workflow_handle(temporal_id)
-            try:
-                await asyncio.wait_for(handle.result(), timeout=min(remaining, 5.0))
-            except TimeoutError:
-                continue
-            except Exception:  # failed, cancelled, not found: the side-store has the status
-                pass
-            closed += 1
-            if closed > 1:  # closed, yet not terminal in SQL: a rerun's new execution, or lag
-                await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0)))
+            elif await self._execution_closed(temporal_id, min(remaining, 5.0)):
+                closed += 1
+                if closed > 1:  # closed, yet not terminal in SQL: a rerun's new execution, or lag
+                    await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0)))
+                run = await self.store.get_run(run_id)  # the usual end: one read
+                if run.status in TERMINAL_STATUSES:
+                    return await self._resolved(run)
+            status, temporal_id = await self.store.run_progress(run_id)
+        return await self._resolved(await self.store.get_run(run_id))
+
+    async def _execution_closed(self, temporal_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the Temporal execution to close."""
+        try:
+            await asyncio.wait_for(self._handle(temporal_id).result(), timeout=timeout)
+        except TimeoutError:
+            return False
+        except Exception:  # failed, cancelled, not found: the side-store has the status
+            pass
+        return True
 
     def stage_specs(self, workflow_id: str, config: Mapping[str, Any]) -> Sequence[Any]:
         """The plan of a registered workflow as stage specs (the CLI shows it)."""

@@ -280,6 +280,18 @@ class SqlStore:
         query = select(WorkflowRun.temporal_workflow_id).where(WorkflowRun.id == run_id)
         return await self._read(lambda session: session.scalar(query))
 
+    async def run_progress(self, run_id: str) -> tuple[str, str | None]:
+        """The run's status and the Temporal execution driving it (RunNotFoundError if none)."""
+        if _unknown(run_id):
+            raise _not_found(run_id)
+        query = select(WorkflowRun.status, WorkflowRun.temporal_workflow_id).where(
+            WorkflowRun.id == run_id
+        )
+        row = await self._read(lambda session: session.execute(query).first())
+        if row is None:
+            raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+        return row[0], row[1]
+
     # -- stages -------------------------------------------------------------------------------
 
     async def begin_stage(
