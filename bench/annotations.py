@@ -539,7 +539,7 @@ async def measure_commits(store: SqlStore, commits: list[StageCommit], seconds: 
         await reference_commit(store, commit)
     engine_done = [c.run_id for c in commits[:20]]
     queue = iter(commits[40:])
-    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    event.listen(store.sync_engine, "before_cursor_execute", count)
     durations: list[float] = []
     engine_seconds = reference_seconds = 0.0
     reference_done = 0
@@ -564,7 +564,7 @@ async def measure_commits(store: SqlStore, commits: list[StageCommit], seconds: 
             reference_seconds += clock.seconds
             reference_done += len(chunk)
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        event.remove(store.sync_engine, "before_cursor_execute", count)
     # Everything each engine commit promised is there, once.
     async with store.sessions() as session:
         rows = await session.scalar(

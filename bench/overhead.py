@@ -4,7 +4,10 @@ Both run against one local Temporal dev server (``history.transferProcessorMaxPo
 in this process: (a) ``define_stage`` ×10 piped into a workflow, run by a ``Kernel`` and
 ``create_worker`` (``RunCreate`` then ``kernel.wait_for_run``), on a SQLite side-store and on
 PostgreSQL; (b) a plain temporalio workflow running 10 no-op activities, no side-store,
-measured once first (``--raw-each``: again before each side-store).
+measured before and after each side-store: each engine figure is compared with the plain
+pipeline measured on either side of it, which cancels the drift of a shared VM and of the
+dev server's growing in-memory state (the same plain pipeline measured five times in a row
+here varied from 12 to 18 runs/s).
 
 Printed per side-store: single-run latency (median of 20 after warm-ups), throughput (200
 concurrent runs, runs/s), the engine/raw ratios, and where the engine's time goes: the
@@ -177,9 +180,9 @@ class StoreTimer:
         self.transactions = 0
         for name in self.METHODS:
             setattr(store, name, self._wrap(name, getattr(store, name)))
-        engine = store.engine.sync_engine
-        event.listen(engine, "before_cursor_execute", self._statement)
-        event.listen(engine, "commit", self._commit)
+        for engine in (store.sync_engine, store.engine.sync_engine):  # store thread, async
+            event.listen(engine, "before_cursor_execute", self._statement)
+            event.listen(engine, "commit", self._commit)
 
     def _statement(self, *_args: Any) -> None:
         if self.enabled:
@@ -297,6 +300,26 @@ async def measure(
         result.cpu_ms_per_run = (time.process_time() - cpu) * 1000 / concurrent
         result.server_cpu_ms_per_run = (_cpu_seconds(server_pid) - server_cpu) * 1000 / concurrent
     return result
+
+
+def pooled(before: Measured, after: Measured) -> Measured:
+    """One measurement of the plain pipeline from the two taken around an engine side:
+    single runs pooled (their median is taken later), per-phase figures averaged."""
+
+    def mean(name: str) -> float:
+        return (getattr(before, name) + getattr(after, name)) / 2
+
+    return Measured(
+        latencies=before.latencies + after.latencies,
+        start_latencies=before.start_latencies + after.start_latencies,
+        details=before.details + after.details,
+        throughput=mean("throughput"),
+        throughput_seconds=mean("throughput_seconds"),
+        cpu_ms_per_run=mean("cpu_ms_per_run"),
+        server_cpu_ms_per_run=mean("server_cpu_ms_per_run"),
+        peak_rss_mib=max(before.peak_rss_mib, after.peak_rss_mib),
+        rss_before_mib=before.rss_before_mib,
+    )
 
 
 def raw_side(client: Client, task_queue: str) -> Side:
@@ -423,11 +446,9 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
     async with dev_server() as server:
         raw_client = await Client.connect(server.address)
         engine_client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-        raw: Measured | None = None
+        print("-- plain temporalio ...", file=sys.stderr, flush=True)
+        raw_before = await run_raw(raw_client, args, server.pid)
         for backend in backends:
-            if raw is None or args.raw_each:
-                print("-- plain temporalio ...", file=sys.stderr, flush=True)
-                raw = await run_raw(raw_client, args, server.pid)
             print(f"-- engine, {backend} side-store ...", file=sys.stderr, flush=True)
             if backend == "sqlite":
                 with tempfile.TemporaryDirectory(prefix="wfe-bench-") as folder:
@@ -436,7 +457,11 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
             else:
                 with fresh_postgres_database(postgres_server_url(args.postgres_url)) as url:
                     engine, times = await run_engine(engine_client, url, args, server.pid)
+            print("-- plain temporalio ...", file=sys.stderr, flush=True)
+            raw_after = await run_raw(raw_client, args, server.pid)
+            raw = pooled(raw_before, raw_after)
             reports.append(_report(backend, args, raw, engine, times))
+            raw_before = raw_after
             reports[-1].print()
     return reports
 
@@ -581,11 +606,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=20, help="timed single runs (median)")
     parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--concurrent", type=int, default=200, help="runs for the throughput")
-    parser.add_argument(
-        "--raw-each",
-        action="store_true",
-        help="measure the plain pipeline again before each side-store (slower, less drift)",
-    )
     return parser.parse_args(argv)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, delete, func, select, update
@@ -170,6 +171,11 @@ def create_run(
     return run_id, True
 
 
+@cache
+def _insert_stages(insert: Any) -> Any:
+    return insert.returning(STAGES.c.id)
+
+
 def open_stages(
     session: Session,
     run_id: str,
@@ -202,9 +208,8 @@ def open_stages(
         }
         for stage in stages
     ]
-    table = WorkflowStage.__table__
-    result = session.execute(insert_ignore(session, table).returning(table.c.id), rows)
-    created = set(result.scalars().all())
+    statement = _insert_stages(insert_ignore(session, STAGES))
+    created = set(session.connection().execute(statement, rows).scalars().all())
     return {str(row["stage_id"]): str(row["id"]) for row in rows if row["id"] in created}
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import FromClause, Table, func, select
+from sqlalchemy import FromClause, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -18,10 +19,24 @@ __all__ = ["append_events", "insert_ignore", "lock_run", "lock_run_status"]
 RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 
+# The statements every stage commit runs, built once: building a statement (coercions, cache
+# key) costs more CPU than SQLite takes to run it.
+_RUN_STATUS = select(RUNS.c.status).where(RUNS.c.id == bindparam("run_id"))
+_LOCKED_RUN_STATUS = _RUN_STATUS.with_for_update()
+_LAST_SEQUENCE = select(func.max(OUTBOX.c.sequence)).where(
+    OUTBOX.c.workflow_run_id == bindparam("run_id")
+)
+_INSERT_EVENTS = OUTBOX.insert()
+
 
 def insert_ignore(session: Session | AsyncSession, table: FromClause) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` for the session's dialect (both support it)."""
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    return _insert_ignore(dialect, table)
+
+
+@cache
+def _insert_ignore(dialect: str, table: FromClause) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
 
@@ -42,9 +57,8 @@ def lock_run_status(session: Session, run_id: str, *, lock: bool = True) -> str 
     Stage writes need only the status; loading the whole row would decode the run's input,
     config and output JSON on every stage. ``lock=False`` reads it without the lock.
     """
-    query = select(RUNS.c.status).where(RUNS.c.id == run_id)
-    result = session.execute(query.with_for_update() if lock else query)
-    return result.scalar_one_or_none()
+    query = _LOCKED_RUN_STATUS if lock else _RUN_STATUS
+    return session.connection().execute(query, {"run_id": run_id}).scalar_one_or_none()
 
 
 def append_events(
@@ -65,9 +79,7 @@ def append_events(
         return
     last = last_sequence
     if last is None:
-        last = session.scalar(
-            select(func.max(OUTBOX.c.sequence)).where(OUTBOX.c.workflow_run_id == run_id)
-        )
+        last = session.connection().execute(_LAST_SEQUENCE, {"run_id": run_id}).scalar()
     sequence = last or 0
     rows = []
     for event_type, body in events:
@@ -91,4 +103,4 @@ def append_events(
                 "retry_count": 0,
             }
         )
-    session.execute(OUTBOX.insert(), rows)
+    session.connection().execute(_INSERT_EVENTS, rows)

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
-from sqlalchemy import Table, and_, func, select
+from sqlalchemy import Table, Update, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from engine.ids import derived_id, new_id
@@ -67,9 +68,10 @@ def _log_rows(
 
 
 def _stage_changes(commit: StageCommit) -> dict[str, Any]:
-    """Column values the outcome sets on the stage record."""
+    """Column values the outcome sets on the stage record (``updated_at`` and ``version``
+    always change too)."""
     outcome, now = commit.outcome, commit.now
-    values: dict[str, Any] = {"updated_at": now, "version": STAGES.c.version + 1}
+    values: dict[str, Any] = {"updated_at": now}
     if outcome.status in ("completed", "failed"):
         values.update(completed_at=now, duration_ms=outcome.duration_ms, next_poll_at=None)
         if outcome.status == "completed":
@@ -95,26 +97,37 @@ def _stage_changes(commit: StageCommit) -> dict[str, Any]:
     return values
 
 
-def _expected_state(commit: StageCommit) -> Any:
-    """The record state the outcome applies to: anything else means it was applied already
-    (a retried commit) or the record moved on without it (a ghost)."""
-    status = commit.outcome.status
-    key = and_(
-        STAGES.c.workflow_run_id == commit.run_id,
-        STAGES.c.stage_id == commit.stage.stage_id,
-        STAGES.c.attempt == commit.attempt,
+def _expects_suspended(commit: StageCommit) -> bool:
+    """Whether the outcome applies to a SUSPENDED record at the poll count the workflow knows
+    (a poll, or the end of a wait) rather than to a RUNNING one."""
+    return commit.outcome.status == "not_ready" or (
+        commit.after_suspend and commit.outcome.status != "suspended"
     )
-    if status == "suspended":
-        return and_(key, STAGES.c.status == RunStatus.RUNNING)
-    if status == "not_ready":
-        return and_(
-            key, STAGES.c.status == RunStatus.SUSPENDED, STAGES.c.poll_count == commit.poll_count
-        )
-    if commit.after_suspend:  # the end of a wait: only at the poll count the workflow knows
-        return and_(
-            key, STAGES.c.status == RunStatus.SUSPENDED, STAGES.c.poll_count == commit.poll_count
-        )
-    return and_(key, STAGES.c.status == RunStatus.RUNNING)
+
+
+@cache
+def _apply_outcome(columns: tuple[str, ...], suspended: bool) -> Update:
+    """``UPDATE`` of a stage record in the state an outcome applies to (anything else means
+    it was applied already, by a retried commit, or the record moved on without it: a ghost),
+    setting ``columns``; built once per shape, as building costs more than running it."""
+    state = and_(
+        STAGES.c.workflow_run_id == bindparam("w_run_id"),
+        STAGES.c.stage_id == bindparam("w_stage_id"),
+        STAGES.c.attempt == bindparam("w_attempt"),
+        STAGES.c.status == (RunStatus.SUSPENDED if suspended else RunStatus.RUNNING),
+    )
+    if suspended:
+        state = and_(state, STAGES.c.poll_count == bindparam("w_poll_count"))
+    values: dict[str, Any] = {
+        name: bindparam(f"v_{name}", type_=STAGES.c[name].type) for name in columns
+    }
+    values["version"] = STAGES.c.version + 1
+    return (
+        STAGES.update()
+        .where(state)
+        .values(values)
+        .returning(STAGES.c.id, STAGES.c.started_at, STAGES.c.metrics)
+    )
 
 
 def _record_state(session: Session, commit: StageCommit) -> tuple[Any, ...] | None:
@@ -165,14 +178,16 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
         return CommitResult(committed=False)
     applied = None
     if run_status == RunStatus.RUNNING and outcome.status != "skipped":
-        applied = (
-            session.execute(
-                STAGES.update()
-                .where(_expected_state(commit))
-                .values(_stage_changes(commit))
-                .returning(STAGES.c.id, STAGES.c.started_at, STAGES.c.metrics)
-            )
-        ).first()
+        changes = _stage_changes(commit)
+        params = {f"v_{name}": value for name, value in changes.items()}
+        params.update(
+            w_run_id=commit.run_id,
+            w_stage_id=spec.stage_id,
+            w_attempt=commit.attempt,
+            w_poll_count=commit.poll_count,
+        )
+        statement = _apply_outcome(tuple(changes), _expects_suspended(commit))
+        applied = session.connection().execute(statement, params).first()
     if applied is None:
         record = _record_state(session, commit)
         duplicate = (
