@@ -25,7 +25,6 @@ Deterministic by construction: no I/O, clock or randomness outside ``temporalio.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,15 +74,23 @@ def _group_output(group: list[StageSpec], outputs: dict[str, Any]) -> Any:
     return {s.stage_id: outputs[s.stage_id] for s in group if outputs.get(s.stage_id) is not None}
 
 
-@dataclass
 class _Group:
-    """The group being run: who has settled (the last to settle opens the next group)."""
+    """The group being run: who has settled (the last to settle opens the next group).
 
-    specs: list[StageSpec]
-    next_group: list[StageSpec]
-    context: dict[str, Any]
-    settled: dict[str, StageOutcome] = field(default_factory=dict)
-    parked: dict[str, ParkedStage] = field(default_factory=dict)
+    A plain class: the sandbox re-imports this module for every workflow instance, and a
+    dataclass would generate and compile its methods each time.
+    """
+
+    __slots__ = ("context", "next_group", "parked", "settled", "specs")
+
+    def __init__(
+        self, specs: list[StageSpec], next_group: list[StageSpec], context: dict[str, Any]
+    ) -> None:
+        self.specs = specs
+        self.next_group = next_group
+        self.context = context
+        self.settled: dict[str, StageOutcome] = {}
+        self.parked: dict[str, ParkedStage] = {}
 
     def all_waiting_or_done(self) -> bool:
         return all(s.stage_id in self.settled or s.stage_id in self.parked for s in self.specs)
