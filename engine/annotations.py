@@ -102,14 +102,41 @@ DEFAULT_LIMITS = AnnotationLimits()
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+MAX_JSON_DEPTH = 200
+"""Deepest nesting of lists and objects accepted in a value. Temporal's payload converter
+(pydantic-core) stops at 255 levels, and the engine carries values a few levels down in its
+own payloads (a run's input inside the workflow's plan, outputs inside a stage's context)."""
+
+
 def json_problem(value: Any) -> str | None:
     """Why ``value`` cannot be stored as JSON alike on SQLite and PostgreSQL, or ``None``.
 
     Refused: what ``json.dumps`` cannot encode (other types, NaN and infinities, nesting too
-    deep, integers too long to print) and text PostgreSQL's ``jsonb`` cannot hold (NUL, lone
-    surrogates) — SQLite would store those, so both backends refuse them.
+    deep, integers too long to print), text PostgreSQL's ``jsonb`` cannot hold (NUL, lone
+    surrogates) — SQLite would store those, so both backends refuse them — and nesting deeper
+    than :data:`MAX_JSON_DEPTH`, which the side-store would keep but Temporal could not carry.
     """
-    return _encode_json(value)[1]
+    problem = _encode_json(value)[1]
+    if problem is None and _deeper_than(value, MAX_JSON_DEPTH):
+        return f"is nested more than {MAX_JSON_DEPTH} levels deep"
+    return problem
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels in ``value`` (iterative)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _encode_json(value: Any) -> tuple[bytes, str | None]:

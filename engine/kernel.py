@@ -545,22 +545,25 @@ class Kernel:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
         closed = 0
-        status, temporal_id = await self.store.run_progress(run_id)
-        while status not in TERMINAL_STATUSES:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"run {run_id} still {status} after {timeout}")
+        # Most runs are driven by their first execution, whose id is known: wait on it before
+        # reading anything (a rerun's or restart's id is read from the run below).
+        temporal_id: str | None = temporal_workflow_id(run_id)
+        while True:
+            remaining = max(deadline - loop.time(), 0.001)
             if temporal_id is None:
                 await asyncio.sleep(min(0.02, remaining))
             elif await self._execution_closed(temporal_id, min(remaining, 5.0)):
                 closed += 1
-                if closed > 1:  # closed, yet not terminal in SQL: a rerun's new execution, or lag
-                    await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0)))
-                run = await self.store.get_run(run_id)  # the usual end: one read
+                if closed > 2:  # closed, yet not terminal in SQL: a rerun's new execution, or lag
+                    await asyncio.sleep(min(0.02, remaining))
+                run = await self.store.get_run(run_id)  # the usual end: the only read
                 if run.status in TERMINAL_STATUSES:
                     return await self._resolved(run)
             status, temporal_id = await self.store.run_progress(run_id)
-        return await self._resolved(await self.store.get_run(run_id))
+            if status in TERMINAL_STATUSES:
+                return await self._resolved(await self.store.get_run(run_id))
+            if loop.time() >= deadline:
+                raise TimeoutError(f"run {run_id} still {status} after {timeout}")
 
     async def _execution_closed(self, temporal_id: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the Temporal execution to close."""

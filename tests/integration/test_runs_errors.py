@@ -131,6 +131,15 @@ async def test_run_create_rejects_bad_requests_and_writes_nothing(
                 RunCreate(workflow_id="checked", input={"text": "x"}, config={"ghost": {}})
             )
         assert unknown_stage.value.stage_id == "ghost"
+        # Storable, but too deep for Temporal's payloads once inside the workflow's plan (found
+        # by the property tests: the run row was written, then the start failed).
+        deep: Any = "bottom"
+        for _ in range(254):
+            deep = [deep]
+        with pytest.raises(InvalidInputError, match="nested more than 200 levels"):
+            await kernel.dispatch(
+                RunCreate(workflow_id="checked", input={"text": "x", "deep": deep})
+            )
         # Nothing was written by any of them (B2, B49), the key included.
         assert set((await table_counts(store)).values()) == {0}
 
