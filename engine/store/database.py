@@ -11,7 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from engine.settings import ensure_sqlite_parent
 
-__all__ = ["create_engine_for_url", "create_sync_engine_for_url", "is_sqlite"]
+__all__ = ["READ_ONLY", "create_engine_for_url", "create_sync_engine_for_url", "is_sqlite"]
+
+READ_ONLY = "wfe_read_only"
+"""Execution option of a connection that only reads: SQLite begins its transaction DEFERRED
+(no write lock) instead of IMMEDIATE."""
 
 POSTGRES_POOL = {"pool_size": 10, "max_overflow": 20}
 """Connections per engine on PostgreSQL (the store's thread pool matches ``pool_size``)."""
@@ -69,7 +73,8 @@ def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction.
+    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction that
+    may write (:data:`READ_ONLY` connections begin deferred).
 
     A deferred transaction that reads and then writes can fail with "database is locked" when
     another writer got there first, whereas an immediate one waits (``busy_timeout``) and then
@@ -88,7 +93,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     @event.listens_for(engine, "invalidate")
     def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
