@@ -4,10 +4,11 @@ Both run against one local Temporal dev server (``history.transferProcessorMaxPo
 in this process: (a) ``define_stage`` ×10 piped into a workflow, run by a ``Kernel`` and
 ``create_worker`` (``RunCreate`` then ``kernel.wait_for_run``), on a SQLite side-store and on
 PostgreSQL; (b) a plain temporalio workflow running 10 no-op activities, no side-store,
-measured before and after each side-store: each engine figure is compared with the plain
-pipeline measured on either side of it, which cancels the drift of a shared VM and of the
-dev server's growing in-memory state (the same plain pipeline measured five times in a row
-here varied from 12 to 18 runs/s).
+measured beside each side-store: its single runs interleaved with the engine's (A B, B A,
+...), and its throughput phase before and after the engine's (averaged). On this shared VM
+the same plain pipeline measured five times in a row varied from 12 to 18 runs/s, and its
+single-run median from 126 to 244 ms between two runs minutes apart: a ratio against one
+earlier measurement mostly measured that drift.
 
 Printed per side-store: single-run latency (median of 20 after warm-ups), throughput (200
 concurrent runs, runs/s), the engine/raw ratios, and where the engine's time goes: the
@@ -269,21 +270,38 @@ class Measured:
         return [start + detail.wall_ms / 1000 for start, detail in pairs]
 
 
-async def measure(
-    side: Side, *, runs: int, warmups: int, concurrent: int, server_pid: int | None
-) -> Measured:
-    result = Measured()
-    tokens = []
+async def single_runs(
+    sides: list[Side], *, runs: int, warmups: int, timed: Callable[[bool], None]
+) -> list[Measured]:
+    """Sequential single runs of every side, interleaved (A B, then B A, ...), so that each
+    side meets the same machine: on this shared VM the plain pipeline's median moved from
+    126 to 244 ms between two runs of the benchmark minutes apart."""
+    results = [Measured() for _ in sides]
+    tokens: list[list[Any]] = [[] for _ in sides]
     for index in range(warmups + runs):
-        started = time.perf_counter()
-        token = await side.start()
-        dispatched = time.perf_counter()
-        await side.finish(token)
-        if index >= warmups:
-            result.latencies.append(time.perf_counter() - started)
-            result.start_latencies.append(dispatched - started)
-            tokens.append(token)
-    result.details = [breakdown(await side.history(token)) for token in tokens]
+        order = list(range(len(sides)))
+        if index % 2:
+            order.reverse()
+        for which in order:
+            side, result = sides[which], results[which]
+            timed(index >= warmups)
+            started = time.perf_counter()
+            token = await side.start()
+            dispatched = time.perf_counter()
+            await side.finish(token)
+            timed(False)
+            if index >= warmups:
+                result.latencies.append(time.perf_counter() - started)
+                result.start_latencies.append(dispatched - started)
+                tokens[which].append(token)
+    for side, result, done in zip(sides, results, tokens, strict=True):
+        result.details = [breakdown(await side.history(token)) for token in done]
+    return results
+
+
+async def throughput(side: Side, *, concurrent: int, server_pid: int | None) -> Measured:
+    """``concurrent`` runs started at once, waited for in start order."""
+    result = Measured()
     if concurrent:
         cpu, server_cpu = time.process_time(), _cpu_seconds(server_pid)
         result.rss_before_mib = _rss_mib()
@@ -302,17 +320,17 @@ async def measure(
     return result
 
 
-def pooled(before: Measured, after: Measured) -> Measured:
-    """One measurement of the plain pipeline from the two taken around an engine side:
-    single runs pooled (their median is taken later), per-phase figures averaged."""
+def with_throughput(single: Measured, before: Measured, after: Measured) -> Measured:
+    """The plain pipeline's single runs, with the mean of the throughput phases measured
+    before and after an engine side's (drift cancels to first order)."""
 
     def mean(name: str) -> float:
         return (getattr(before, name) + getattr(after, name)) / 2
 
     return Measured(
-        latencies=before.latencies + after.latencies,
-        start_latencies=before.start_latencies + after.start_latencies,
-        details=before.details + after.details,
+        latencies=single.latencies,
+        start_latencies=single.start_latencies,
+        details=single.details,
         throughput=mean("throughput"),
         throughput_seconds=mean("throughput_seconds"),
         cpu_ms_per_run=mean("cpu_ms_per_run"),
@@ -385,8 +403,14 @@ async def _diagnose(kernel: Kernel, run_id: str) -> str:
 
 
 async def run_engine(
-    client: Client, url: str, args: argparse.Namespace, server_pid: int | None
-) -> tuple[Measured, dict[str, list[float]]]:
+    client: Client,
+    url: str,
+    args: argparse.Namespace,
+    server_pid: int | None,
+    raw: Side,
+) -> tuple[Measured, Measured, dict[str, list[float]]]:
+    """The engine on one side-store: single runs interleaved with the plain pipeline's, then
+    its throughput phase. Returns (engine, plain single runs, side-store timings)."""
     store = SqlStore(url)
     try:
         await store.upgrade()
@@ -398,14 +422,15 @@ async def run_engine(
             task_queue=f"bench-engine-{uuid.uuid4().hex[:8]}",
         )
         side = engine_side(kernel)
+
+        def timed(on: bool) -> None:  # the side-store timings cover the engine's timed runs
+            timer.enabled = on
+
         async with create_worker(kernel):
-            await measure(side, runs=0, warmups=args.warmups, concurrent=0, server_pid=None)
-            timer.enabled = True  # on for the sequential single runs only
-            measured = await measure(side, runs=args.runs, warmups=0, concurrent=0, server_pid=None)
-            timer.enabled = False
-            through = await measure(
-                side, runs=0, warmups=0, concurrent=args.concurrent, server_pid=server_pid
+            engine, plain = await single_runs(
+                [side, raw], runs=args.runs, warmups=args.warmups, timed=timed
             )
+            through = await throughput(side, concurrent=args.concurrent, server_pid=server_pid)
         for name in (
             "throughput",
             "throughput_seconds",
@@ -414,27 +439,13 @@ async def run_engine(
             "peak_rss_mib",
             "rss_before_mib",
         ):
-            setattr(measured, name, getattr(through, name))
+            setattr(engine, name, getattr(through, name))
         times = dict(timer.times)
         times["statements"] = [timer.statements / max(args.runs, 1)]
         times["transactions"] = [timer.transactions / max(args.runs, 1)]
-        return measured, times
+        return engine, plain, times
     finally:
         await store.dispose()
-
-
-async def run_raw(client: Client, args: argparse.Namespace, server_pid: int | None) -> Measured:
-    task_queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        client, task_queue=task_queue, workflows=[RawPipeline], activities=[noop_activity]
-    ):
-        return await measure(
-            raw_side(client, task_queue),
-            runs=args.runs,
-            warmups=args.warmups,
-            concurrent=args.concurrent,
-            server_pid=server_pid,
-        )
 
 
 async def main_async(args: argparse.Namespace) -> list[Report]:
@@ -446,23 +457,37 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
     async with dev_server() as server:
         raw_client = await Client.connect(server.address)
         engine_client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-        print("-- plain temporalio ...", file=sys.stderr, flush=True)
-        raw_before = await run_raw(raw_client, args, server.pid)
-        for backend in backends:
-            print(f"-- engine, {backend} side-store ...", file=sys.stderr, flush=True)
-            if backend == "sqlite":
-                with tempfile.TemporaryDirectory(prefix="wfe-bench-") as folder:
-                    url = f"sqlite+aiosqlite:///{Path(folder) / 'engine.db'}"
-                    engine, times = await run_engine(engine_client, url, args, server.pid)
-            else:
-                with fresh_postgres_database(postgres_server_url(args.postgres_url)) as url:
-                    engine, times = await run_engine(engine_client, url, args, server.pid)
-            print("-- plain temporalio ...", file=sys.stderr, flush=True)
-            raw_after = await run_raw(raw_client, args, server.pid)
-            raw = pooled(raw_before, raw_after)
-            reports.append(_report(backend, args, raw, engine, times))
-            raw_before = raw_after
-            reports[-1].print()
+        task_queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
+        raw = raw_side(raw_client, task_queue)
+        async with Worker(
+            raw_client, task_queue=task_queue, workflows=[RawPipeline], activities=[noop_activity]
+        ):
+            print("-- plain temporalio throughput ...", file=sys.stderr, flush=True)
+            await single_runs([raw], runs=0, warmups=args.warmups, timed=lambda _: None)
+            raw_before = await throughput(raw, concurrent=args.concurrent, server_pid=server.pid)
+            for backend in backends:
+                print(
+                    f"-- engine ({backend} side-store) and plain temporalio ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if backend == "sqlite":
+                    with tempfile.TemporaryDirectory(prefix="wfe-bench-") as folder:
+                        url = f"sqlite+aiosqlite:///{Path(folder) / 'engine.db'}"
+                        engine, plain, times = await run_engine(
+                            engine_client, url, args, server.pid, raw
+                        )
+                else:
+                    with fresh_postgres_database(postgres_server_url(args.postgres_url)) as url:
+                        engine, plain, times = await run_engine(
+                            engine_client, url, args, server.pid, raw
+                        )
+                print("-- plain temporalio throughput ...", file=sys.stderr, flush=True)
+                raw_after = await throughput(raw, concurrent=args.concurrent, server_pid=server.pid)
+                measured_raw = with_throughput(plain, raw_before, raw_after)
+                reports.append(_report(backend, args, measured_raw, engine, times))
+                reports[-1].print()
+                raw_before = raw_after
     return reports
 
 
