@@ -10,6 +10,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.run import RunActivities
 from activities.stage import StageActivities
 from engine.kernel import Kernel
+from engine.workflow_code import cache_workflow_code
 
 __all__ = ["create_worker"]
 
@@ -22,6 +23,7 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
     """
     # Imported here: the workflow module imports engine modules, so importing it at the top
     # of a module that ``engine/__init__`` loads would be circular.
+    cache_workflow_code()  # before the first import: the sandbox re-imports it per run
     from temporal_workflows.run import RunWorkflow
 
     stages = StageActivities(
