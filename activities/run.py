@@ -12,7 +12,6 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.shield import finish_transaction
 from engine.payloads import (
     CommitResult,
     FinalizeRun,
@@ -81,18 +80,14 @@ class RunActivities:
         """Mark the run RUNNING, open the starting group, and return the plan."""
         workflow = self._workflows.get(start.workflow_id)
         if workflow is None:
-            await finish_transaction(
-                self._store.start_run(start.run_id, None, causation_id=start.run_id)
-            )
+            await self._store.start_run(start.run_id, None, causation_id=start.run_id)
             return RunPlan(status="failed")
         index = start.start_group - 1
 
         def first_group(config: dict[str, Any]) -> list[NewStage]:
             return new_stages(plan_of(workflow, config)[index])
 
-        started = await finish_transaction(
-            self._store.start_run(start.run_id, first_group, causation_id=start.run_id)
-        )
+        started = await self._store.start_run(start.run_id, first_group, causation_id=start.run_id)
         if started.status != "ok":
             return RunPlan(status="not_running" if started.status == "not_running" else "failed")
         return RunPlan(
@@ -106,25 +101,21 @@ class RunActivities:
     @activity.defn(name="wfe.commit_stage")
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write a stage outcome, its logs, annotations and events in one transaction."""
-        return await finish_transaction(self._store.commit_stage(commit))
+        return await self._store.commit_stage(commit)
 
     @activity.defn(name="wfe.cancel_run")
     async def cancel_run(self, run_id: str) -> bool:
         """Cancel the run in the side-store (its workflow was cancelled from Temporal)."""
-        return await finish_transaction(
-            self._store.cancel_run(run_id, "cancelled from Temporal", causation_id=run_id)
-        )
+        return await self._store.cancel_run(run_id, "cancelled from Temporal", causation_id=run_id)
 
     @activity.defn(name="wfe.finalize_run")
     async def finalize_run(self, final: FinalizeRun) -> bool:
         """End the run COMPLETED or FAILED."""
-        return await finish_transaction(
-            self._store.finalize_run(
-                final.run_id,
-                status=final.status,
-                output=final.output,
-                error=final.error,
-                now=final.now,
-                commit_id=final.commit_id,
-            )
+        return await self._store.finalize_run(
+            final.run_id,
+            status=final.status,
+            output=final.output,
+            error=final.error,
+            now=final.now,
+            commit_id=final.commit_id,
         )

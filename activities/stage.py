@@ -39,7 +39,6 @@ from temporalio import activity
 
 from activities.errors import describe_validation, error_message
 from activities.run import new_stages
-from activities.shield import finish_transaction
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.context import CompletionContext, StageContext, _Buffered
@@ -146,8 +145,8 @@ class StageActivities:
         record_id = task.stage_record_id
         if record_id is None or activity.info().attempt > 1:
             first_group = new_stages(task.starts_run) if task.starts_run else None
-            start = await finish_transaction(
-                self._store.begin_stage(task.run_id, task.stage, task.attempt, first_group)
+            start = await self._store.begin_stage(
+                task.run_id, task.stage, task.attempt, first_group
             )
             if start.action != "run" or start.record_id is None:
                 return _stored(start)
@@ -161,9 +160,7 @@ class StageActivities:
         """This worker does not have the run's workflow: fail the run if it is to start it
         (``WORKFLOW_NOT_FOUND``, as the original's claim did), and run nothing."""
         if task.starts_run:
-            await finish_transaction(
-                self._store.start_run(task.run_id, None, causation_id=task.run_id)
-            )
+            await self._store.start_run(task.run_id, None, causation_id=task.run_id)
         return StageOutcome(
             status="skipped", error=f"Workflow {task.workflow_id} not found in registry"
         )
@@ -185,7 +182,7 @@ class StageActivities:
         )
         for delay in (*COMMIT_RETRY_DELAYS, None):
             try:
-                result = await finish_transaction(self._store.commit_stage(commit))
+                result = await self._store.commit_stage(commit)
                 break
             except Exception:
                 if delay is None:
@@ -195,11 +192,7 @@ class StageActivities:
                     return outcome  # committed by the workflow's local activity, buffer intact
                 await asyncio.sleep(delay)
         if result.duplicate:  # another delivery of this task committed first: use its outcome
-            return _stored(
-                await finish_transaction(
-                    self._store.begin_stage(task.run_id, task.stage, task.attempt)
-                )
-            )
+            return _stored(await self._store.begin_stage(task.run_id, task.stage, task.attempt))
         return outcome.model_copy(
             update={"logs": [], "annotations": [], "progress": [], "ai_calls": [], "commit": result}
         )
