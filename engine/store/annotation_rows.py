@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Select, Table, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -196,9 +196,23 @@ def _legacy_possible(filters: AnnotationFilters) -> bool:
     return True
 
 
-def _legacy_rows(
-    session: Session, run: WorkflowRun, filters: AnnotationFilters
-) -> list[Annotation]:
+class RunHead(Protocol):
+    """What listing a run's annotations reads of the run (not its input, output or config)."""
+
+    id: str
+    created_at: datetime
+    metadata_: dict[str, Any] | None
+
+
+def run_head(session: Session, run_id: str) -> RunHead | None:
+    """The run's id, creation time and legacy metadata, or ``None`` if there is no such run."""
+    query = select(WorkflowRun.id, WorkflowRun.created_at, WorkflowRun.metadata_).where(
+        WorkflowRun.id == run_id
+    )
+    return session.execute(query).first()
+
+
+def _legacy_rows(session: Session, run: RunHead, filters: AnnotationFilters) -> list[Annotation]:
     metadata = run.metadata_
     if not isinstance(metadata, dict) or not metadata:
         return []
@@ -237,7 +251,7 @@ def _legacy_rows(
 
 
 def list_annotations(
-    session: Session, run: WorkflowRun, filters: AnnotationFilters
+    session: Session, run: RunHead, filters: AnnotationFilters
 ) -> list[Annotation]:
     """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim."""
     stored = [

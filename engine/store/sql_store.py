@@ -361,7 +361,7 @@ class SqlStore:
             raise _not_found(run_id)
 
         def list_rows(session: Session) -> list[Annotation]:
-            run = session.get(WorkflowRun, run_id)
+            run = annotation_rows.run_head(session, run_id)
             if run is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
             return annotation_rows.list_annotations(session, run, filters)
