@@ -251,14 +251,21 @@ def _legacy_rows(session: Session, run: RunHead, filters: AnnotationFilters) -> 
 
 
 def list_annotations(
-    session: Session, run: RunHead, filters: AnnotationFilters
-) -> list[Annotation]:
-    """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim."""
+    session: Session, run_id: str, filters: AnnotationFilters
+) -> list[Annotation] | None:
+    """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim;
+    ``None`` when there is no such run."""
     stored = [
         Annotation.model_validate(row)
-        for row in (session.scalars(_stored_query(run.id, filters))).all()
+        for row in (session.scalars(_stored_query(run_id, filters))).all()
     ]
-    if not _legacy_possible(filters):
+    legacy_possible = _legacy_possible(filters)
+    if stored and not legacy_possible:
+        return stored  # the rows name the run (a foreign key): it exists, nothing to add
+    run = run_head(session, run_id)
+    if run is None:
+        return None
+    if not legacy_possible:
         return stored
     legacy = _legacy_rows(session, run, filters)
     if not legacy:

@@ -360,13 +360,12 @@ class SqlStore:
         if _unknown(run_id):
             raise _not_found(run_id)
 
-        def list_rows(session: Session) -> list[Annotation]:
-            run = annotation_rows.run_head(session, run_id)
-            if run is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return annotation_rows.list_annotations(session, run, filters)
-
-        return await self._read(list_rows)
+        rows = await self._read(
+            lambda session: annotation_rows.list_annotations(session, run_id, filters)
+        )
+        if rows is None:
+            raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+        return rows
 
     async def query_annotations(
         self, filters: CrossRunFilters, *, limit: int, cursor: str | None
