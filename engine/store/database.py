@@ -35,6 +35,11 @@ def _parse(url: str) -> URL:
             "use sqlite+aiosqlite:///path or postgresql+psycopg://user@host/db"
         )
     if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in url:
+            # The store keeps two engines (and pools): each would see its own empty database.
+            raise ValueError(
+                f"the side-store needs a SQLite file, not an in-memory database: {url!r}"
+            )
         ensure_sqlite_parent(url)
     return parsed
 
