@@ -77,8 +77,9 @@ def _group_output(group: list[StageSpec], outputs: dict[str, Any]) -> Any:
 class _Group:
     """The group being run: who has settled (the last to settle opens the next group).
 
-    A plain class: the sandbox re-imports this module for every workflow instance, and a
-    dataclass would generate and compile its methods each time.
+    A plain class, not a dataclass: under the sandbox (replay tests, or a worker that opts
+    in) this module is re-imported for every workflow instance, and a dataclass would
+    generate and compile its methods each time.
     """
 
     __slots__ = ("context", "next_group", "parked", "settled", "specs")

@@ -95,7 +95,11 @@ def triage_workflow() -> Workflow:
 
 @asynccontextmanager
 async def running_kernel(
-    env: Any, store: SqlStore, *workflows: Workflow, **kernel_options: Any
+    env: Any,
+    store: SqlStore,
+    *workflows: Workflow,
+    worker_options: dict[str, Any] | None = None,
+    **kernel_options: Any,
 ) -> AsyncIterator[Kernel]:
     """A kernel on a fresh task queue with a worker polling it."""
     kernel = Kernel(
@@ -105,7 +109,7 @@ async def running_kernel(
         task_queue=f"tq-{uuid.uuid4()}",
         **kernel_options,
     )
-    async with create_worker(kernel):
+    async with create_worker(kernel, **(worker_options or {})):
         yield kernel
 
 

@@ -5,7 +5,11 @@ replay against the current workflow code without a nondeterminism error: those o
 command sequence (each stage one activity that commits its outcome), and those recorded when
 every stage commit was a local activity (``v1-commit-local-activity``), which workflows
 started by that version still in flight depend on. A run with an async-batch stage (durable
-timers, polls and an external resume Update) is recorded here and replayed at once.
+timers, polls and an external resume Update) runs here and is replayed at once.
+
+Workers run the workflow outside Temporal's sandbox (see :mod:`engine.worker`); here it runs
+and replays inside it, so a clock, I/O or randomness slipping into the workflow fails these
+tests.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from engine import (
 )
 from engine.kernel import temporal_workflow_id
 from engine.store import SqlStore
+from engine.worker import sandboxed_runner
 from temporal_workflows.run import RunWorkflow
 from tests.helpers import running_kernel
 
@@ -43,7 +48,11 @@ V1 = "v1-commit-local-activity"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter)
+    return Replayer(
+        workflows=[RunWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=sandboxed_runner(),
+    )
 
 
 @pytest.mark.parametrize("version", ["current", V1])
@@ -104,7 +113,8 @@ async def test_async_batch_run_replays(env: Any, store: SqlStore) -> None:
         id="human", input=Scores, execute=wait_for_human, check_completion=never_ready
     )
     workflow = define_workflow(id="batchy").pipe(prepare).pipe(batch).pipe(human).build()
-    async with running_kernel(env, store, workflow) as kernel:
+    sandboxed = {"workflow_runner": sandboxed_runner()}
+    async with running_kernel(env, store, workflow, worker_options=sandboxed) as kernel:
         created = await kernel.dispatch(RunCreate(workflow_id="batchy", input={}))
         run_id = created.workflow_run_id
         handle = env.client.get_workflow_handle(temporal_workflow_id(run_id))
