@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -183,12 +184,17 @@ def open_stages(
     attempt: int,
     now: datetime,
     *,
-    running: bool = False,
+    running: bool | AbstractSet[str] = False,
 ) -> dict[str, str]:
-    """Create records for ``stages`` in one statement, PENDING (or RUNNING and started now);
-    existing ones are left alone. Returns stage id → record id of those created."""
+    """Create records for ``stages`` in one statement, PENDING, or RUNNING and started now
+    (all of them, or those whose stage ids ``running`` names); existing ones are left alone.
+    Returns stage id → record id of those created."""
     if not stages:
         return {}
+
+    def started(stage_id: str) -> bool:
+        return running if isinstance(running, bool) else stage_id in running
+
     rows = [
         {
             "id": new_id(),
@@ -201,8 +207,8 @@ def open_stages(
             "stage_number": stage.number,
             "execution_group": stage.group,
             "attempt": attempt,
-            "status": RunStatus.RUNNING if running else RunStatus.PENDING,
-            "started_at": now if running else None,
+            "status": RunStatus.RUNNING if started(stage.stage_id) else RunStatus.PENDING,
+            "started_at": now if started(stage.stage_id) else None,
             "config": stage.config,
             "poll_count": 0,
         }

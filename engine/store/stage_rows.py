@@ -365,7 +365,8 @@ def begin_stage(
     settled (never re-run a committed stage).
 
     With ``first_group``, a PENDING run is started first, in the same transaction (RUNNING,
-    ``workflow:started``, the group's records opened), as ``start_run`` would have.
+    ``workflow:started``, the group's records opened, this stage's RUNNING), as ``start_run``
+    would have.
     """
     status = lock_run_status(session, run_id)
     if status == RunStatus.PENDING and first_group is not None:
@@ -374,8 +375,13 @@ def begin_stage(
             .where(RUNS.c.id == run_id)
             .values(status=RunStatus.RUNNING, started_at=now, updated_at=now)
         )
-        open_stages(session, run_id, first_group, attempt, now)
-        append_events(session, run_id, [("workflow:started", {})], causation_id=run_id, now=now)
+        opened = open_stages(session, run_id, first_group, attempt, now, running={spec.stage_id})
+        events: list[tuple[str, dict[str, Any]]] = [("workflow:started", {})]
+        if spec.stage_id in opened:
+            events.append(started_event(spec))
+        append_events(session, run_id, events, causation_id=run_id, now=now)
+        if spec.stage_id in opened:
+            return StageStart("run", opened[spec.stage_id], RunStatus.RUNNING)
         status = RunStatus.RUNNING
     if status != RunStatus.RUNNING:
         return StageStart("skip")

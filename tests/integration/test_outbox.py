@@ -376,3 +376,36 @@ async def test_relay_loop_retries_a_failed_flush_and_drains_a_backlog():
         timeout=10,
     )
     assert (kernel.calls, total) == (4, 5)
+
+
+async def test_appended_events_continue_the_sequence_across_statements(store):
+    """B44 for the writer itself: the insert reads the run's last sequence, so a batch longer
+    than one statement (``EVENTS_PER_STATEMENT``) and a later batch continue it without gaps,
+    payloads and causation intact."""
+    from engine.store.sql import EVENTS_PER_STATEMENT
+
+    run_id = await make_run(store, 3)
+    batches = [EVENTS_PER_STATEMENT * 2 + 3, 1]
+    for size, causation in zip(batches, ("first", "second"), strict=True):
+        async with store.transaction() as session:
+            await session.run_sync(lock_run, run_id)
+            await session.run_sync(
+                append_events,
+                run_id,
+                [("stage:progress", {"stage_id": "s", "n": n}) for n in range(size)],
+                causation_id=causation,
+                now=utcnow(),
+            )
+    async with store.sessions() as session:
+        rows = (
+            await session.execute(
+                select(OutboxEvent.sequence, OutboxEvent.payload, OutboxEvent.causation_id)
+                .where(OutboxEvent.workflow_run_id == run_id)
+                .order_by(OutboxEvent.sequence)
+            )
+        ).all()
+    assert [row.sequence for row in rows] == list(range(1, 3 + sum(batches) + 1))
+    appended = rows[3:]
+    assert [row.payload["n"] for row in appended] == [*range(batches[0]), 0]
+    assert {row.payload["workflow_run_id"] for row in appended} == {run_id}
+    assert [row.causation_id for row in appended] == ["first"] * batches[0] + ["second"]
