@@ -110,11 +110,22 @@ def _apply_outcome(columns: tuple[str, ...], suspended: bool) -> Update:
     """``UPDATE`` of a stage record in the state an outcome applies to (anything else means
     it was applied already, by a retried commit, or the record moved on without it: a ghost),
     setting ``columns``; built once per shape, as building costs more than running it."""
+    # The run-status guard rides in the same statement: the subquery locks the run row (an
+    # init plan PostgreSQL runs once, before it looks at a stage row; SQLite holds the write
+    # lock already), and re-reads it after any wait, so a run cancelled meanwhile matches
+    # nothing. One statement where a separate locked read took a round trip of its own.
+    run_status = (
+        select(RUNS.c.status)
+        .where(RUNS.c.id == bindparam("w_run_id"))
+        .with_for_update()
+        .scalar_subquery()
+    )
     state = and_(
         STAGES.c.workflow_run_id == bindparam("w_run_id"),
         STAGES.c.stage_id == bindparam("w_stage_id"),
         STAGES.c.attempt == bindparam("w_attempt"),
         STAGES.c.status == (RunStatus.SUSPENDED if suspended else RunStatus.RUNNING),
+        run_status == RunStatus.RUNNING,
     )
     if suspended:
         state = and_(state, STAGES.c.poll_count == bindparam("w_poll_count"))
@@ -168,16 +179,14 @@ def _group_output(session: Session, run_id: str, group: int) -> dict[str, Any]:
 def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
     """Write a stage outcome, its logs, annotations and events, or nothing but logs.
 
-    Guarded by the run's status read under its row lock: against a run that is no longer
-    RUNNING (cancelled, or already finished) only the logs land. A retried or duplicated
-    commit finds its record already moved on and returns without writing again.
+    Guarded by the run's status read under its row lock (in the stage ``UPDATE`` itself, see
+    :func:`_apply_outcome`): against a run that is no longer RUNNING (cancelled, or already
+    finished) only the logs land. A retried or duplicated commit finds its record already
+    moved on and returns without writing again.
     """
     outcome, spec = commit.outcome, commit.stage
-    run_status = lock_run_status(session, commit.run_id)
-    if run_status is None:
-        return CommitResult(committed=False)
     applied = None
-    if run_status == RunStatus.RUNNING and outcome.status != "skipped":
+    if outcome.status != "skipped":
         changes = _stage_changes(commit)
         params = {f"v_{name}": value for name, value in changes.items()}
         params.update(
@@ -189,6 +198,10 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
         statement = _apply_outcome(tuple(changes), _expects_suspended(commit))
         applied = session.connection().execute(statement, params).first()
     if applied is None:
+        # Nothing applied: a cancelled or finished run, a skip, a ghost or a duplicate.
+        run_status = lock_run_status(session, commit.run_id)
+        if run_status is None:
+            return CommitResult(committed=False)
         record = _record_state(session, commit)
         duplicate = (
             run_status == RunStatus.RUNNING
