@@ -6,7 +6,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import FromClause, Insert, Table, bindparam, func, select
+from sqlalchemy import FromClause, Insert, Table, bindparam, func, literal, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -124,21 +124,41 @@ def append_events(
 
 @cache
 def _numbered_insert(count: int) -> Insert:
-    """One multi-row ``INSERT`` of ``count`` events numbered after the run's last sequence,
+    """One ``INSERT … SELECT`` of ``count`` events numbered after the run's last sequence,
     which the statement reads itself: one statement, one snapshot, so the rows get
-    ``last + 1 … last + count`` whatever the backend (a second chunk sees the first)."""
+    ``last + 1 … last + count`` whatever the backend (a second chunk sees the first).
+
+    A ``SELECT … UNION ALL`` rather than a multi-row ``VALUES``: SQLAlchemy caches the
+    compiled form of the former, and compiled the latter again on every call (about 2 ms of
+    CPU for three events on PostgreSQL)."""
+
+    def param(name: str, column: str) -> Any:
+        return bindparam(name, type_=OUTBOX.c[column].type).label(column)
+
     rows = [
-        {
-            "id": bindparam(f"id_{number}", type_=OUTBOX.c.id.type),
-            "created_at": bindparam("now", type_=OUTBOX.c.created_at.type),
-            "workflow_run_id": bindparam("run_id", type_=OUTBOX.c.workflow_run_id.type),
-            "sequence": _LAST_SEQUENCE + number,
-            "event_type": bindparam(f"type_{number}", type_=OUTBOX.c.event_type.type),
-            "payload": bindparam(f"payload_{number}", type_=OUTBOX.c.payload.type),
-            "causation_id": bindparam("causation_id", type_=OUTBOX.c.causation_id.type),
-            "occurred_at": bindparam("now", type_=OUTBOX.c.occurred_at.type),
-            "retry_count": 0,
-        }
+        select(
+            param(f"id_{number}", "id"),
+            param("now", "created_at"),
+            param("run_id", "workflow_run_id"),
+            (_LAST_SEQUENCE + number).label("sequence"),
+            param(f"type_{number}", "event_type"),
+            param(f"payload_{number}", "payload"),
+            param("causation_id", "causation_id"),
+            param("now", "occurred_at"),
+            literal(0, type_=OUTBOX.c.retry_count.type).label("retry_count"),
+        )
         for number in range(1, count + 1)
     ]
-    return OUTBOX.insert().values(rows)
+    source = rows[0] if count == 1 else union_all(*rows)
+    names = [
+        "id",
+        "created_at",
+        "workflow_run_id",
+        "sequence",
+        "event_type",
+        "payload",
+        "causation_id",
+        "occurred_at",
+        "retry_count",
+    ]
+    return OUTBOX.insert().from_select(names, source)
