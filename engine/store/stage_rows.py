@@ -3,9 +3,9 @@
 The commit is a compare-and-set on the stage record rather than a claimed token: the outcome
 applies only while the record is in the state it expects (RUNNING, or SUSPENDED with the poll
 count the workflow knows), so a retried or duplicated commit finds the record already moved
-on and writes nothing. That keeps a commit at one lock, one conditional update and one
-batched insert per table it touches (annotations, next stages, outbox, logs), whatever the
-number of annotations.
+on and writes nothing. That keeps a commit at one conditional update (which also takes the
+run's lock) and one batched insert per table it touches (annotations, next stages, outbox,
+logs), whatever the number of annotations.
 """
 
 from __future__ import annotations
