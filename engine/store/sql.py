@@ -150,15 +150,5 @@ def _numbered_insert(count: int) -> Insert:
         for number in range(1, count + 1)
     ]
     source = rows[0] if count == 1 else union_all(*rows)
-    names = [
-        "id",
-        "created_at",
-        "workflow_run_id",
-        "sequence",
-        "event_type",
-        "payload",
-        "causation_id",
-        "occurred_at",
-        "retry_count",
-    ]
+    names = [str(column.key) for column in rows[0].selected_columns]  # labelled as the columns
     return OUTBOX.insert().from_select(names, source)
