@@ -166,9 +166,7 @@ def create_run(
     for drafts, _ in new.annotations:
         _, created = write_annotations(session, drafts, RowContext(run_id, "run"), now)
         events.extend(created)
-    append_events(
-        session, run_id, events, causation_id=new.idempotency_key, now=now, last_sequence=0
-    )
+    append_events(session, run_id, events, causation_id=new.idempotency_key, now=now)
     return run_id, True
 
 

@@ -28,7 +28,6 @@ _LAST_SEQUENCE = (
     .where(OUTBOX.c.workflow_run_id == bindparam("run_id"))
     .scalar_subquery()
 )
-_INSERT_EVENTS = OUTBOX.insert()
 
 EVENTS_PER_STATEMENT = 16
 """Events written by one ``INSERT`` that reads the run's last sequence itself."""
@@ -73,52 +72,29 @@ def append_events(
     *,
     causation_id: str,
     now: datetime,
-    last_sequence: int | None = None,
 ) -> None:
     """Write outbox events with the run's next gap-free sequence numbers.
 
-    The caller must hold the run's lock (:func:`lock_run`) or have just created the run (and
-    then passes ``last_sequence=0``: there is nothing to read). The insert reads the run's
-    last sequence itself (:func:`_numbered_insert`), which saves a round trip per commit.
-    That read is as safe as a separate ``SELECT``: every writer of a run's events holds the
-    run's lock until it commits, and a statement begun after this transaction took the lock
-    sees everything they wrote.
+    The caller must hold the run's lock (:func:`lock_run`) or have just created the run. The
+    insert reads the run's last sequence itself (:func:`_numbered_insert`), which saves a
+    round trip per commit. That read is as safe as a separate ``SELECT``: every writer of a
+    run's events holds the run's lock until it commits, and a statement begun after this
+    transaction took the lock sees everything they wrote.
     """
-    if not events:
-        return
-    timestamp = now.isoformat()
-    payloads = [
-        (
-            event_type,
-            {"type": event_type, "timestamp": timestamp, "workflow_run_id": run_id, **body},
-        )
-        for event_type, body in events
-    ]
     connection = session.connection()
-    if last_sequence is not None:
-        rows = [
-            {
-                "id": new_id(),
-                "created_at": now,
-                "workflow_run_id": run_id,
-                "sequence": last_sequence + number,
-                "event_type": event_type,
-                "payload": payload,
-                "causation_id": causation_id,
-                "occurred_at": now,
-                "retry_count": 0,
-            }
-            for number, (event_type, payload) in enumerate(payloads, start=1)
-        ]
-        connection.execute(_INSERT_EVENTS, rows)
-        return
-    for start in range(0, len(payloads), EVENTS_PER_STATEMENT):
-        chunk = payloads[start : start + EVENTS_PER_STATEMENT]
+    timestamp = now.isoformat()
+    for start in range(0, len(events), EVENTS_PER_STATEMENT):
+        chunk = events[start : start + EVENTS_PER_STATEMENT]
         params: dict[str, Any] = {"run_id": run_id, "now": now, "causation_id": causation_id}
-        for number, (event_type, payload) in enumerate(chunk, start=1):
+        for number, (event_type, body) in enumerate(chunk, start=1):
             params[f"id_{number}"] = new_id()
             params[f"type_{number}"] = event_type
-            params[f"payload_{number}"] = payload
+            params[f"payload_{number}"] = {
+                "type": event_type,
+                "timestamp": timestamp,
+                "workflow_run_id": run_id,
+                **body,
+            }
         connection.execute(_numbered_insert(len(chunk)), params)
 
 
