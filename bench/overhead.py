@@ -43,7 +43,7 @@ if not __package__:  # run as ``python bench/overhead.py``: make ``bench`` impor
 from temporalio import activity, workflow  # noqa: E402
 
 with workflow.unsafe.imports_passed_through():
-    from sqlalchemy import event
+    from sqlalchemy import Connection, event
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client, WorkflowHistory
     from temporalio.contrib.pydantic import pydantic_data_converter
@@ -185,9 +185,12 @@ class StoreTimer:
             event.listen(engine, "before_cursor_execute", self._statement)
             event.listen(engine, "commit", self._commit)
 
-    def _statement(self, *_args: Any) -> None:
+    def _statement(self, connection: Connection, *_args: Any) -> None:
         if self.enabled:
             self.statements += 1
+            # An autocommitted statement (the one-statement stage commit) is a transaction.
+            if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                self.transactions += 1
 
     def _commit(self, *_args: Any) -> None:
         if self.enabled:

@@ -23,6 +23,7 @@ __all__ = [
     "AnnotationFilters",
     "LEGACY_PREFIX",
     "count_runs",
+    "draft_rows",
     "insert_annotations",
     "insert_drafts",
     "list_annotations",
@@ -59,16 +60,10 @@ def insert_annotations(
     return [Annotation.model_validate(row) for _, row in insert_drafts(session, drafts, where, now)]
 
 
-def insert_drafts(
-    session: Session,
-    drafts: Sequence[AnnotationDraft],
-    where: RowContext,
-    now: datetime,
-) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
-    """Like :func:`insert_annotations`, pairing each inserted row (its column values) with its
-    draft (whose ``emit_event`` says whether that row, and only that row, gets an event)."""
-    if not drafts:
-        return []
+def draft_rows(
+    drafts: Sequence[AnnotationDraft], where: RowContext, now: datetime
+) -> list[dict[str, Any]]:
+    """The rows (column values, fresh ids) that ``drafts`` become at ``where``."""
     rows: list[dict[str, Any]] = []
     for draft in drafts:
         text, number, flag = typed_columns(draft.value)
@@ -93,6 +88,20 @@ def insert_drafts(
                 "idempotency_key": draft.idempotency_key,
             }
         )
+    return rows
+
+
+def insert_drafts(
+    session: Session,
+    drafts: Sequence[AnnotationDraft],
+    where: RowContext,
+    now: datetime,
+) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
+    """Like :func:`insert_annotations`, pairing each inserted row (its column values) with its
+    draft (whose ``emit_event`` says whether that row, and only that row, gets an event)."""
+    if not drafts:
+        return []
+    rows = draft_rows(drafts, where, now)
     table: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
     # One multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id for the whole batch
     # (executemany, sent as one statement by SQLAlchemy's insertmanyvalues; one statement per

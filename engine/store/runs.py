@@ -40,6 +40,7 @@ __all__ = [
     "rerun_from",
     "restart_run",
     "running_runs",
+    "stage_rows",
     "start_run",
 ]
 
@@ -189,11 +190,27 @@ def open_stages(
     Returns stage id → record id of those created."""
     if not stages:
         return {}
+    rows = stage_rows(run_id, stages, attempt, now, running=running)
+    statement = _insert_stages(insert_ignore(session, STAGES))
+    created = set(session.connection().execute(statement, rows).scalars().all())
+    return {str(row["stage_id"]): str(row["id"]) for row in rows if row["id"] in created}
+
+
+def stage_rows(
+    run_id: str,
+    stages: Sequence[NewStage],
+    attempt: int,
+    now: datetime,
+    *,
+    running: bool | AbstractSet[str] = False,
+) -> list[dict[str, Any]]:
+    """The records (column values, fresh ids) that open ``stages``: PENDING, or RUNNING and
+    started now (all of them, or those whose stage ids ``running`` names)."""
 
     def started(stage_id: str) -> bool:
         return running if isinstance(running, bool) else stage_id in running
 
-    rows = [
+    return [
         {
             "id": new_id(),
             "created_at": now,
@@ -212,9 +229,6 @@ def open_stages(
         }
         for stage in stages
     ]
-    statement = _insert_stages(insert_ignore(session, STAGES))
-    created = set(session.connection().execute(statement, rows).scalars().all())
-    return {str(row["stage_id"]): str(row["id"]) for row in rows if row["id"] in created}
 
 
 @dataclass(frozen=True)

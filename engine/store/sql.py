@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 from engine.ids import new_id
 from engine.store.models import OutboxEvent, WorkflowRun
 
-__all__ = ["append_events", "insert_ignore", "lock_run", "lock_run_status"]
+__all__ = [
+    "LAST_SEQUENCE",
+    "append_events",
+    "event_payload",
+    "insert_ignore",
+    "lock_run",
+    "lock_run_status",
+]
 
 RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
@@ -23,7 +30,7 @@ OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 # key) costs more CPU than SQLite takes to run it.
 _RUN_STATUS = select(RUNS.c.status).where(RUNS.c.id == bindparam("run_id"))
 _LOCKED_RUN_STATUS = _RUN_STATUS.with_for_update()
-_LAST_SEQUENCE = (
+LAST_SEQUENCE = (
     select(func.coalesce(func.max(OUTBOX.c.sequence), 0))
     .where(OUTBOX.c.workflow_run_id == bindparam("run_id"))
     .scalar_subquery()
@@ -89,13 +96,15 @@ def append_events(
         for number, (event_type, body) in enumerate(chunk, start=1):
             params[f"id_{number}"] = new_id()
             params[f"type_{number}"] = event_type
-            params[f"payload_{number}"] = {
-                "type": event_type,
-                "timestamp": timestamp,
-                "workflow_run_id": run_id,
-                **body,
-            }
+            params[f"payload_{number}"] = event_payload(run_id, event_type, body, timestamp)
         connection.execute(_numbered_insert(len(chunk)), params)
+
+
+def event_payload(
+    run_id: str, event_type: str, body: dict[str, Any], timestamp: str
+) -> dict[str, Any]:
+    """The JSON an outbox event carries: its type, time and run, then its own fields."""
+    return {"type": event_type, "timestamp": timestamp, "workflow_run_id": run_id, **body}
 
 
 @cache
@@ -116,7 +125,7 @@ def _numbered_insert(count: int) -> Insert:
             param(f"id_{number}", "id"),
             param("now", "created_at"),
             param("run_id", "workflow_run_id"),
-            (_LAST_SEQUENCE + number).label("sequence"),
+            (LAST_SEQUENCE + number).label("sequence"),
             param(f"type_{number}", "event_type"),
             param(f"payload_{number}", "payload"),
             param("causation_id", "causation_id"),

@@ -35,6 +35,7 @@ from engine.store.models import (
     WorkflowStage,
     utcnow,
 )
+from engine.store.one_statement import commit_in_one_statement, fits
 from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
 
@@ -102,6 +103,8 @@ class SqlStore:
         self.sync_engine: Engine = create_sync_engine_for_url(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sync_sessions = sessionmaker(self.sync_engine, expire_on_commit=False)
+        # Same pool; each statement commits itself (engine.store.one_statement).
+        self._autocommit = self.sync_engine.execution_options(isolation_level="AUTOCOMMIT")
         self._writers: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
 
@@ -115,14 +118,17 @@ class SqlStore:
         return await self._on_thread(work, transaction=False)
 
     async def _on_thread(self, work: Callable[[Session], T], *, transaction: bool) -> T:
-        def run() -> T:
-            with self._sync_sessions() as session:
-                if not transaction:
-                    session.connection(execution_options={READ_ONLY: True})
-                    return work(session)
-                with session.begin():
-                    return work(session)
+        return await self._in_thread(lambda: self._in_session(work, transaction), transaction)
 
+    def _in_session(self, work: Callable[[Session], T], transaction: bool) -> T:
+        with self._sync_sessions() as session:
+            if not transaction:
+                session.connection(execution_options={READ_ONLY: True})
+                return work(session)
+            with session.begin():
+                return work(session)
+
+    async def _in_thread(self, run: Callable[[], T], transaction: bool) -> T:
         threads = self._threads_for(transaction)
         # Shielded: a cancelled caller (an activity cancelled with its run) does not abandon
         # the transaction half-way; it ends normally in its thread, and its run-status guard
@@ -327,8 +333,18 @@ class SqlStore:
         )
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
-        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""
-        return await self._write(lambda session: stage_rows.commit_stage(session, commit))
+        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`):
+        on PostgreSQL, in one statement when it can (see :mod:`engine.store.one_statement`)."""
+
+        def run() -> CommitResult:
+            if not self.is_sqlite and fits(commit):
+                with self._autocommit.connect() as connection:
+                    result = commit_in_one_statement(connection, commit)
+                if result is not None:
+                    return result
+            return self._in_session(lambda session: stage_rows.commit_stage(session, commit), True)
+
+        return await self._in_thread(run, True)
 
     # -- annotations --------------------------------------------------------------------------
 

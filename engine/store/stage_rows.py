@@ -28,9 +28,25 @@ from engine.store.models import AICall, WorkflowLog, WorkflowStage
 from engine.store.runs import NewStage, complete_run, open_stages, write_annotations
 from engine.store.sql import RUNS, append_events, insert_ignore, lock_run_status
 
-__all__ = ["StageStart", "begin_stage", "commit_stage"]
+__all__ = [
+    "LOGS",
+    "STAGES",
+    "StageStart",
+    "begin_stage",
+    "commit_stage",
+    "decisions",
+    "expects_suspended",
+    "new_stage",
+    "outcome_events",
+    "outcome_logs",
+    "outcome_update",
+    "stage_changes",
+    "started_event",
+]
 
 DECISION_PREFIX = "decision."
+
+Decision = tuple[str, str]
 
 STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
 LOGS: Table = WorkflowLog.__table__  # type: ignore[assignment]
@@ -67,7 +83,7 @@ def _log_rows(
     ]
 
 
-def _stage_changes(commit: StageCommit) -> dict[str, Any]:
+def stage_changes(commit: StageCommit) -> dict[str, Any]:
     """Column values the outcome sets on the stage record (``updated_at`` and ``version``
     always change too)."""
     outcome, now = commit.outcome, commit.now
@@ -97,7 +113,7 @@ def _stage_changes(commit: StageCommit) -> dict[str, Any]:
     return values
 
 
-def _expects_suspended(commit: StageCommit) -> bool:
+def expects_suspended(commit: StageCommit) -> bool:
     """Whether the outcome applies to a SUSPENDED record at the poll count the workflow knows
     (a poll, or the end of a wait) rather than to a RUNNING one."""
     return commit.outcome.status == "not_ready" or (
@@ -106,7 +122,7 @@ def _expects_suspended(commit: StageCommit) -> bool:
 
 
 @cache
-def _apply_outcome(columns: tuple[str, ...], suspended: bool) -> Update:
+def outcome_update(columns: tuple[str, ...], suspended: bool) -> Update:
     """``UPDATE`` of a stage record in the state an outcome applies to (anything else means
     it was applied already, by a retried commit, or the record moved on without it: a ghost),
     setting ``columns``; built once per shape, as building costs more than running it."""
@@ -180,14 +196,14 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
     """Write a stage outcome, its logs, annotations and events, or nothing but logs.
 
     Guarded by the run's status read under its row lock (in the stage ``UPDATE`` itself, see
-    :func:`_apply_outcome`): against a run that is no longer RUNNING (cancelled, or already
+    :func:`outcome_update`): against a run that is no longer RUNNING (cancelled, or already
     finished) only the logs land. A retried or duplicated commit finds its record already
     moved on and returns without writing again.
     """
     outcome, spec = commit.outcome, commit.stage
     applied = None
     if outcome.status != "skipped":
-        changes = _stage_changes(commit)
+        changes = stage_changes(commit)
         params = {f"v_{name}": value for name, value in changes.items()}
         params.update(
             w_run_id=commit.run_id,
@@ -195,7 +211,7 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
             w_attempt=commit.attempt,
             w_poll_count=commit.poll_count,
         )
-        statement = _apply_outcome(tuple(changes), _expects_suspended(commit))
+        statement = outcome_update(tuple(changes), expects_suspended(commit))
         applied = session.connection().execute(statement, params).first()
     if applied is None:
         # Nothing applied: a cancelled or finished run, a skip, a ghost or a duplicate.
@@ -222,16 +238,9 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
     return _write_rows(session, commit, record_id, started_at, metrics)
 
 
-def _write_rows(
-    session: Session,
-    commit: StageCommit,
-    record_id: str,
-    started_at: datetime | None,
-    stored_metrics: dict[str, Any] | None,
-) -> CommitResult:
-    """Everything an applied outcome writes besides the stage row."""
-    outcome, spec, now = commit.outcome, commit.stage, commit.now
-    logs = _log_rows(commit.commit_id, commit.run_id, spec.stage_id, record_id, outcome.logs)
+def outcome_events(commit: StageCommit, duration: int | None) -> list[tuple[str, dict[str, Any]]]:
+    """The events an applied outcome writes for its stage: progress, then what became of it."""
+    outcome, spec = commit.outcome, commit.stage
     events: list[tuple[str, dict[str, Any]]] = [
         (
             "stage:progress",
@@ -244,12 +253,6 @@ def _write_rows(
         )
         for p in outcome.progress
     ]
-    fixes: dict[str, Any] = {}
-    duration = outcome.duration_ms
-    if commit.after_suspend and started_at is not None:
-        # A batch stage's duration spans its suspension, not just the last check.
-        duration = max(int((now - started_at).total_seconds() * 1000), 0)
-        fixes["duration_ms"] = duration
     if outcome.status == "completed":
         events.append(
             (
@@ -264,18 +267,6 @@ def _write_rows(
                 {"stage_id": spec.stage_id, "stage_name": spec.name, "error": outcome.error},
             )
         )
-        logs.append(
-            {
-                "id": new_id(),
-                "created_at": now,
-                "workflow_run_id": commit.run_id,
-                "workflow_stage_id": record_id,
-                "stage_id": spec.stage_id,
-                "level": "ERROR",
-                "message": f"Stage {spec.stage_id} failed: {outcome.error}",
-                "metadata": None,
-            }
-        )
     elif outcome.status == "suspended":
         next_poll_at = commit.next_poll_at.isoformat() if commit.next_poll_at else None
         events.append(
@@ -285,6 +276,46 @@ def _write_rows(
             )
         )
         events.append(("workflow:suspended", {"stage_id": spec.stage_id}))
+    return events
+
+
+def outcome_logs(commit: StageCommit, record_id: str) -> list[dict[str, Any]]:
+    """The log rows an applied outcome writes: the stage's own, and an ERROR if it failed."""
+    outcome, spec = commit.outcome, commit.stage
+    logs = _log_rows(commit.commit_id, commit.run_id, spec.stage_id, record_id, outcome.logs)
+    if outcome.status == "failed":
+        logs.append(
+            {
+                "id": new_id(),
+                "created_at": commit.now,
+                "workflow_run_id": commit.run_id,
+                "workflow_stage_id": record_id,
+                "stage_id": spec.stage_id,
+                "level": "ERROR",
+                "message": f"Stage {spec.stage_id} failed: {outcome.error}",
+                "metadata": None,
+            }
+        )
+    return logs
+
+
+def _write_rows(
+    session: Session,
+    commit: StageCommit,
+    record_id: str,
+    started_at: datetime | None,
+    stored_metrics: dict[str, Any] | None,
+) -> CommitResult:
+    """Everything an applied outcome writes besides the stage row."""
+    outcome, spec, now = commit.outcome, commit.stage, commit.now
+    logs = outcome_logs(commit, record_id)
+    fixes: dict[str, Any] = {}
+    duration = outcome.duration_ms
+    if commit.after_suspend and started_at is not None:
+        # A batch stage's duration spans its suspension, not just the last check.
+        duration = max(int((now - started_at).total_seconds() * 1000), 0)
+        fixes["duration_ms"] = duration
+    events = outcome_events(commit, duration)
     if outcome.ai_calls:
         session.execute(
             AI_CALLS.insert(),
@@ -342,15 +373,22 @@ def _write_rows(
     append_events(session, commit.run_id, events, causation_id=commit.commit_id, now=now)
     if logs:
         session.execute(LOGS.insert(), logs)
-    reported = set(commit.report_keys)
-    decisions = [
+    return CommitResult(
+        committed=True,
+        decisions=decisions(inserted, commit.report_keys),
+        opened=opened,
+        completed_run=completed_run,
+    )
+
+
+def decisions(inserted: Sequence[dict[str, Any]], report_keys: Sequence[str]) -> list[Decision]:
+    """The annotations a commit shows in the Temporal UI: decisions, and the reported keys."""
+    reported = set(report_keys)
+    return [
         (row["key"], str(row["value"])[:200])
         for row in inserted
         if row["key"].startswith(DECISION_PREFIX) or row["key"] in reported
     ]
-    return CommitResult(
-        committed=True, decisions=decisions, opened=opened, completed_run=completed_run
-    )
 
 
 @dataclass(frozen=True)

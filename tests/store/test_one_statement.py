@@ -1,0 +1,318 @@
+"""The stage commit in one statement (PostgreSQL) against the general commit.
+
+A sequential stage's commit runs as one autocommitted statement on PostgreSQL
+(:mod:`engine.store.one_statement`), and as the general transaction on SQLite or when it does
+not fit. Both must write exactly the same rows; a commit that collides or does not apply must
+write nothing and leave the work to the general commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, text
+
+from engine.annotations import Actor, AnnotationDraft
+from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome, StageSpec
+from engine.records import RunStatus
+from engine.store import SqlStore
+from engine.store import sql_store as sql_store_module
+from engine.store.models import OutboxEvent, WorkflowAnnotation, WorkflowLog, WorkflowStage
+from engine.store.runs import NewRun, NewStage
+
+
+def spec(stage_id: str, number: int) -> StageSpec:
+    return StageSpec(
+        stage_id=stage_id,
+        name=f"Stage {stage_id}",
+        number=number,
+        group=number,
+        kind="sync",
+        config={"k": number},
+        start_to_close_timeout=timedelta(minutes=1),
+    )
+
+
+FIRST, SECOND = spec("first", 1), spec("second", 2)
+
+
+async def running_first_stage(store: SqlStore) -> tuple[str, str]:
+    """A RUNNING run whose sequential first stage is RUNNING: (run id, record id)."""
+    run_id, _ = await store.create_run(
+        NewRun(
+            workflow_id="wf",
+            workflow_name="Workflow",
+            input={"x": 1},
+            config={"first": {"k": 1}, "second": {"k": 2}},
+            priority=5,
+            metadata=None,
+            idempotency_key=f"create-{datetime.now(UTC).timestamp()}",
+        ),
+        "wfe-run-{run_id}",
+    )
+    group = [NewStage(FIRST.stage_id, FIRST.name, 1, 1, FIRST.config)]
+    start = await store.begin_stage(run_id, FIRST, 0, group)
+    assert start.action == "run" and start.record_id is not None
+    return run_id, start.record_id
+
+
+def stage_commit(run_id: str, record_id: str, status: str = "completed") -> StageCommit:
+    now = datetime.now(UTC)
+    return StageCommit(
+        run_id=run_id,
+        stage=FIRST,
+        attempt=0,
+        commit_id=f"{run_id}:1",
+        outcome=StageOutcome(
+            status=status,  # type: ignore[arg-type]
+            stage_record_id=record_id,
+            output={"answer": 42} if status == "completed" else None,
+            error="boom" if status == "failed" else None,
+            metrics={"total_cost": 0.5},
+            started_at=now,
+            duration_ms=12,
+            logs=[LogDraft(at=now, level="INFO", message="thinking", metadata={"step": 1})],
+            annotations=[
+                AnnotationDraft(key="decision.outcome", value="yes", emit_event=True),
+                AnnotationDraft(key="quality.score", value=0.9, actor=Actor(kind="agent", id="a")),
+                AnnotationDraft(key="flags.reviewed", value=False),
+                AnnotationDraft(key="notes.extra", value={"nested": [1, None]}),
+            ],
+            progress=[ProgressDraft(progress=0.5, message="half")],
+        ),
+        now=now,
+        open_next=[SECOND],
+        report_keys=["quality.score"],
+    )
+
+
+@contextmanager
+def counted(store: SqlStore) -> Iterator[list[str]]:
+    """The SQL statements the store's synchronous engine runs meanwhile."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(store.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(store.sync_engine, "before_cursor_execute", record)
+
+
+async def written(store: SqlStore, run_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The run's rows without their ids and clocks, for comparing two commits."""
+    async with store.sessions() as session:
+        stages = await session.execute(
+            select(
+                WorkflowStage.stage_id,
+                WorkflowStage.status,
+                WorkflowStage.output_data,
+                WorkflowStage.error_message,
+                WorkflowStage.metrics,
+                WorkflowStage.duration_ms,
+                WorkflowStage.version,
+                WorkflowStage.config,
+            )
+            .where(WorkflowStage.workflow_run_id == run_id)
+            .order_by(WorkflowStage.stage_number)
+        )
+        annotations = await session.execute(
+            select(
+                WorkflowAnnotation.key,
+                WorkflowAnnotation.value,
+                WorkflowAnnotation.value_text,
+                WorkflowAnnotation.value_number,
+                WorkflowAnnotation.value_bool,
+                WorkflowAnnotation.scope,
+                WorkflowAnnotation.scope_id,
+                WorkflowAnnotation.actor_id,
+                WorkflowAnnotation.attempt,
+                WorkflowAnnotation.workflow_stage_record_id.is_not(None),
+            )
+            .where(WorkflowAnnotation.workflow_run_id == run_id)
+            .order_by(WorkflowAnnotation.key)
+        )
+        logs = await session.execute(
+            select(WorkflowLog.level, WorkflowLog.message, WorkflowLog.stage_id)
+            .where(WorkflowLog.workflow_run_id == run_id)
+            .order_by(WorkflowLog.level, WorkflowLog.message)
+        )
+        events = await session.execute(
+            select(OutboxEvent.sequence, OutboxEvent.event_type, OutboxEvent.payload)
+            .where(OutboxEvent.workflow_run_id == run_id)
+            .order_by(OutboxEvent.sequence)
+        )
+        return {
+            "stages": [tuple(r) for r in stages],
+            "annotations": [tuple(r) for r in annotations],
+            "logs": [tuple(r) for r in logs],
+            "events": [
+                (seq, kind, {k: v for k, v in payload.items() if k not in ("timestamp",)})
+                for seq, kind, payload in events
+            ],
+        }
+
+
+def _without_run_ids(rows: dict[str, list[tuple[Any, ...]]], run_id: str) -> Any:
+    return repr(rows).replace(run_id, "<run>")
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+async def test_one_statement_writes_what_the_general_commit_writes(
+    store: SqlStore, status: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same stage row, annotations, logs, events (and their sequence), and the same result."""
+    run_id, record_id = await running_first_stage(store)
+    with counted(store) as statements:
+        result = await store.commit_stage(stage_commit(run_id, record_id, status))
+    assert result.committed and not result.duplicate
+    if store.is_sqlite:
+        assert len(statements) >= 3
+    else:
+        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH")
+
+    monkeypatch.setattr(sql_store_module, "fits", lambda commit: False)
+    general_run, general_record = await running_first_stage(store)
+    with counted(store) as statements:
+        general = await store.commit_stage(stage_commit(general_run, general_record, status))
+    assert len(statements) >= 3
+
+    assert (
+        result.decisions
+        == general.decisions
+        == [
+            ("decision.outcome", "yes"),
+            ("quality.score", "0.9"),
+        ]
+    )
+    assert (
+        set(result.opened)
+        == set(general.opened)
+        == ({"second"} if status == "completed" else set())
+    )
+    mine, theirs = await written(store, run_id), await written(store, general_run)
+    assert _without_run_ids(mine, run_id) == _without_run_ids(theirs, general_run)
+    assert [seq for seq, _, _ in mine["events"]] == list(range(1, len(mine["events"]) + 1))
+    kinds = [kind for _, kind, _ in mine["events"]]
+    assert kinds[3:] == (
+        ["stage:progress", "stage:completed", "annotation:created", "stage:started"]
+        if status == "completed"
+        else ["stage:progress", "stage:failed", "annotation:created"]
+    )
+
+
+async def test_a_repeated_commit_writes_nothing_more(store: SqlStore) -> None:
+    """A duplicate does not apply, writes nothing in its statement, and is reported as such."""
+    run_id, record_id = await running_first_stage(store)
+    commit = stage_commit(run_id, record_id)
+    assert (await store.commit_stage(commit)).committed
+    before = await written(store, run_id)
+    again = await store.commit_stage(commit)
+    assert again.committed and again.duplicate
+    assert await written(store, run_id) == before
+
+
+async def test_a_commit_against_a_cancelled_run_writes_only_its_logs(store: SqlStore) -> None:
+    run_id, record_id = await running_first_stage(store)
+    assert await store.cancel_run(run_id, "stop", causation_id="c")
+    before = await written(store, run_id)
+    result = await store.commit_stage(stage_commit(run_id, record_id))
+    assert not result.committed
+    after = await written(store, run_id)
+    assert after["stages"] == before["stages"] and after["events"] == before["events"]
+    assert after["annotations"] == []
+    assert ("INFO", "thinking", "first") in after["logs"]
+
+
+async def test_a_collision_with_an_open_record_falls_back_to_the_general_commit(
+    store: SqlStore,
+) -> None:
+    """The next stage's record exists already: the one statement collides and writes
+    nothing; the general commit leaves that record alone and reports nothing opened."""
+    run_id, record_id = await running_first_stage(store)
+    async with store.sessions() as session, session.begin():
+        await session.execute(
+            WorkflowStage.__table__.insert().values(
+                id="pre-opened",
+                created_at=datetime.now(UTC),
+                updated_at=datetime.now(UTC),
+                version=1,
+                workflow_run_id=run_id,
+                stage_id="second",
+                stage_name="Stage second",
+                stage_number=2,
+                execution_group=2,
+                attempt=0,
+                status=RunStatus.PENDING,
+                poll_count=0,
+            )
+        )
+    result = await store.commit_stage(stage_commit(run_id, record_id))
+    assert result.committed and result.opened == {}
+    rows = await written(store, run_id)
+    assert [(s[0], s[1]) for s in rows["stages"]] == [
+        ("first", RunStatus.COMPLETED),
+        ("second", RunStatus.PENDING),
+    ]
+    assert len(rows["annotations"]) == 4
+    kinds = [kind for _, kind, _ in rows["events"]]
+    assert "stage:started" not in kinds[3:]
+    assert [seq for seq, _, _ in rows["events"]] == list(range(1, len(kinds) + 1))
+
+
+async def test_an_event_written_while_the_commit_waits_for_the_run_lock(store: SqlStore) -> None:
+    """Another writer holds the run's lock and adds an event: the commit, whose statement
+    began before that event committed, must still number its events after it, gap-free."""
+    if store.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: nothing can write while a commit waits")
+    run_id, record_id = await running_first_stage(store)
+    with counted(store) as statements:
+        result = await _commit_while_another_writer_adds_an_event(store, run_id, record_id)
+    # The statement collided on the outbox sequence, wrote nothing, and the general commit
+    # (which reads the sequence after the lock) did the work.
+    assert statements[0].lstrip().startswith("WITH") and len(statements) > 1
+    assert result.committed and set(result.opened) == {"second"}
+    rows = await written(store, run_id)
+    assert [seq for seq, _, _ in rows["events"]] == list(range(1, len(rows["events"]) + 1))
+    kinds = [kind for _, kind, _ in rows["events"]]
+    assert kinds[3] == "annotation:created" and kinds[-1] == "stage:started"
+    assert len(rows["annotations"]) == 4
+
+
+async def _commit_while_another_writer_adds_an_event(
+    store: SqlStore, run_id: str, record_id: str
+) -> Any:
+    async with store.engine.connect() as holder:
+        transaction = await holder.begin()
+        await holder.execute(
+            text("SELECT id FROM workflow_runs WHERE id = :id FOR UPDATE"), {"id": run_id}
+        )
+        commit = asyncio.create_task(store.commit_stage(stage_commit(run_id, record_id)))
+        await asyncio.sleep(0.5)  # the commit's statement is waiting for the lock now
+        assert not commit.done()
+        last = await holder.scalar(
+            text("SELECT max(sequence) FROM outbox_events WHERE workflow_run_id = :id"),
+            {"id": run_id},
+        )
+        await holder.execute(
+            OutboxEvent.__table__.insert().values(
+                id="outside",
+                created_at=datetime.now(UTC),
+                workflow_run_id=run_id,
+                sequence=last + 1,
+                event_type="annotation:created",
+                payload={"type": "annotation:created"},
+                causation_id="outside",
+                occurred_at=datetime.now(UTC),
+                retry_count=0,
+            )
+        )
+        await transaction.commit()
+    return await asyncio.wait_for(commit, 30)
