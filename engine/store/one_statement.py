@@ -1,50 +1,64 @@
-"""A stage commit in one statement, on PostgreSQL: the common case in one round trip.
+"""Writes in one statement, on PostgreSQL: the common cases in one round trip.
 
-The general commit (:func:`engine.store.stage_rows.commit_stage`) is a transaction of a few
-statements, each a round trip, plus ``BEGIN`` and ``COMMIT``: five round trips for a stage
-that opens the next one. Every stage of a run waits for its commit, so on PostgreSQL those
-round trips were most of the engine's cost per stage over plain Temporal (``bench/``).
+The general writes (:func:`engine.store.stage_rows.commit_stage`, ``begin_stage``,
+:func:`engine.store.runs.create_run`) are transactions of a few statements, each a round
+trip, plus ``BEGIN`` and ``COMMIT``: five or six round trips. Every stage of a run waits for
+its commit, and every run for its create and its first stage's begin, so on PostgreSQL those
+round trips were most of the engine's cost over plain Temporal (``bench/``).
 
-Most commits need nothing back from the database but whether the outcome applied: a stage of
-a sequential group that completes or fails, opening the next group, with annotations that
-carry no idempotency key (their rows are all new). Every row such a commit writes is known
-beforehand, so PostgreSQL can write them all in one autocommitted statement: the stage
-``UPDATE`` (the same compare-and-set, with the run-status guard under the run's row lock) as
-a ``WITH`` query, and each ``INSERT`` selecting its rows ``FROM`` it, so that a commit that
-does not apply writes nothing at all. One statement is one transaction, so it is as atomic
-as the general commit, with one round trip instead of five.
+Most of these writes need nothing back from the database but whether they may go ahead:
 
-Anything else goes to the general commit, in its own transaction: a commit of another shape
-(:func:`fits`), one that did not apply (a duplicate, a ghost, a cancelled run: the general
-commit tells them apart), and one that hit a unique constraint. The last happens when the
-next group's records exist already, or when a concurrent writer of the run's events (a
-cancel, an external attach) committed between this statement's snapshot and its lock: the
-outbox numbers would collide. The statement then wrote nothing, and the general commit,
-which reads the sequence after taking the lock, does it right.
+- a stage commit: whether the outcome applies (a sequential stage that completes or fails,
+  opening the next group, with annotations that carry no idempotency key: their rows are all
+  new);
+- a run's first stage: whether the run is still PENDING (then it starts, with its first
+  group's records, this stage RUNNING);
+- a new run: whether its idempotency key is unclaimed (then the run, its annotations and
+  events go in).
 
-SQLite has no data-modifying ``WITH``; it runs the general commit, which costs it little
-(no round trips: the database is in the process).
+Every row they write is then known beforehand, so PostgreSQL can write them all in one
+autocommitted statement: the deciding statement (the stage ``UPDATE`` with its run-status
+guard under the run's row lock, the run's ``UPDATE`` from PENDING, the key's ``INSERT … ON
+CONFLICT DO NOTHING``) as a ``WITH`` query returning its row, and every ``INSERT`` selecting
+its rows ``FROM`` it, so that when it returns nothing, nothing is written. One statement is
+one transaction: as atomic as the general write, in one round trip instead of five.
+
+Anything else goes to the general write, in its own transaction: a write of another shape, one
+whose deciding statement returned nothing (a duplicate, a ghost, a cancelled or started run, a
+claimed key: the general write tells them apart), and one that hit a unique constraint. The
+last happens when records it opens exist already, or when a concurrent writer of the run's
+events (a cancel, an external attach) committed between this statement's snapshot and its
+lock: the outbox numbers would collide. The statement then wrote nothing, and the general
+write, which reads the sequence after taking the lock, does it right.
+
+SQLite has no data-modifying ``WITH``; it runs the general writes, which cost it little (no
+round trips: the database is in the process).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table, bindparam, cast, select, union_all
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import CTE
 
 from engine.ids import new_id
-from engine.payloads import CommitResult, StageCommit
+from engine.payloads import CommitResult, StageCommit, StageSpec
+from engine.records import RunStatus
 from engine.store.annotation_rows import RowContext, draft_rows
-from engine.store.models import WorkflowAnnotation
-from engine.store.runs import annotation_events, stage_rows
-from engine.store.sql import EVENTS_PER_STATEMENT, LAST_SEQUENCE, OUTBOX, event_payload
+from engine.store.models import IdempotencyKey, WorkflowAnnotation
+from engine.store.runs import NewRun, NewStage, annotation_events, stage_rows
+from engine.store.sql import EVENTS_PER_STATEMENT, LAST_SEQUENCE, OUTBOX, RUNS, event_payload
 from engine.store.stage_rows import (
     LOGS,
     STAGES,
+    StageStart,
     decisions,
     new_stage,
     outcome_events,
@@ -54,11 +68,107 @@ from engine.store.stage_rows import (
     started_event,
 )
 
-__all__ = ["commit_in_one_statement", "fits"]
+__all__ = ["begin_in_one_statement", "commit_in_one_statement", "create_in_one_statement", "fits"]
 
 ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
+KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 
-Rows = list[dict[str, Any]]
+Events = list[tuple[str, dict[str, Any]]]
+
+
+# -- the mechanism: rows inserted FROM a gate ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One table's part of a statement: how many rows, with which columns."""
+
+    table: str
+    prefix: str
+    columns: tuple[str, ...]
+    count: int
+
+
+@dataclass
+class _Writes:
+    """The rows a statement inserts (bound by name) once its gate lets them through."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    inserts: list[_Rows] = field(default_factory=list)
+
+    def add(self, table: Table, prefix: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        for number, row in enumerate(rows):
+            self.params.update({f"{prefix}{number}_{name}": value for name, value in row.items()})
+        self.inserts.append(_Rows(table.name, prefix, tuple(rows[0]), len(rows)))
+
+    def add_events(self, run_id: str, events: Events, *, causation_id: str, now: datetime) -> bool:
+        """Outbox rows numbered after the run's last sequence; False if too many for one."""
+        if len(events) > EVENTS_PER_STATEMENT:
+            return False
+        timestamp = now.isoformat()
+        rows = [
+            {
+                "id": new_id(),
+                "created_at": now,
+                "workflow_run_id": run_id,
+                "event_type": event_type,
+                "payload": event_payload(run_id, event_type, body, timestamp),
+                "causation_id": causation_id,
+                "occurred_at": now,
+                "retry_count": 0,
+            }
+            for event_type, body in events
+        ]
+        self.params["run_id"] = run_id
+        self.add(OUTBOX, "e", rows)
+        return True
+
+    def run(self, connection: Connection, statement: Select[Any]) -> str | None:
+        """The gate's id if it let the rows through; ``None`` if it did not, or a row hit a
+        unique constraint (the statement then wrote nothing)."""
+        try:
+            gate: str | None = connection.execute(statement, self.params).scalar()
+            return gate
+        except IntegrityError:
+            return None
+
+
+def _gated(gate: CTE, inserts: tuple[_Rows, ...]) -> Select[Any]:
+    """``WITH gate AS (…), … SELECT gate.id``: each insert selects its rows ``FROM gate``,
+    so they are written only if the gate's statement returned its row."""
+    return select(gate.c.id).add_cte(*(_insert(rows, gate) for rows in inserts))
+
+
+def _insert(rows: _Rows, gate: CTE) -> CTE:
+    """``INSERT`` of bound rows, each selected ``FROM gate``. Outbox rows are numbered after
+    the run's last sequence, in order."""
+    table = _TABLES[rows.table]
+    numbered = table is OUTBOX
+    selects = []
+    for number in range(rows.count):
+        # Cast: PostgreSQL types a UNION's column from its first row, and a NULL there says
+        # nothing (text), which a later row's boolean or number would then contradict.
+        values: list[Any] = [
+            cast(
+                bindparam(f"{rows.prefix}{number}_{name}", type_=table.c[name].type),
+                table.c[name].type,
+            ).label(name)
+            for name in rows.columns
+        ]
+        if numbered:
+            values.append((LAST_SEQUENCE + number + 1).label("sequence"))
+        selects.append(select(*values).select_from(gate))
+    source = selects[0] if rows.count == 1 else union_all(*selects)
+    columns = [*rows.columns, "sequence"] if numbered else list(rows.columns)
+    return table.insert().from_select(columns, source).cte(f"{rows.prefix}_rows")
+
+
+_TABLES: dict[str, Table] = {t.name: t for t in (RUNS, STAGES, ANNOTATIONS, LOGS, OUTBOX)}
+
+
+# -- the stage commit ---------------------------------------------------------------------------
 
 
 def fits(commit: StageCommit) -> bool:
@@ -75,24 +185,6 @@ def fits(commit: StageCommit) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """One table's part of the statement: how many rows, with which columns."""
-
-    table: str
-    prefix: str
-    columns: tuple[str, ...]
-    count: int
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What the statement's text depends on: the stage columns set, and the rows inserted."""
-
-    changes: tuple[str, ...]
-    inserts: tuple[_Rows, ...]
-
-
 def commit_in_one_statement(connection: Connection, commit: StageCommit) -> CommitResult | None:
     """Apply ``commit`` in one statement on an autocommit ``connection``; ``None`` when it did
     not fit, did not apply, or collided, and wrote nothing: run the general commit then."""
@@ -102,14 +194,12 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     record_id = outcome.stage_record_id
     assert record_id is not None  # fits() checked it
     changes = stage_changes(commit)
-    params: dict[str, Any] = {f"v_{name}": value for name, value in changes.items()}
-    params.update(
+    writes = _Writes({f"v_{name}": value for name, value in changes.items()})
+    writes.params.update(
         w_run_id=commit.run_id,
         w_stage_id=spec.stage_id,
         w_attempt=commit.attempt,
-        w_poll_count=commit.poll_count,
         w_record_id=record_id,
-        run_id=commit.run_id,
     )
     where = RowContext(
         commit.run_id, "stage", spec.stage_id, stage_record_id=record_id, attempt=commit.attempt
@@ -120,47 +210,19 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
         for draft, row in zip(outcome.annotations, annotations, strict=True)
         if draft.emit_event
     }
-    events = outcome_events(commit, outcome.duration_ms)
-    events.extend(annotation_events(annotations, emitting))
     opening = commit.open_next if outcome.status == "completed" else []
     stages = stage_rows(
         commit.run_id, [new_stage(s) for s in opening], commit.attempt, now, running=True
     )
+    events = outcome_events(commit, outcome.duration_ms)
+    events.extend(annotation_events(annotations, emitting))
     events.extend(started_event(s) for s in opening)
-    if len(events) > EVENTS_PER_STATEMENT:
+    writes.add(STAGES, "s", stages)
+    writes.add(ANNOTATIONS, "a", annotations)
+    writes.add(LOGS, "l", outcome_logs(commit, record_id))
+    if not writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now):
         return None
-    timestamp = now.isoformat()
-    event_rows = [
-        {
-            "id": new_id(),
-            "created_at": now,
-            "workflow_run_id": commit.run_id,
-            "event_type": event_type,
-            "payload": event_payload(commit.run_id, event_type, body, timestamp),
-            "causation_id": commit.commit_id,
-            "occurred_at": now,
-            "retry_count": 0,
-        }
-        for event_type, body in events
-    ]
-    logs = outcome_logs(commit, record_id)
-    inserts = []
-    for table, prefix, rows in (
-        (STAGES, "s", stages),
-        (ANNOTATIONS, "a", annotations),
-        (LOGS, "l", logs),
-        (OUTBOX, "e", event_rows),
-    ):
-        for number, row in enumerate(rows):
-            params.update({f"{prefix}{number}_{name}": value for name, value in row.items()})
-        if rows:
-            inserts.append(_Rows(table.name, prefix, tuple(rows[0]), len(rows)))
-    shape = _Shape(tuple(changes), tuple(inserts))
-    try:
-        applied = connection.execute(_statement(shape), params).first()
-    except IntegrityError:
-        return None
-    if applied is None:
+    if writes.run(connection, _commit_statement(tuple(changes), tuple(writes.inserts))) is None:
         return None
     return CommitResult(
         committed=True,
@@ -170,38 +232,127 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
 
 
 @lru_cache(maxsize=256)
-def _statement(shape: _Shape) -> Select[tuple[str]]:
-    """The statement for one shape, built once: building costs more than running it."""
-    applied = (
-        outcome_update(shape.changes, suspended=False)
+def _commit_statement(changes: tuple[str, ...], inserts: tuple[_Rows, ...]) -> Select[Any]:
+    """Built once per shape: building a statement costs more than running it."""
+    gate = (
+        outcome_update(changes, suspended=False)
         .where(STAGES.c.id == bindparam("w_record_id"))
         .cte("applied")
     )
-    return select(applied.c.id).add_cte(*(_insert(rows, applied) for rows in shape.inserts))
+    return _gated(gate, inserts)
 
 
-def _insert(rows: _Rows, applied: CTE) -> CTE:
-    """``INSERT`` of bound rows, each selected ``FROM applied``: rows only if the outcome
-    applied. Outbox rows are numbered after the run's last sequence, in order."""
-    table = _TABLES[rows.table]
-    numbered = table is OUTBOX
-    selects = []
-    for number in range(rows.count):
-        # Cast: PostgreSQL types a UNION's column from its first row, and a NULL there says
-        # nothing (text), which a later row's boolean or number would then contradict.
-        values: list[Any] = [
-            cast(
-                bindparam(f"{rows.prefix}{number}_{name}", type_=table.c[name].type),
-                table.c[name].type,
-            ).label(name)
-            for name in rows.columns
-        ]
-        if numbered:
-            values.append((LAST_SEQUENCE + number + 1).label("sequence"))
-        selects.append(select(*values).select_from(applied))
-    source = selects[0] if rows.count == 1 else union_all(*selects)
-    columns = [*rows.columns, "sequence"] if numbered else list(rows.columns)
-    return table.insert().from_select(columns, source).cte(f"{rows.prefix}_rows")
+# -- the first stage of a run: start the run, open its first group ----------------------------
 
 
-_TABLES: dict[str, Table] = {t.name: t for t in (STAGES, ANNOTATIONS, LOGS, OUTBOX)}
+def begin_in_one_statement(
+    connection: Connection,
+    run_id: str,
+    spec: StageSpec,
+    attempt: int,
+    now: datetime,
+    first_group: Sequence[NewStage],
+) -> StageStart | None:
+    """Start a PENDING run with its first group and this stage RUNNING (as the general
+    :func:`~engine.store.stage_rows.begin_stage` does); ``None`` if the run was not PENDING,
+    or a record existed: nothing written, run the general one."""
+    if spec.stage_id not in {stage.stage_id for stage in first_group}:
+        return None
+    stages = stage_rows(run_id, first_group, attempt, now, running={spec.stage_id})
+    writes = _Writes({"g_run_id": run_id, "g_now": now})
+    writes.add(STAGES, "s", stages)
+    events: Events = [("workflow:started", {}), started_event(spec)]
+    if not writes.add_events(run_id, events, causation_id=run_id, now=now):
+        return None
+    if writes.run(connection, _begin_statement(tuple(writes.inserts))) is None:
+        return None
+    record_id = next(str(row["id"]) for row in stages if row["stage_id"] == spec.stage_id)
+    return StageStart("run", record_id, RunStatus.RUNNING)
+
+
+@lru_cache(maxsize=64)
+def _begin_statement(inserts: tuple[_Rows, ...]) -> Select[Any]:
+    gate = (
+        RUNS.update()
+        .where(RUNS.c.id == bindparam("g_run_id"), RUNS.c.status == RunStatus.PENDING)
+        .values(
+            status=RunStatus.RUNNING, started_at=bindparam("g_now"), updated_at=bindparam("g_now")
+        )
+        .returning(RUNS.c.id)
+        .cte("started")
+    )
+    return _gated(gate, inserts)
+
+
+# -- a new run ----------------------------------------------------------------------------------
+
+
+def create_in_one_statement(
+    connection: Connection, new: NewRun, now: datetime, temporal_workflow_id: str | None
+) -> str | None:
+    """Claim the idempotency key and insert the PENDING run, its annotations and events (as
+    the general :func:`~engine.store.runs.create_run` does); the new run's id, or ``None`` if
+    the key was claimed before, or an annotation carries a key of its own: nothing written,
+    run the general one."""
+    if any(d.idempotency_key is not None for drafts, _ in new.annotations for d in drafts):
+        return None
+    run_id = new_id()
+    writes = _Writes(
+        {
+            "k_id": new_id(),
+            "k_created_at": now,
+            "k_key": new.idempotency_key,
+            "k_command_type": "run.create",
+            "k_result": {"workflow_run_id": run_id},
+        }
+    )
+    run = {
+        "id": run_id,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        "workflow_id": new.workflow_id,
+        "workflow_name": new.workflow_name,
+        "workflow_type": new.workflow_id,
+        "status": RunStatus.PENDING,
+        "input": new.input,
+        "config": new.config,
+        "total_cost": 0.0,
+        "total_tokens": 0,
+        "priority": new.priority,
+        "metadata": new.metadata,
+        "temporal_workflow_id": (
+            temporal_workflow_id.format(run_id=run_id) if temporal_workflow_id else None
+        ),
+    }
+    writes.add(RUNS, "r", [run])
+    annotations: list[dict[str, Any]] = []
+    events: Events = [("workflow:created", {"workflow_id": new.workflow_id})]
+    for drafts, _ in new.annotations:
+        rows = draft_rows(drafts, RowContext(run_id, "run"), now)
+        emitting = {row["id"] for draft, row in zip(drafts, rows, strict=True) if draft.emit_event}
+        annotations.extend(rows)
+        events.extend(annotation_events(rows, emitting))
+    writes.add(ANNOTATIONS, "a", annotations)
+    if not writes.add_events(run_id, events, causation_id=new.idempotency_key, now=now):
+        return None
+    if writes.run(connection, _create_statement(tuple(writes.inserts))) is None:
+        return None
+    return run_id
+
+
+@lru_cache(maxsize=64)
+def _create_statement(inserts: tuple[_Rows, ...]) -> Select[Any]:
+    gate = (
+        postgresql.insert(KEYS)
+        .values(
+            {
+                name: bindparam(f"k_{name}", type_=KEYS.c[name].type)
+                for name in ("id", "created_at", "key", "command_type", "result")
+            }
+        )
+        .on_conflict_do_nothing()
+        .returning(KEYS.c.id)
+        .cte("claimed")
+    )
+    return _gated(gate, inserts)

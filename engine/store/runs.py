@@ -345,10 +345,14 @@ def complete_run(
     The caller holds the run's lock and writes the event (with the rest of its events).
     """
     runs, stages = RUNS, STAGES
-    created_at = session.scalar(select(runs.c.created_at).where(runs.c.id == run_id))
-    metrics = (
-        session.scalars(select(stages.c.metrics).where(stages.c.workflow_run_id == run_id))
+    # One read for the run's start and its stages' metrics (a run without stages: one row).
+    rows = session.execute(
+        select(runs.c.created_at, stages.c.metrics)
+        .select_from(runs.outerjoin(stages, stages.c.workflow_run_id == runs.c.id))
+        .where(runs.c.id == run_id)
     ).all()
+    created_at = rows[0].created_at if rows else None
+    metrics = [row.metrics for row in rows]
     total_cost = sum(float((m or {}).get("total_cost", 0) or 0) for m in metrics)
     total_tokens = sum(int((m or {}).get("total_tokens", 0) or 0) for m in metrics)
     duration = int((now - created_at).total_seconds() * 1000) if created_at else 0

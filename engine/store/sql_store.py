@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +35,12 @@ from engine.store.models import (
     WorkflowStage,
     utcnow,
 )
-from engine.store.one_statement import commit_in_one_statement, fits
+from engine.store.one_statement import (
+    begin_in_one_statement,
+    commit_in_one_statement,
+    create_in_one_statement,
+    fits,
+)
 from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
 
@@ -112,6 +117,23 @@ class SqlStore:
         """Run ``work`` in one transaction on a store thread: committed, or rolled back if it
         raises."""
         return await self._on_thread(work, transaction=True)
+
+    async def _write_one_statement(
+        self, statement: Callable[[Connection], T | None] | None, work: Callable[[Session], T]
+    ) -> T:
+        """On PostgreSQL, try ``statement``: the same writes as ``work`` in one autocommitted
+        statement (see :mod:`engine.store.one_statement`); when it cannot (``None``), or on
+        SQLite, run ``work`` in one transaction."""
+
+        def run() -> T:
+            if statement is not None and not self.is_sqlite:
+                with self._autocommit.connect() as connection:
+                    result = statement(connection)
+                if result is not None:
+                    return result
+            return self._in_session(work, True)
+
+        return await self._in_thread(run, True)
 
     async def _read(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` on a store thread in a session that is rolled back when it ends."""
@@ -199,8 +221,14 @@ class SqlStore:
 
     async def create_run(self, new: NewRun, temporal_workflow_id: str) -> tuple[str, bool]:
         """Insert a run (or find the one holding its idempotency key): (run id, created)."""
-        return await self._write(
-            lambda session: runs.create_run(session, new, utcnow(), temporal_workflow_id)
+        now = utcnow()
+
+        def created(connection: Connection) -> tuple[str, bool] | None:
+            run_id = create_in_one_statement(connection, new, now, temporal_workflow_id)
+            return None if run_id is None else (run_id, True)
+
+        return await self._write_one_statement(
+            created, lambda session: runs.create_run(session, new, now, temporal_workflow_id)
         )
 
     async def start_run(
@@ -326,25 +354,28 @@ class SqlStore:
         first_group: Sequence[NewStage] | None = None,
     ) -> stage_rows.StageStart:
         """Mark a stage RUNNING, or say why it must not run (see :func:`stage_rows.begin_stage`)."""
-        return await self._write(
-            lambda session: stage_rows.begin_stage(
-                session, run_id, spec, attempt, utcnow(), first_group
+        now = utcnow()
+        return await self._write_one_statement(
+            (
+                lambda connection: begin_in_one_statement(
+                    connection, run_id, spec, attempt, now, first_group
+                )
             )
+            if first_group
+            else None,
+            lambda session: stage_rows.begin_stage(
+                session, run_id, spec, attempt, now, first_group
+            ),
         )
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
-        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`):
-        on PostgreSQL, in one statement when it can (see :mod:`engine.store.one_statement`)."""
-
-        def run() -> CommitResult:
-            if not self.is_sqlite and fits(commit):
-                with self._autocommit.connect() as connection:
-                    result = commit_in_one_statement(connection, commit)
-                if result is not None:
-                    return result
-            return self._in_session(lambda session: stage_rows.commit_stage(session, commit), True)
-
-        return await self._in_thread(run, True)
+        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""
+        return await self._write_one_statement(
+            (lambda connection: commit_in_one_statement(connection, commit))
+            if fits(commit)
+            else None,
+            lambda session: stage_rows.commit_stage(session, commit),
+        )
 
     # -- annotations --------------------------------------------------------------------------
 

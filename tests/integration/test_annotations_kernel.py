@@ -219,6 +219,9 @@ async def test_failed_run_create_writes_nothing(env, store, monkeypatch):
             raise RuntimeError("outbox write failed")
 
         with monkeypatch.context() as patch:
+            # The general transaction (the one-statement insert on PostgreSQL is atomic by
+            # itself: tests/store/test_one_statement.py).
+            patch.setattr(engine.store.sql_store, "create_in_one_statement", lambda *a: None)
             patch.setattr(engine.store.runs, "append_events", broken_events)
             with pytest.raises(RuntimeError, match="outbox write failed"):
                 await kernel.dispatch(

@@ -1,14 +1,16 @@
-"""The stage commit in one statement (PostgreSQL) against the general commit.
+"""Writes in one statement (PostgreSQL) against the general transactions.
 
-A sequential stage's commit runs as one autocommitted statement on PostgreSQL
-(:mod:`engine.store.one_statement`), and as the general transaction on SQLite or when it does
-not fit. Both must write exactly the same rows; a commit that collides or does not apply must
-write nothing and leave the work to the general commit.
+A sequential stage's commit, a run's first stage beginning and a new run are each one
+autocommitted statement on PostgreSQL (:mod:`engine.store.one_statement`), and the general
+transaction on SQLite or when they do not fit. Both must write exactly the same rows; a
+statement that collides or does not apply must write nothing and leave the work to the
+general transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,14 @@ from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome, 
 from engine.records import RunStatus
 from engine.store import SqlStore
 from engine.store import sql_store as sql_store_module
-from engine.store.models import OutboxEvent, WorkflowAnnotation, WorkflowLog, WorkflowStage
+from engine.store.models import (
+    IdempotencyKey,
+    OutboxEvent,
+    WorkflowAnnotation,
+    WorkflowLog,
+    WorkflowRun,
+    WorkflowStage,
+)
 from engine.store.runs import NewRun, NewStage
 
 
@@ -39,22 +48,30 @@ def spec(stage_id: str, number: int) -> StageSpec:
 
 
 FIRST, SECOND = spec("first", 1), spec("second", 2)
+BEFORE_COMMIT = 4
+"""Events of a run whose first stage began: created, its annotation's, started, stage's."""
+
+
+def new_run(key: str | None = None, annotation_key: str | None = None) -> NewRun:
+    drafts = [
+        AnnotationDraft(key="origin.user", value="ada", emit_event=True),
+        AnnotationDraft(key="origin.ticket", value=7, idempotency_key=annotation_key),
+    ]
+    return NewRun(
+        workflow_id="wf",
+        workflow_name="Workflow",
+        input={"x": 1},
+        config={"first": {"k": 1}, "second": {"k": 2}},
+        priority=5,
+        metadata={"legacy": True},
+        idempotency_key=key or f"create-{uuid.uuid4()}",
+        annotations=[(drafts, True)],
+    )
 
 
 async def running_first_stage(store: SqlStore) -> tuple[str, str]:
     """A RUNNING run whose sequential first stage is RUNNING: (run id, record id)."""
-    run_id, _ = await store.create_run(
-        NewRun(
-            workflow_id="wf",
-            workflow_name="Workflow",
-            input={"x": 1},
-            config={"first": {"k": 1}, "second": {"k": 2}},
-            priority=5,
-            metadata=None,
-            idempotency_key=f"create-{datetime.now(UTC).timestamp()}",
-        ),
-        "wfe-run-{run_id}",
-    )
+    run_id, _ = await store.create_run(new_run(), "wfe-run-{run_id}")
     group = [NewStage(FIRST.stage_id, FIRST.name, 1, 1, FIRST.config)]
     start = await store.begin_stage(run_id, FIRST, 0, group)
     assert start.action == "run" and start.record_id is not None
@@ -109,6 +126,28 @@ def counted(store: SqlStore) -> Iterator[list[str]]:
 async def written(store: SqlStore, run_id: str) -> dict[str, list[tuple[Any, ...]]]:
     """The run's rows without their ids and clocks, for comparing two commits."""
     async with store.sessions() as session:
+        run = await session.execute(
+            select(
+                WorkflowRun.workflow_id,
+                WorkflowRun.workflow_name,
+                WorkflowRun.workflow_type,
+                WorkflowRun.status,
+                WorkflowRun.started_at.is_not(None),
+                WorkflowRun.input,
+                WorkflowRun.config,
+                WorkflowRun.priority,
+                WorkflowRun.metadata_,
+                WorkflowRun.version,
+                WorkflowRun.total_cost,
+                WorkflowRun.total_tokens,
+                WorkflowRun.temporal_workflow_id,
+            ).where(WorkflowRun.id == run_id)
+        )
+        keys = await session.execute(
+            select(IdempotencyKey.command_type, IdempotencyKey.result).where(
+                IdempotencyKey.result["workflow_run_id"].as_string() == run_id
+            )
+        )
         stages = await session.execute(
             select(
                 WorkflowStage.stage_id,
@@ -150,6 +189,8 @@ async def written(store: SqlStore, run_id: str) -> dict[str, list[tuple[Any, ...
             .order_by(OutboxEvent.sequence)
         )
         return {
+            "run": [tuple(r) for r in run],
+            "keys": [tuple(r) for r in keys],
             "stages": [tuple(r) for r in stages],
             "annotations": [tuple(r) for r in annotations],
             "logs": [tuple(r) for r in logs],
@@ -201,7 +242,7 @@ async def test_one_statement_writes_what_the_general_commit_writes(
     assert _without_run_ids(mine, run_id) == _without_run_ids(theirs, general_run)
     assert [seq for seq, _, _ in mine["events"]] == list(range(1, len(mine["events"]) + 1))
     kinds = [kind for _, kind, _ in mine["events"]]
-    assert kinds[3:] == (
+    assert kinds[BEFORE_COMMIT:] == (
         ["stage:progress", "stage:completed", "annotation:created", "stage:started"]
         if status == "completed"
         else ["stage:progress", "stage:failed", "annotation:created"]
@@ -227,7 +268,7 @@ async def test_a_commit_against_a_cancelled_run_writes_only_its_logs(store: SqlS
     assert not result.committed
     after = await written(store, run_id)
     assert after["stages"] == before["stages"] and after["events"] == before["events"]
-    assert after["annotations"] == []
+    assert after["annotations"] == before["annotations"]
     assert ("INFO", "thinking", "first") in after["logs"]
 
 
@@ -261,9 +302,9 @@ async def test_a_collision_with_an_open_record_falls_back_to_the_general_commit(
         ("first", RunStatus.COMPLETED),
         ("second", RunStatus.PENDING),
     ]
-    assert len(rows["annotations"]) == 4
+    assert len(rows["annotations"]) == 2 + 4
     kinds = [kind for _, kind, _ in rows["events"]]
-    assert "stage:started" not in kinds[3:]
+    assert "stage:started" not in kinds[BEFORE_COMMIT:]
     assert [seq for seq, _, _ in rows["events"]] == list(range(1, len(kinds) + 1))
 
 
@@ -282,8 +323,8 @@ async def test_an_event_written_while_the_commit_waits_for_the_run_lock(store: S
     rows = await written(store, run_id)
     assert [seq for seq, _, _ in rows["events"]] == list(range(1, len(rows["events"]) + 1))
     kinds = [kind for _, kind, _ in rows["events"]]
-    assert kinds[3] == "annotation:created" and kinds[-1] == "stage:started"
-    assert len(rows["annotations"]) == 4
+    assert kinds[BEFORE_COMMIT] == "annotation:created" and kinds[-1] == "stage:started"
+    assert len(rows["annotations"]) == 2 + 4
 
 
 async def _commit_while_another_writer_adds_an_event(
@@ -316,3 +357,74 @@ async def _commit_while_another_writer_adds_an_event(
         )
         await transaction.commit()
     return await asyncio.wait_for(commit, 30)
+
+
+async def test_a_run_and_its_first_stage_each_in_one_statement(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RunCreate's insert and the first stage's begin write what the general ones write."""
+    with counted(store) as statements:
+        run_id, record_id = await running_first_stage(store)
+    if not store.is_sqlite:
+        assert len(statements) == 2
+        assert all(statement.lstrip().startswith("WITH") for statement in statements)
+
+    monkeypatch.setattr(sql_store_module, "create_in_one_statement", lambda *args: None)
+    monkeypatch.setattr(sql_store_module, "begin_in_one_statement", lambda *args: None)
+    with counted(store) as statements:
+        general_run, general_record = await running_first_stage(store)
+    assert len(statements) >= 6
+
+    mine, theirs = await written(store, run_id), await written(store, general_run)
+    assert _without_run_ids(mine, run_id) == _without_run_ids(theirs, general_run)
+    assert mine["run"][0][3] == RunStatus.RUNNING and mine["keys"] == [
+        ("run.create", {"workflow_run_id": run_id})
+    ]
+    assert [kind for _, kind, _ in mine["events"]] == [
+        "workflow:created",
+        "annotation:created",
+        "workflow:started",
+        "stage:started",
+    ]
+    assert [(s[0], s[1]) for s in mine["stages"]] == [("first", RunStatus.RUNNING)]
+    assert {record_id, general_record} == {
+        stage.id for run in (run_id, general_run) for stage in await store.list_stages(run)
+    }
+
+
+async def test_a_repeated_create_finds_the_run_that_holds_the_key(store: SqlStore) -> None:
+    key = f"same-{uuid.uuid4()}"
+    first, created = await store.create_run(new_run(key), "wfe-run-{run_id}")
+    assert created
+    before = await written(store, first)
+    again, created_again = await store.create_run(new_run(key), "wfe-run-{run_id}")
+    assert (again, created_again) == (first, False)
+    assert await written(store, first) == before
+
+
+async def test_a_create_with_keyed_annotations_takes_the_general_path(store: SqlStore) -> None:
+    """A keyed annotation may exist already: only the general insert can skip it."""
+    with counted(store) as statements:
+        run_id, created = await store.create_run(
+            new_run(annotation_key="ticket-7"), "wfe-run-{run_id}"
+        )
+    assert created and not any(s.lstrip().startswith("WITH") for s in statements)
+    assert len((await written(store, run_id))["annotations"]) == 2
+
+
+async def test_a_second_member_begins_through_the_general_path(store: SqlStore) -> None:
+    """Only the first activity of the first group starts the run; the next finds it RUNNING
+    (the statement writes nothing) and begins its own record."""
+    run_id, _ = await store.create_run(new_run(), "wfe-run-{run_id}")
+    group = [NewStage(s.stage_id, s.name, 1, 1, s.config) for s in (FIRST, SECOND)]
+    first = await store.begin_stage(run_id, FIRST, 0, group)
+    second = await store.begin_stage(run_id, SECOND, 0, group)
+    assert first.action == second.action == "run" and first.record_id != second.record_id
+    rows = await written(store, run_id)
+    assert [(s[0], s[1]) for s in rows["stages"]] == [
+        ("first", RunStatus.RUNNING),
+        ("second", RunStatus.RUNNING),
+    ]
+    kinds = [kind for _, kind, _ in rows["events"]]
+    assert kinds[2:] == ["workflow:started", "stage:started", "stage:started"]
+    assert [seq for seq, _, _ in rows["events"]] == list(range(1, len(kinds) + 1))
