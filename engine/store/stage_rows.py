@@ -5,7 +5,8 @@ applies only while the record is in the state it expects (RUNNING, or SUSPENDED 
 count the workflow knows), so a retried or duplicated commit finds the record already moved
 on and writes nothing. That keeps a commit at one conditional update (which also takes the
 run's lock) and one batched insert per table it touches (annotations, next stages, outbox,
-logs), whatever the number of annotations.
+logs), whatever the number of annotations. On PostgreSQL the common commit is one statement
+instead (:mod:`engine.store.one_statement`), built from the same row builders below.
 """
 
 from __future__ import annotations
