@@ -68,7 +68,12 @@ from engine.store.stage_rows import (
     started_event,
 )
 
-__all__ = ["begin_in_one_statement", "commit_in_one_statement", "create_in_one_statement", "fits"]
+__all__ = [
+    "begin_in_one_statement",
+    "commit_in_one_statement",
+    "create_in_one_statement",
+    "fits_one_statement",
+]
 
 ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
 KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
@@ -171,7 +176,7 @@ _TABLES: dict[str, Table] = {t.name: t for t in (RUNS, STAGES, ANNOTATIONS, LOGS
 # -- the stage commit ---------------------------------------------------------------------------
 
 
-def fits(commit: StageCommit) -> bool:
+def fits_one_statement(commit: StageCommit) -> bool:
     """Whether every row ``commit`` writes is known before it runs (see the module doc)."""
     outcome = commit.outcome
     return (
@@ -188,11 +193,11 @@ def fits(commit: StageCommit) -> bool:
 def commit_in_one_statement(connection: Connection, commit: StageCommit) -> CommitResult | None:
     """Apply ``commit`` in one statement on an autocommit ``connection``; ``None`` when it did
     not fit, did not apply, or collided, and wrote nothing: run the general commit then."""
-    if not fits(commit):
+    if not fits_one_statement(commit):
         return None
     outcome, spec, now = commit.outcome, commit.stage, commit.now
     record_id = outcome.stage_record_id
-    assert record_id is not None  # fits() checked it
+    assert record_id is not None  # fits_one_statement() checked it
     changes = stage_changes(commit)
     writes = _Writes({f"v_{name}": value for name, value in changes.items()})
     writes.params.update(

@@ -39,7 +39,7 @@ from engine.store.one_statement import (
     begin_in_one_statement,
     commit_in_one_statement,
     create_in_one_statement,
-    fits,
+    fits_one_statement,
 )
 from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
@@ -372,7 +372,7 @@ class SqlStore:
         """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""
         return await self._write_one_statement(
             (lambda connection: commit_in_one_statement(connection, commit))
-            if fits(commit)
+            if fits_one_statement(commit)
             else None,
             lambda session: stage_rows.commit_stage(session, commit),
         )

@@ -219,7 +219,7 @@ async def test_one_statement_writes_what_the_general_commit_writes(
     else:
         assert len(statements) == 1 and statements[0].lstrip().startswith("WITH")
 
-    monkeypatch.setattr(sql_store_module, "fits", lambda commit: False)
+    monkeypatch.setattr(sql_store_module, "fits_one_statement", lambda commit: False)
     general_run, general_record = await running_first_stage(store)
     with counted(store) as statements:
         general = await store.commit_stage(stage_commit(general_run, general_record, status))
