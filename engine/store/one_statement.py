@@ -163,11 +163,15 @@ def _insert(rows: _Rows, gate: CTE) -> CTE:
             for name in rows.columns
         ]
         if numbered:
-            values.append((LAST_SEQUENCE + number + 1).label("sequence"))
+            values.append((LAST_SEQUENCE + (number + 1)).label("sequence"))
         selects.append(select(*values).select_from(gate))
     source = selects[0] if rows.count == 1 else union_all(*selects)
     columns = [*rows.columns, "sequence"] if numbered else list(rows.columns)
-    return table.insert().from_select(columns, source).cte(f"{rows.prefix}_rows")
+    return (
+        table.insert()
+        .from_select(columns, source, include_defaults=False)
+        .cte(f"{rows.prefix}_rows")
+    )
 
 
 _TABLES: dict[str, Table] = {t.name: t for t in (RUNS, STAGES, ANNOTATIONS, LOGS, OUTBOX)}
