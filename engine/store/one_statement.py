@@ -37,10 +37,10 @@ round trips: the database is in the process).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table, bindparam, cast, select, union_all
@@ -54,7 +54,7 @@ from engine.records import RunStatus
 from engine.store.annotation_rows import RowContext, draft_rows
 from engine.store.models import IdempotencyKey, WorkflowAnnotation
 from engine.store.runs import NewRun, NewStage, annotation_events, stage_rows
-from engine.store.sql import EVENTS_PER_STATEMENT, LAST_SEQUENCE, OUTBOX, RUNS, event_payload
+from engine.store.sql import LAST_SEQUENCE, OUTBOX, RUNS, event_payload
 from engine.store.stage_rows import (
     LOGS,
     STAGES,
@@ -69,6 +69,7 @@ from engine.store.stage_rows import (
 )
 
 __all__ = [
+    "ROWS_PER_TABLE",
     "begin_in_one_statement",
     "commit_in_one_statement",
     "create_in_one_statement",
@@ -79,6 +80,11 @@ ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
 KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 
 Events = list[tuple[str, dict[str, Any]]]
+
+ROWS_PER_TABLE = 32
+"""Most rows one statement inserts into a table: more (a stage that writes hundreds of
+annotations or log lines) take the general write, whose batched inserts have no such bound;
+a statement's text grows with its rows, and PostgreSQL takes at most 65,535 parameters."""
 
 
 # -- the mechanism: rows inserted FROM a gate ------------------------------------------------
@@ -100,18 +106,20 @@ class _Writes:
 
     params: dict[str, Any] = field(default_factory=dict)
     inserts: list[_Rows] = field(default_factory=list)
+    fits: bool = True
+    """False once a table got more rows than one statement takes (:data:`ROWS_PER_TABLE`)."""
 
     def add(self, table: Table, prefix: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+        if len(rows) > ROWS_PER_TABLE:
+            self.fits = False
+        if not rows or not self.fits:
             return
         for number, row in enumerate(rows):
             self.params.update({f"{prefix}{number}_{name}": value for name, value in row.items()})
         self.inserts.append(_Rows(table.name, prefix, tuple(rows[0]), len(rows)))
 
-    def add_events(self, run_id: str, events: Events, *, causation_id: str, now: datetime) -> bool:
-        """Outbox rows numbered after the run's last sequence; False if too many for one."""
-        if len(events) > EVENTS_PER_STATEMENT:
-            return False
+    def add_events(self, run_id: str, events: Events, *, causation_id: str, now: datetime) -> None:
+        """Outbox rows numbered after the run's last sequence."""
         timestamp = now.isoformat()
         rows = [
             {
@@ -128,13 +136,14 @@ class _Writes:
         ]
         self.params["run_id"] = run_id
         self.add(OUTBOX, "e", rows)
-        return True
 
-    def run(self, connection: Connection, statement: Select[Any]) -> str | None:
-        """The gate's id if it let the rows through; ``None`` if it did not, or a row hit a
-        unique constraint (the statement then wrote nothing)."""
+    def run(self, connection: Connection, statement: Callable[[], Select[Any]]) -> str | None:
+        """The gate's id if it let the rows through; ``None`` if it did not, if a row hit a
+        unique constraint (the statement then wrote nothing), or if the rows did not fit."""
+        if not self.fits:
+            return None
         try:
-            gate: str | None = connection.execute(statement, self.params).scalar()
+            gate: str | None = connection.execute(statement(), self.params).scalar()
             return gate
         except IntegrityError:
             return None
@@ -229,9 +238,9 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     writes.add(STAGES, "s", stages)
     writes.add(ANNOTATIONS, "a", annotations)
     writes.add(LOGS, "l", outcome_logs(commit, record_id))
-    if not writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now):
-        return None
-    if writes.run(connection, _commit_statement(tuple(changes), tuple(writes.inserts))) is None:
+    writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now)
+    statement = partial(_commit_statement, tuple(changes), tuple(writes.inserts))
+    if writes.run(connection, statement) is None:
         return None
     return CommitResult(
         committed=True,
@@ -271,9 +280,8 @@ def begin_in_one_statement(
     writes = _Writes({"g_run_id": run_id, "g_now": now})
     writes.add(STAGES, "s", stages)
     events: Events = [("workflow:started", {}), started_event(spec)]
-    if not writes.add_events(run_id, events, causation_id=run_id, now=now):
-        return None
-    if writes.run(connection, _begin_statement(tuple(writes.inserts))) is None:
+    writes.add_events(run_id, events, causation_id=run_id, now=now)
+    if writes.run(connection, partial(_begin_statement, tuple(writes.inserts))) is None:
         return None
     record_id = next(str(row["id"]) for row in stages if row["stage_id"] == spec.stage_id)
     return StageStart("run", record_id, RunStatus.RUNNING)
@@ -343,9 +351,8 @@ def create_in_one_statement(
         annotations.extend(rows)
         events.extend(annotation_events(rows, emitting))
     writes.add(ANNOTATIONS, "a", annotations)
-    if not writes.add_events(run_id, events, causation_id=new.idempotency_key, now=now):
-        return None
-    if writes.run(connection, _create_statement(tuple(writes.inserts))) is None:
+    writes.add_events(run_id, events, causation_id=new.idempotency_key, now=now)
+    if writes.run(connection, partial(_create_statement, tuple(writes.inserts))) is None:
         return None
     return run_id
 

@@ -32,6 +32,7 @@ from engine.store.models import (
     WorkflowRun,
     WorkflowStage,
 )
+from engine.store.one_statement import ROWS_PER_TABLE
 from engine.store.runs import NewRun, NewStage
 
 
@@ -428,3 +429,18 @@ async def test_a_second_member_begins_through_the_general_path(store: SqlStore) 
     kinds = [kind for _, kind, _ in rows["events"]]
     assert kinds[2:] == ["workflow:started", "stage:started", "stage:started"]
     assert [seq for seq, _, _ in rows["events"]] == list(range(1, len(kinds) + 1))
+
+
+async def test_a_commit_of_many_annotations_takes_the_general_path(store: SqlStore) -> None:
+    """One statement takes a bounded number of rows; a stage that writes more is still
+    committed whole, by the general commit's batched inserts."""
+    run_id, record_id = await running_first_stage(store)
+    commit = stage_commit(run_id, record_id)
+    many = [AnnotationDraft(key=f"item.{n:03d}", value=n) for n in range(ROWS_PER_TABLE + 1)]
+    commit.outcome.annotations = many
+    with counted(store) as statements:
+        result = await store.commit_stage(commit)
+    assert result.committed and set(result.opened) == {"second"}
+    assert not any(statement.lstrip().startswith("WITH") for statement in statements)
+    rows = await written(store, run_id)
+    assert len(rows["annotations"]) == 2 + len(many)
