@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from engine import (
     define_workflow,
 )
 from engine.conventions import Decision
+from engine.payloads import StageSpec
 from engine.store import SqlStore
 
 
@@ -156,3 +158,16 @@ async def workflow_closed(
     status = (await handle.describe()).status
     assert status is not None and status != WorkflowExecutionStatus.RUNNING
     return status
+
+
+def stage_spec(stage_id: str, number: int, group: int | None = None) -> StageSpec:
+    """A stage as the workflow schedules it, for store-level tests (group: its number)."""
+    return StageSpec(
+        stage_id=stage_id,
+        name=f"Stage {stage_id}",
+        number=number,
+        group=number if group is None else group,
+        kind="sync",
+        config={"k": number},
+        start_to_close_timeout=timedelta(minutes=1),
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -34,21 +34,9 @@ from temporal_workflows.payloads import (
     StageOutcome,
     StageSpec,
 )
+from tests.helpers import stage_spec
 
-
-def spec(stage_id: str, number: int, group: int) -> StageSpec:
-    return StageSpec(
-        stage_id=stage_id,
-        name=f"Stage {stage_id}",
-        number=number,
-        group=group,
-        kind="sync",
-        config={"k": number},
-        start_to_close_timeout=timedelta(minutes=1),
-    )
-
-
-LEFT, RIGHT, NEXT = spec("left", 1, 1), spec("right", 2, 1), spec("next", 3, 2)
+LEFT, RIGHT, NEXT = stage_spec("left", 1, 1), stage_spec("right", 2, 1), stage_spec("next", 3, 2)
 
 
 def first_group(config: dict[str, Any]) -> list[NewStage]:

@@ -13,14 +13,14 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
 
 from engine.annotations import Actor, AnnotationDraft
-from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome, StageSpec
+from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome
 from engine.records import RunStatus
 from engine.store import SqlStore
 from engine.store import sql_store as sql_store_module
@@ -34,21 +34,9 @@ from engine.store.models import (
 )
 from engine.store.one_statement import ROWS_PER_TABLE
 from engine.store.runs import NewRun, NewStage
+from tests.helpers import stage_spec
 
-
-def spec(stage_id: str, number: int) -> StageSpec:
-    return StageSpec(
-        stage_id=stage_id,
-        name=f"Stage {stage_id}",
-        number=number,
-        group=number,
-        kind="sync",
-        config={"k": number},
-        start_to_close_timeout=timedelta(minutes=1),
-    )
-
-
-FIRST, SECOND = spec("first", 1), spec("second", 2)
+FIRST, SECOND = stage_spec("first", 1), stage_spec("second", 2)
 BEFORE_COMMIT = 4
 """Events of a run whose first stage began: created, its annotation's, started, stage's."""
 
