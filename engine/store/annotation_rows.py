@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Select, Table, and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft, text_problem, typed_columns
 from engine.errors import AnnotationError
 from engine.ids import new_id
 from engine.records import Annotation
-from engine.store.models import WorkflowAnnotation, WorkflowRun
+from engine.store.models import ANNOTATIONS, WorkflowAnnotation, WorkflowRun
 from engine.store.sql import insert_ignore
 
 __all__ = [
@@ -102,7 +102,7 @@ def insert_drafts(
     if not drafts:
         return []
     rows = draft_rows(drafts, where, now)
-    table: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
+    table = ANNOTATIONS
     # One multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id for the whole batch
     # (executemany, sent as one statement by SQLAlchemy's insertmanyvalues; one statement per
     # row cost ~1 ms each). A (key, idempotency key) pair repeated within the batch is

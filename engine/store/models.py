@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -26,6 +27,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AI_CALLS",
+    "ANNOTATIONS",
+    "IDEMPOTENCY_KEYS",
+    "LOGS",
+    "OUTBOX",
+    "RUNS",
+    "STAGES",
     "AICall",
     "Base",
     "IdempotencyKey",
@@ -319,3 +327,13 @@ class PluginDelivery(Base):
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     plugin_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     delivered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The tables as SQLAlchemy Core sees them, for the store's prebuilt statements.
+RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
+STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
+LOGS: Table = WorkflowLog.__table__  # type: ignore[assignment]
+ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
+IDEMPOTENCY_KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
+AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]

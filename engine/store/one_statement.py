@@ -52,12 +52,10 @@ from engine.ids import new_id
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import RunStatus
 from engine.store.annotation_rows import RowContext, draft_rows
-from engine.store.models import IdempotencyKey, WorkflowAnnotation
+from engine.store.models import ANNOTATIONS, IDEMPOTENCY_KEYS, LOGS, OUTBOX, RUNS, STAGES
 from engine.store.runs import NewRun, NewStage, annotation_events, stage_rows
-from engine.store.sql import LAST_SEQUENCE, OUTBOX, RUNS, event_payload
+from engine.store.sql import LAST_SEQUENCE, event_payload
 from engine.store.stage_rows import (
-    LOGS,
-    STAGES,
     StageStart,
     decisions,
     new_stage,
@@ -76,8 +74,6 @@ __all__ = [
     "fits_one_statement",
 ]
 
-ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
-KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 
 Events = list[tuple[str, dict[str, Any]]]
 
@@ -360,15 +356,15 @@ def create_in_one_statement(
 @lru_cache(maxsize=64)
 def _create_statement(inserts: tuple[_Rows, ...]) -> Select[Any]:
     gate = (
-        postgresql.insert(KEYS)
+        postgresql.insert(IDEMPOTENCY_KEYS)
         .values(
             {
-                name: bindparam(f"k_{name}", type_=KEYS.c[name].type)
+                name: bindparam(f"k_{name}", type_=IDEMPOTENCY_KEYS.c[name].type)
                 for name in ("id", "created_at", "key", "command_type", "result")
             }
         )
         .on_conflict_do_nothing()
-        .returning(KEYS.c.id)
+        .returning(IDEMPOTENCY_KEYS.c.id)
         .cte("claimed")
     )
     return _gated(gate, inserts)

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft
@@ -18,6 +18,8 @@ from engine.ids import new_id
 from engine.records import RunStatus
 from engine.store.annotation_rows import RowContext, insert_drafts
 from engine.store.models import (
+    RUNS,
+    STAGES,
     IdempotencyKey,
     WorkflowAnnotation,
     WorkflowArtifact,
@@ -26,7 +28,7 @@ from engine.store.models import (
     WorkflowStage,
     utcnow,
 )
-from engine.store.sql import RUNS, append_events, insert_ignore, lock_run
+from engine.store.sql import append_events, insert_ignore, lock_run
 
 __all__ = [
     "NewRun",
@@ -44,7 +46,6 @@ __all__ = [
     "start_run",
 ]
 
-STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
 

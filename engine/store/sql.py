@@ -6,13 +6,13 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import FromClause, Insert, Table, bindparam, func, literal, select, union_all
+from sqlalchemy import FromClause, Insert, bindparam, func, literal, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from engine.ids import new_id
-from engine.store.models import OutboxEvent, WorkflowRun
+from engine.store.models import OUTBOX, RUNS, WorkflowRun
 
 __all__ = [
     "LAST_SEQUENCE",
@@ -23,8 +23,6 @@ __all__ = [
     "lock_run_status",
 ]
 
-RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
-OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 
 # The statements every stage commit runs, built once: building a statement (coercions, cache
 # key) costs more CPU than SQLite takes to run it.

@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Literal
 
-from sqlalchemy import Table, Update, and_, bindparam, func, select
+from sqlalchemy import Update, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from engine.ids import derived_id, new_id
@@ -25,13 +25,11 @@ from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 from engine.records import RunStatus
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.annotation_rows import RowContext
-from engine.store.models import AICall, WorkflowLog, WorkflowStage
+from engine.store.models import AI_CALLS, LOGS, RUNS, STAGES
 from engine.store.runs import NewStage, complete_run, open_stages, write_annotations
-from engine.store.sql import RUNS, append_events, insert_ignore, lock_run_status
+from engine.store.sql import append_events, insert_ignore, lock_run_status
 
 __all__ = [
-    "LOGS",
-    "STAGES",
     "StageStart",
     "begin_stage",
     "commit_stage",
@@ -48,10 +46,6 @@ __all__ = [
 DECISION_PREFIX = "decision."
 
 Decision = tuple[str, str]
-
-STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
-LOGS: Table = WorkflowLog.__table__  # type: ignore[assignment]
-AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
 
 
 def new_stage(spec: StageSpec) -> NewStage:
