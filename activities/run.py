@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from engine.errors import CommitRefusedError
 from engine.payloads import (
     CommitResult,
     FinalizeRun,
@@ -101,7 +103,12 @@ class RunActivities:
     @activity.defn(name="wfe.commit_stage")
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write a stage outcome, its logs, annotations and events in one transaction."""
-        return await self._store.commit_stage(commit)
+        try:
+            return await self._store.commit_stage(commit)
+        except CommitRefusedError as error:  # no retry can land it: fail the execution
+            raise ApplicationError(
+                error.message, type="CommitRefusedError", non_retryable=True
+            ) from error
 
     @activity.defn(name="wfe.cancel_run")
     async def cancel_run(self, run_id: str) -> bool:

@@ -36,18 +36,21 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.errors import describe_validation, error_message
 from activities.run import new_stages
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.context import CompletionContext, StageContext, _Buffered
+from engine.errors import CommitRefusedError
 from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
 from engine.records import RunStatus
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
 from engine.store.stage_rows import StageStart
+from engine.values import clean_text, locate_problem
 from engine.workflows import Workflow
 
 __all__ = ["StageActivities"]
@@ -89,7 +92,9 @@ def _outcome_builder(
     """A function making outcomes that carry everything the stage code buffered."""
 
     def outcome(status: Any, buffered: _Buffered | None, **fields: Any) -> StageOutcome:
-        return StageOutcome(
+        if fields.get("error") is not None:
+            fields["error"] = clean_text(fields["error"])  # a NUL in an exception's message
+        built = StageOutcome(
             status=status,
             stage_record_id=record_id,
             duration_ms=int((time.monotonic() - clock) * 1000),
@@ -100,6 +105,10 @@ def _outcome_builder(
             **common,
             **fields,
         )
+        # Checked before the outcome crosses Temporal or reaches a commit: a value no backend
+        # can hold would fail every retry of both, and the run would hang RUNNING.
+        problem = built.storage_problem()
+        return built if problem is None else built.refused(problem)
 
     return outcome
 
@@ -184,6 +193,10 @@ class StageActivities:
             try:
                 result = await self._store.commit_stage(commit)
                 break
+            except CommitRefusedError as error:
+                raise ApplicationError(
+                    error.message, type="CommitRefusedError", non_retryable=True
+                ) from error
             except Exception:
                 if delay is None:
                     activity.logger.warning(
@@ -192,7 +205,12 @@ class StageActivities:
                     return outcome  # committed by the workflow's local activity, buffer intact
                 await asyncio.sleep(delay)
         if result.duplicate:  # another delivery of this task committed first: use its outcome
-            return _stored(await self._store.begin_stage(task.run_id, task.stage, task.attempt))
+            stored = await self._store.stage_outcome(task.run_id, task.stage.stage_id, task.attempt)
+            return _stored(stored).model_copy(update={"commit": result})
+        if result.failed_with is not None:
+            outcome = outcome.model_copy(
+                update={"status": "failed", "output": None, "error": result.failed_with}
+            )
         return outcome.model_copy(
             update={"logs": [], "annotations": [], "progress": [], "ai_calls": [], "commit": result}
         )
@@ -291,9 +309,10 @@ class StageActivities:
                 buffered,
                 error=f"Invalid output of stage {stage.id}: {describe_validation(exc)}",
             )
-        output = await offload_output(
-            self._blobs, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
-        )
+        if locate_problem(output, "output") is None:  # else the outcome is refused, unstored
+            output = await offload_output(
+                self._blobs, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
+            )
         return outcome("completed", buffered, output=output, metrics=metrics)
 
     @activity.defn(name="wfe.check_completion")

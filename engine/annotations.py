@@ -8,7 +8,6 @@ documented and checked only in strict mode, as in the original engine: any non-e
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -20,6 +19,13 @@ from pydantic.alias_generators import to_camel
 
 from engine.conventions import TypedKey
 from engine.errors import AnnotationError
+from engine.values import (
+    MAX_JSON_DEPTH,
+    deeper_than,
+    encode_json,
+    json_problem,
+    text_problem,
+)
 
 __all__ = [
     "Actor",
@@ -97,78 +103,15 @@ class AnnotationLimits:
 DEFAULT_LIMITS = AnnotationLimits()
 
 
-# An escaped NUL in JSON text: ``\u0000`` preceded by an even number of backslashes (else the
-# backslash is itself escaped, as in the harmless string ``"\\u0000"``).
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-MAX_JSON_DEPTH = 200
-"""Deepest nesting of lists and objects accepted in a value. Temporal's payload converter
-(pydantic-core) stops at 255 levels, and the engine carries values a few levels down in its
-own payloads (a run's input inside the workflow's plan, outputs inside a stage's context)."""
-
-
-def json_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be stored as JSON alike on SQLite and PostgreSQL, or ``None``.
-
-    Refused: what ``json.dumps`` cannot encode (other types, NaN and infinities, nesting too
-    deep, integers too long to print), text PostgreSQL's ``jsonb`` cannot hold (NUL, lone
-    surrogates) — SQLite would store those, so both backends refuse them — and nesting deeper
-    than :data:`MAX_JSON_DEPTH`, which the side-store would keep but Temporal could not carry.
-    """
-    problem = _encode_json(value)[1]
-    if problem is None and _deeper_than(value, MAX_JSON_DEPTH):
-        return f"is nested more than {MAX_JSON_DEPTH} levels deep"
-    return problem
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest more than ``limit`` levels in ``value`` (iterative)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth >= limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def _encode_json(value: Any) -> tuple[bytes, str | None]:
-    try:
-        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        return b"", f"is not JSON-serializable: {exc}"
-    if _JSON_NUL.search(encoded):
-        return b"", "contains a NUL character"
-    try:
-        return encoded.encode(), None
-    except UnicodeEncodeError:
-        return b"", "contains a lone surrogate (not valid Unicode text)"
-
-
 def _json_size(what: str, key: str, value: Any) -> int:
-    encoded, problem = _encode_json(value)
+    encoded, problem = encode_json(value)
+    if problem is None and deeper_than(value, MAX_JSON_DEPTH):
+        # Checked here too: stored, a value this deep could not be read back through Temporal
+        # or rendered (the viewer's and the CLI's JSON answered 500 and crashed on one).
+        problem = f"is nested more than {MAX_JSON_DEPTH} levels deep"
     if problem is not None:
         raise AnnotationError(f"annotation {what} for key {key!r} {problem}", key=key)
     return len(encoded)
-
-
-def text_problem(text: str) -> str | None:
-    """Why a string cannot be stored in (or compared with) a text column on every backend, or
-    ``None``: PostgreSQL refuses NUL characters, and neither driver encodes lone surrogates."""
-    if "\x00" in text:
-        return "contains a NUL character"
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return "contains a lone surrogate (not valid Unicode text)"
-    return None
 
 
 def _check_key(key: Any, limits: AnnotationLimits) -> str:

@@ -13,6 +13,7 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── AnnotationError              bad annotation key, non-JSON value, or over the size limit
     ├── IdempotencyInProgressError   an idempotency key is held by a command still running
     ├── ArtifactNotFoundError        ``ctx.storage.load`` of a missing key
+    ├── CommitRefusedError           the database refused even a stage's bare FAILED outcome
     └── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "AnnotationError",
     "ArtifactNotFoundError",
+    "CommitRefusedError",
     "EngineError",
     "IdempotencyInProgressError",
     "InvalidConfigError",
@@ -93,6 +95,14 @@ class IdempotencyInProgressError(EngineError):
 
 class ArtifactNotFoundError(EngineError):
     """No artifact is stored under the key."""
+
+
+class CommitRefusedError(EngineError):
+    """The database refused a stage's outcome for good, and then its bare FAILED record too.
+
+    No retry can change that (a data or constraint error), so the activities raise it to
+    Temporal as non-retryable instead of retrying the commit forever.
+    """
 
 
 class SchemaOutOfDateError(EngineError):

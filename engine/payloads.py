@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from engine.ai_calls import AICall
 from engine.annotations import AnnotationDraft
+from engine.values import json_problem, locate_problem
 
 __all__ = [
     "CarriedGroup",
@@ -191,6 +192,68 @@ class StageOutcome(BaseModel):
     """Set when the stage activity committed the outcome itself (its buffers are then
     dropped from the outcome); ``None`` leaves the commit to the workflow's local activity."""
 
+    def storage_problem(self) -> str | None:
+        """The first value of this outcome that no side-store backend can hold (NaN, ±Infinity,
+        NUL or a lone surrogate in text, nesting too deep), named by its place, or ``None``.
+
+        One encoding of everything at C speed in the common case; the walk that names the
+        place runs only for an outcome that has a problem.
+        """
+        values = self._stored_values()
+        if json_problem([value for _, value in values]) is None:
+            return None
+        for where, value in values:
+            problem = locate_problem(value, where)
+            if problem is not None:
+                return problem
+        return None  # pragma: no cover - the combined check and the parts agree
+
+    def refused(self, problem: str) -> StageOutcome:
+        """This outcome turned FAILED because ``problem`` cannot be stored: what can be stored
+        of its buffers is kept (they say what the stage did before it went wrong), the rest
+        is dropped, and the message names the place."""
+
+        def storable(items: list[Any]) -> list[Any]:
+            return [item for item in items if json_problem(_stored_part(item)) is None]
+
+        return self.model_copy(
+            update={
+                "status": "failed",
+                "output": None,
+                "metrics": {},
+                "suspended_state": None,
+                "error": f"the stage produced a value the side-store cannot hold: {problem}",
+                "logs": storable(self.logs),
+                "annotations": storable(self.annotations),
+                "progress": storable(self.progress),
+                "ai_calls": storable(self.ai_calls),
+            }
+        )
+
+    def _stored_values(self) -> list[tuple[str, Any]]:
+        values: list[tuple[str, Any]] = [
+            ("output", self.output),
+            ("metrics", self.metrics),
+            ("suspended_state", self.suspended_state),
+        ]
+        for i, log in enumerate(self.logs):
+            values += [(f"logs[{i}].message", log.message), (f"logs[{i}].metadata", log.metadata)]
+        for i, step in enumerate(self.progress):
+            values.append((f"progress[{i}]", _stored_part(step)))
+        for i, call in enumerate(self.ai_calls):
+            values.append((f"ai_calls[{i}]", _stored_part(call)))
+        for i, draft in enumerate(self.annotations):
+            values.append((f"annotations[{i}] ({draft.key})", _stored_part(draft)))
+        return values
+
+
+def _stored_part(item: BaseModel) -> Any:
+    """What the side-store keeps of a buffered item, as Python values (not JSON mode, which
+    would turn NaN into ``null`` and hide it)."""
+    if isinstance(item, LogDraft):
+        return [item.message, item.metadata]
+    return item.model_dump()
+
 
 class StageCommit(BaseModel):
     """Local activity input: write one stage outcome in one transaction."""
@@ -231,6 +294,9 @@ class CommitResult(BaseModel):
     """This commit completed the last group, and with it the run (``workflow:completed``)."""
     duplicate: bool = False
     """The outcome had been committed already (by an earlier delivery): nothing was written."""
+    failed_with: str | None = None
+    """Set when the outcome could not be stored as it was (a value no backend holds, or rows
+    the database refused for good): the stage was committed FAILED with this message."""
 
 
 class FinalizeRun(BaseModel):

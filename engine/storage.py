@@ -7,11 +7,12 @@ from typing import Any
 
 from engine.blobs import BlobStore
 from engine.errors import ArtifactNotFoundError
+from engine.ids import new_id
 
 __all__ = ["OUTPUT_REF_KEY", "StageStorage", "offload_output", "resolve_outputs"]
 
 OUTPUT_REF_KEY = "_artifact_key"
-"""A stage output stored by reference is ``{"_artifact_key": "<stage id>/__output__"}``."""
+"""A stage output stored by reference is ``{"_artifact_key": "<stage id>/__output__/<id>"}``."""
 
 
 async def offload_output(
@@ -24,7 +25,11 @@ async def offload_output(
     """
     if len(json.dumps(output).encode()) <= threshold:
         return output
-    key = f"{stage_id}/__output__"
+    # A key of its own per outcome, never overwritten: a losing duplicate delivery, or a
+    # leftover activity of an earlier attempt, writes bytes that no committed row points at,
+    # instead of replacing the bytes that the committed row does point at. (Orphans go with
+    # the stage's prefix on rerun, or with the run.)
+    key = f"{stage_id}/__output__/{new_id()}"
     await blobs.put(run_id, key, output, kind="STAGE_OUTPUT")
     return {OUTPUT_REF_KEY: key}
 

@@ -74,6 +74,11 @@ def _group_output(group: list[StageSpec], outputs: dict[str, Any]) -> Any:
     return {s.stage_id: outputs[s.stage_id] for s in group if outputs.get(s.stage_id) is not None}
 
 
+def _failed_with(outcome: StageOutcome, error: str) -> StageOutcome:
+    """The outcome as the side-store committed it when it could not store it as it was."""
+    return outcome.model_copy(update={"status": "failed", "output": None, "error": error})
+
+
 class _Group:
     """The group being run: who has settled (the last to settle opens the next group).
 
@@ -309,9 +314,13 @@ class RunWorkflow:
         # Resumable from the moment the side-store can say SUSPENDED (which the kernel checks
         # before it sends the Update): a resume that lands during this commit waits its turn.
         self._suspended.add(spec.stage_id)
-        await self._commit(
+        result = await self._commit(
             spec, outcome, next_poll_at=parked.next_poll_at, max_wait_until=max_wait_until
         )
+        if result.failed_with is not None:  # committed FAILED instead (see CommitResult)
+            self._suspended.discard(spec.stage_id)
+            group.settled[spec.stage_id] = _failed_with(outcome, result.failed_with)
+            return
         await self._poll_until_settled(spec, parked, group)
 
     async def _poll_until_settled(self, spec: StageSpec, wait: ParkedStage, group: _Group) -> None:
@@ -361,14 +370,18 @@ class RunWorkflow:
                             ),
                         }
                     )
-                    await self._commit(
+                    result = await self._commit(
                         spec,
                         outcome,
                         next_poll_at=wait.next_poll_at,
                         after_suspend=True,
                         poll_count=wait.polls - 1,
                     )
-                    continue
+                    if result.failed_with is None:
+                        continue
+                    self._suspended.discard(spec.stage_id)
+                    group.settled[spec.stage_id] = _failed_with(outcome, result.failed_with)
+                    return
                 outcome.status = "failed"
                 outcome.error = (
                     f"Stage {spec.stage_id} did not become ready within its max_wait of "
@@ -401,7 +414,7 @@ class RunWorkflow:
     ) -> None:
         """Commit a final outcome (completed or failed); the commit that completes the group
         opens the next one."""
-        await self._commit(
+        result = await self._commit(
             spec,
             outcome,
             open_next=group.next_group,
@@ -410,6 +423,8 @@ class RunWorkflow:
             after_suspend=after_suspend,
             poll_count=poll_count,
         )
+        if result.failed_with is not None:
+            outcome = _failed_with(outcome, result.failed_with)
         group.settled[spec.stage_id] = outcome
 
     async def _commit(

@@ -1,4 +1,9 @@
-"""Engine factories with the per-backend settings the side-store relies on."""
+"""Engine factories with the per-backend settings the side-store relies on.
+
+Both engines hide bound parameters from their error messages and logs (``hide_parameters``):
+a failed statement's parameters are stage outputs, annotations and inputs, which must not end
+up in worker logs.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ def _parse(url: str) -> URL:
 def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
     """Create the async engine for ``url`` (the kernel's reads, the outbox, plugins, blobs)."""
     parsed = _parse(url)
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine.sync_engine)
@@ -59,6 +65,7 @@ def create_sync_engine_for_url(url: str, **kwargs: Any) -> Engine:
     worker thread (see :class:`engine.store.SqlStore`). An async URL is mapped to its
     synchronous driver (``sqlite+aiosqlite`` → ``sqlite+pysqlite``; psycopg is both)."""
     parsed = _parse(url)
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         # Connections move between the store's threads (one at a time, through the pool).
         connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
@@ -74,7 +81,16 @@ def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     # No pre-ping: it costs a round trip per transaction, and a connection that died in the
     # pool fails its statement, is invalidated, and the caller's retry (an activity's, or the
     # in-activity commit's) gets a fresh one.
-    return {**POSTGRES_POOL, "pool_pre_ping": False, **kwargs}
+    #
+    # READ COMMITTED pinned, whatever the server's default_transaction_isolation says: the
+    # stage commit's guard re-reads the run row after waiting for its lock and must see the
+    # committed cancel (under REPEATABLE READ it would fail with a serialization error).
+    return {
+        **POSTGRES_POOL,
+        "pool_pre_ping": False,
+        "isolation_level": "READ COMMITTED",
+        **kwargs,
+    }
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -11,11 +11,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.annotations import AnnotationDraft, text_problem
-from engine.errors import RunNotFoundError
+from engine.annotations import AnnotationDraft
+from engine.errors import CommitRefusedError, RunNotFoundError
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import annotation_rows, migrate, runs, stage_rows
@@ -41,8 +42,11 @@ from engine.store.one_statement import (
     create_in_one_statement,
     fits_one_statement,
 )
+from engine.store.refusals import refused_commit, unfixable
 from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
+from engine.store.stage_rows import StageStart
+from engine.values import clean_text, text_problem
 
 __all__ = ["SqlStore"]
 
@@ -368,8 +372,64 @@ class SqlStore:
             ),
         )
 
+    async def stage_outcome(self, run_id: str, stage_id: str, attempt: int) -> StageStart:
+        """The stage record's state for a delivery of its activity, in any run status (see
+        :func:`stage_rows.stage_start`)."""
+        return await self._read(
+            lambda session: stage_rows.stage_start(session, run_id, stage_id, attempt)
+        )
+
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
-        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`)."""
+        """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`).
+
+        Always settles: an outcome holding a value no backend can store is committed FAILED
+        naming it, and one whose rows the database refuses for good (see
+        :func:`refusals.unfixable`) FAILED with the database's reason; ``failed_with`` says
+        so. Only when even the bare FAILED record is refused does it raise.
+
+        Raises:
+            CommitRefusedError: the database refused the bare FAILED outcome too.
+        """
+        failed_with = None
+        outcome = commit.outcome
+        if outcome.error is not None and text_problem(outcome.error) is not None:
+            commit = commit.model_copy(
+                update={"outcome": outcome.model_copy(update={"error": clean_text(outcome.error)})}
+            )
+        problem = commit.outcome.storage_problem()
+        if problem is not None:
+            outcome = commit.outcome.refused(problem)
+            commit = commit.model_copy(
+                update={"outcome": outcome, "open_next": [], "completes_run": False}
+            )
+            failed_with = outcome.error
+        tries = 0
+        bare = False
+        while True:
+            tries += 1
+            try:
+                result = await self._commit_stage(commit)
+                break
+            except (DBAPIError, StatementError) as error:
+                reason = unfixable(error)
+                if reason is None:
+                    raise
+                if isinstance(error, IntegrityError) and tries == 1:
+                    continue  # a concurrent writer's row may have caused it: look again
+                if bare:
+                    raise CommitRefusedError(
+                        f"stage {commit.stage.stage_id}: the database refused its FAILED "
+                        f"outcome: {reason}",
+                        workflow_run_id=commit.run_id,
+                        stage_id=commit.stage.stage_id,
+                    ) from None
+                commit, bare = refused_commit(commit, reason), True
+                failed_with = commit.outcome.error
+        if failed_with is None:
+            return result
+        return result.model_copy(update={"failed_with": failed_with})
+
+    async def _commit_stage(self, commit: StageCommit) -> CommitResult:
         return await self._write_one_statement(
             (lambda connection: commit_in_one_statement(connection, commit))
             if fits_one_statement(commit)

@@ -40,6 +40,7 @@ __all__ = [
     "outcome_logs",
     "outcome_update",
     "stage_changes",
+    "stage_start",
     "started_event",
 ]
 
@@ -152,16 +153,32 @@ def outcome_update(columns: tuple[str, ...], suspended: bool) -> Update:
     )
 
 
-def _record_state(session: Session, commit: StageCommit) -> tuple[Any, ...] | None:
-    row = (
-        session.execute(
-            select(STAGES.c.id, STAGES.c.status, STAGES.c.attempt).where(
-                STAGES.c.workflow_run_id == commit.run_id,
-                STAGES.c.stage_id == commit.stage.stage_id,
-            )
+def _applied_before(session: Session, commit: StageCommit, run_status: str) -> bool:
+    """Whether an earlier try or delivery of this commit's outcome applied it already.
+
+    The record of the same attempt has moved to where this outcome takes it (or beyond), in
+    whatever status the run now is: the commit that completed the last group also completed
+    the run, and a sibling's failure may have failed it since.
+    """
+    row = session.execute(
+        select(STAGES.c.status, STAGES.c.attempt, STAGES.c.poll_count).where(
+            STAGES.c.workflow_run_id == commit.run_id,
+            STAGES.c.stage_id == commit.stage.stage_id,
         )
     ).first()
-    return tuple(row) if row is not None else None
+    if row is None or row.attempt != commit.attempt:
+        return False
+    if run_status == RunStatus.RUNNING:
+        return True  # nothing else moves a record of a RUNNING run past its expected state
+    settled = (RunStatus.COMPLETED, RunStatus.FAILED)
+    status = commit.outcome.status
+    if status == "suspended":
+        return row.status in (RunStatus.SUSPENDED, *settled)
+    if status == "not_ready":
+        return row.status in settled or (
+            row.status == RunStatus.SUSPENDED and row.poll_count > commit.poll_count
+        )
+    return row.status in settled
 
 
 def _group_completed(session: Session, run_id: str, group: int) -> bool:
@@ -213,15 +230,12 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
         run_status = lock_run_status(session, commit.run_id)
         if run_status is None:
             return CommitResult(committed=False)
-        record = _record_state(session, commit)
-        duplicate = (
-            run_status == RunStatus.RUNNING
-            and record is not None
-            and record[2] == commit.attempt
-            and outcome.status != "skipped"
-        )
-        if duplicate:
-            return CommitResult(committed=True, duplicate=True)
+        if outcome.status != "skipped" and _applied_before(session, commit, run_status):
+            return CommitResult(
+                committed=True,
+                duplicate=True,
+                completed_run=commit.completes_run and run_status == RunStatus.COMPLETED,
+            )
         # Logs are diagnostics: they survive a ghosted stage (as in the original).
         if outcome.logs:
             session.execute(
@@ -431,11 +445,7 @@ def begin_stage(
         status = RunStatus.RUNNING
     if status != RunStatus.RUNNING:
         return StageStart("skip")
-    key = and_(
-        STAGES.c.workflow_run_id == run_id,
-        STAGES.c.stage_id == spec.stage_id,
-        STAGES.c.attempt == attempt,
-    )
+    key = _record_key(run_id, spec.stage_id, attempt)
     started = session.scalar(
         STAGES.update()
         .where(key, STAGES.c.status == RunStatus.PENDING)
@@ -445,11 +455,25 @@ def begin_stage(
     if started is not None:
         append_events(session, run_id, [started_event(spec)], causation_id=started, now=now)
         return StageStart("run", started, RunStatus.RUNNING)
+    return stage_start(session, run_id, spec.stage_id, attempt)
+
+
+def _record_key(run_id: str, stage_id: str, attempt: int) -> Any:
+    return and_(
+        STAGES.c.workflow_run_id == run_id,
+        STAGES.c.stage_id == stage_id,
+        STAGES.c.attempt == attempt,
+    )
+
+
+def stage_start(session: Session, run_id: str, stage_id: str, attempt: int) -> StageStart:
+    """What a delivery of the stage's activity finds in its record, whatever the run's status:
+    RUNNING (run it), settled (its stored outcome), or anything else (skip)."""
     record = (
         session.execute(
             select(
                 STAGES.c.id, STAGES.c.status, STAGES.c.output_data, STAGES.c.error_message
-            ).where(key)
+            ).where(_record_key(run_id, stage_id, attempt))
         )
     ).first()
     if record is None:

@@ -249,6 +249,13 @@ async def test_failed_run_create_writes_nothing(env, store, monkeypatch):
         assert [r.value for r in rows] == ["webhook"]
 
 
+def _nested(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = {"next": value}
+    return value
+
+
 # Bad envelopes refused on every path: (name, attributes, envelope options).
 BAD_ENVELOPES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("empty-key", {"": 1}, {}),
@@ -264,6 +271,10 @@ BAD_ENVELOPES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("long-actor-kind", {"p": 1}, {"actor": Actor(kind="k" * 65, id="a")}),
     ("long-actor-version", {"p": 1}, {"actor": Actor(kind="k", id="a", version="v" * 256)}),
     ("nul-actor", {"p": 1}, {"actor": Actor(kind="k\x00", id="a")}),
+    # Past the nesting limit that run input, outputs and logs share: stored, the value could
+    # not be read back (the API answered 500, `annotations list --json` crashed).
+    ("deep-value", {"deep": _nested(300)}, {}),
+    ("deep-payload", {"p": 1}, {"payload": _nested(300)}),
 ]
 
 
