@@ -125,7 +125,8 @@ class WorkflowRun(Base):
     __tablename__ = "workflow_runs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed: listing runs (the viewer, `wfe run list`) is newest first.
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
     workflow_id: Mapped[str] = mapped_column(String(255), index=True)
@@ -238,6 +239,9 @@ class WorkflowAnnotation(Base):
         Index(None, "key", "value_text", "created_at"),
         Index(None, "key", "value_number", "created_at"),
         Index(None, "key", "value_bool", "created_at"),
+        # A rerun re-links its stages' annotations, and deleting a stage record sets theirs
+        # to NULL: both look annotations up by stage record, in the biggest table.
+        Index(None, "workflow_stage_record_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -24,7 +24,8 @@ on_both_backends = pytest.mark.parametrize("empty_database_url", BACKENDS, indir
 REVISION_1 = "0001"
 REVISION_2 = "0002"
 REVISION_3 = "0003"
-HEAD = "0004"
+REVISION_4 = "0004"
+HEAD = "0005"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -189,11 +190,56 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_3, REVISION_2, REVISION_1]
+    assert chain == [HEAD, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
     assert script.get_revision(REVISION_1).down_revision is None
     assert script.get_revision(REVISION_2).down_revision == REVISION_1
     assert script.get_revision(REVISION_3).down_revision == REVISION_2
-    assert script.get_revision(HEAD).down_revision == REVISION_3
+    assert script.get_revision(REVISION_4).down_revision == REVISION_3
+    assert script.get_revision(HEAD).down_revision == REVISION_4
+
+
+LOOKUP_INDEXES = {
+    ("workflow_runs", "ix_workflow_runs_created_at"),
+    ("workflow_annotations", "ix_workflow_annotations_workflow_stage_record_id"),
+}
+
+
+async def _lookup_indexes(store: SqlStore) -> set[tuple[str, str]]:
+    def names(connection: Connection) -> set[tuple[str, str]]:
+        inspector = inspect(connection)
+        return {
+            (table, index["name"])
+            for table in ("workflow_runs", "workflow_annotations")
+            for index in inspector.get_indexes(table)
+            if index["name"] is not None
+        }
+
+    async with store.engine.connect() as connection:
+        return await connection.run_sync(names) & LOOKUP_INDEXES
+
+
+@on_both_backends
+async def test_revision_5_adds_the_lookup_indexes_and_keeps_rows(empty_database_url: str) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        await store.upgrade(REVISION_1)
+        await _insert_pre_08_rows(store)
+        await store.upgrade(REVISION_4)
+        assert await _lookup_indexes(store) == set()
+
+        await store.upgrade(HEAD)
+        assert await _lookup_indexes(store) == LOOKUP_INDEXES
+        for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
+            assert await _count(store, table) == 1, table
+
+        await store.downgrade(REVISION_4)
+        assert await _lookup_indexes(store) == set()
+        for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
+            assert await _count(store, table) == 1, table
+        await store.upgrade()
+        assert await _diffs(store) == []
+    finally:
+        await store.dispose()
 
 
 @on_both_backends
