@@ -28,19 +28,23 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import and_, case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from engine.commands import OutboxFlush, OutboxFlushResult
 from engine.records import OutboxEventRecord
 from engine.store import SqlStore
 from engine.store.models import OutboxEvent, utcnow
 
-if TYPE_CHECKING:
-    from engine.kernel import Kernel
-
-__all__ = ["DEFAULT_MAX_RETRIES", "EventSink", "OutboxRelay", "run_outbox_relay"]
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "EventSink",
+    "OutboxDispatcher",
+    "OutboxRelay",
+    "run_outbox_relay",
+]
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +292,17 @@ class OutboxRelay:
             return len(ids)
 
 
+class OutboxDispatcher(Protocol):
+    """What the relay loop needs of a kernel: ``dispatch(OutboxFlush(...))`` (a protocol, so
+    that this module, below the kernel, does not import it)."""
+
+    async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult:
+        """Run one flush of the outbox."""
+        ...
+
+
 async def run_outbox_relay(
-    kernel: Kernel,
+    kernel: OutboxDispatcher,
     *,
     interval: timedelta = timedelta(seconds=1),
     max_events: int = 100,
@@ -310,8 +323,6 @@ async def run_outbox_relay(
     Returns:
         How many events this loop published.
     """
-    from engine.commands import OutboxFlush
-
     total = 0
     while not stop.is_set():
         busy = False

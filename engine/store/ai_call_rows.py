@@ -1,24 +1,15 @@
-"""The SQL ``ai_calls`` table behind the ``AICallLogger`` port."""
+"""Rows of the ``ai_calls`` table (pure: shared by the stage commit and the AI call logger)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Table, insert
-
-from engine.ai_calls import AICall, AICallLogger
+from engine.ai_calls import AICall
 from engine.ids import new_id
-from engine.store.models import AICall as AICallRow
-from engine.store.models import utcnow
 
-if TYPE_CHECKING:
-    from engine.store.sql_store import SqlStore
-
-__all__ = ["SqlAICallLogger", "ai_call_rows"]
-
-AI_CALLS: Table = AICallRow.__table__  # type: ignore[assignment]
+__all__ = ["ai_call_rows"]
 
 
 def ai_call_rows(
@@ -48,20 +39,3 @@ def ai_call_rows(
         }
         for call in calls
     ]
-
-
-class SqlAICallLogger(AICallLogger):
-    """Writes AI calls to the side-store, one transaction per call."""
-
-    def __init__(self, store: SqlStore) -> None:
-        self._store = store
-
-    async def record(
-        self, call: AICall, *, workflow_run_id: str | None = None, stage_id: str | None = None
-    ) -> None:
-        """Store one call."""
-        rows = ai_call_rows(
-            [call], workflow_run_id=workflow_run_id, stage_id=stage_id, now=utcnow()
-        )
-        async with self._store.transaction() as session:
-            await session.execute(insert(AI_CALLS), rows)

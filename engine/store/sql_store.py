@@ -15,11 +15,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.ai_calls import AICall
 from engine.annotations import AnnotationDraft
 from engine.errors import CommitRefusedError, RunNotFoundError
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import annotation_rows, migrate, runs, stage_rows
+from engine.store.ai_call_rows import ai_call_rows
 from engine.store.annotation_rows import AnnotationFilters, CrossRunFilters, RowContext
 from engine.store.database import (
     POSTGRES_POOL,
@@ -29,6 +31,7 @@ from engine.store.database import (
     is_sqlite,
 )
 from engine.store.models import (
+    AI_CALLS,
     Base,
     OutboxEvent,
     WorkflowLog,
@@ -436,6 +439,15 @@ class SqlStore:
             else None,
             lambda session: stage_rows.commit_stage(session, commit),
         )
+
+    # -- AI calls -----------------------------------------------------------------------------
+
+    async def record_ai_calls(
+        self, calls: Sequence[AICall], *, workflow_run_id: str | None, stage_id: str | None
+    ) -> None:
+        """Store AI calls made outside a stage's commit, in one transaction."""
+        rows = ai_call_rows(calls, workflow_run_id=workflow_run_id, stage_id=stage_id, now=utcnow())
+        await self._write(lambda session: session.execute(AI_CALLS.insert(), rows))
 
     # -- annotations --------------------------------------------------------------------------
 
