@@ -53,8 +53,8 @@ from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import RunStatus
 from engine.store.annotation_rows import RowContext, draft_rows
 from engine.store.models import ANNOTATIONS, IDEMPOTENCY_KEYS, LOGS, OUTBOX, RUNS, STAGES
-from engine.store.runs import NewRun, NewStage, annotation_events, stage_rows
-from engine.store.sql import LAST_SEQUENCE, event_payload
+from engine.store.runs import NewRun, NewStage, annotation_events, run_row, stage_rows
+from engine.store.sql import LAST_SEQUENCE, event_rows
 from engine.store.stage_rows import (
     StageStart,
     decisions,
@@ -116,20 +116,7 @@ class _Writes:
 
     def add_events(self, run_id: str, events: Events, *, causation_id: str, now: datetime) -> None:
         """Outbox rows numbered after the run's last sequence."""
-        timestamp = now.isoformat()
-        rows = [
-            {
-                "id": new_id(),
-                "created_at": now,
-                "workflow_run_id": run_id,
-                "event_type": event_type,
-                "payload": event_payload(run_id, event_type, body, timestamp),
-                "causation_id": causation_id,
-                "occurred_at": now,
-                "retry_count": 0,
-            }
-            for event_type, body in events
-        ]
+        rows = event_rows(run_id, events, causation_id=causation_id, now=now)
         self.params["run_id"] = run_id
         self.add(OUTBOX, "e", rows)
 
@@ -319,26 +306,7 @@ def create_in_one_statement(
             "k_result": {"workflow_run_id": run_id},
         }
     )
-    run = {
-        "id": run_id,
-        "created_at": now,
-        "updated_at": now,
-        "version": 1,
-        "workflow_id": new.workflow_id,
-        "workflow_name": new.workflow_name,
-        "workflow_type": new.workflow_id,
-        "status": RunStatus.PENDING,
-        "input": new.input,
-        "config": new.config,
-        "total_cost": 0.0,
-        "total_tokens": 0,
-        "priority": new.priority,
-        "metadata": new.metadata,
-        "temporal_workflow_id": (
-            temporal_workflow_id.format(run_id=run_id) if temporal_workflow_id else None
-        ),
-    }
-    writes.add(RUNS, "r", [run])
+    writes.add(RUNS, "r", [run_row(new, run_id, now, temporal_workflow_id)])
     annotations: list[dict[str, Any]] = []
     events: Events = [("workflow:created", {"workflow_id": new.workflow_id})]
     for drafts, _ in new.annotations:

@@ -143,25 +143,7 @@ def create_run(
     )
     if existing is not None:
         return str(existing["workflow_run_id"]), False
-    session.add(
-        WorkflowRun(
-            id=run_id,
-            created_at=now,
-            updated_at=now,
-            workflow_id=new.workflow_id,
-            workflow_name=new.workflow_name,
-            workflow_type=new.workflow_id,
-            status=RunStatus.PENDING,
-            input=new.input,
-            config=new.config,
-            priority=new.priority,
-            metadata_=new.metadata,
-            temporal_workflow_id=(
-                temporal_workflow_id.format(run_id=run_id) if temporal_workflow_id else None
-            ),
-        )
-    )
-    session.flush()
+    session.execute(RUNS.insert(), [run_row(new, run_id, now, temporal_workflow_id)])
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
     ]
@@ -170,6 +152,32 @@ def create_run(
         events.extend(created)
     append_events(session, run_id, events, causation_id=new.idempotency_key, now=now)
     return run_id, True
+
+
+def run_row(
+    new: NewRun, run_id: str, now: datetime, temporal_workflow_id: str | None
+) -> dict[str, Any]:
+    """Every column of a new PENDING run, as both ways of creating one insert it (the general
+    :func:`create_run` and :func:`engine.store.one_statement.create_in_one_statement`)."""
+    return {
+        "id": run_id,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        "workflow_id": new.workflow_id,
+        "workflow_name": new.workflow_name,
+        "workflow_type": new.workflow_id,
+        "status": RunStatus.PENDING,
+        "input": new.input,
+        "config": new.config,
+        "total_cost": 0.0,
+        "total_tokens": 0,
+        "priority": new.priority,
+        "metadata": new.metadata,
+        "temporal_workflow_id": (
+            temporal_workflow_id.format(run_id=run_id) if temporal_workflow_id else None
+        ),
+    }
 
 
 @cache

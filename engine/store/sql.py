@@ -16,6 +16,7 @@ from engine.store.models import OUTBOX, RUNS, WorkflowRun
 
 __all__ = [
     "LAST_SEQUENCE",
+    "event_rows",
     "append_events",
     "event_payload",
     "insert_ignore",
@@ -87,15 +88,36 @@ def append_events(
     transaction took the lock sees everything they wrote.
     """
     connection = session.connection()
-    timestamp = now.isoformat()
-    for start in range(0, len(events), EVENTS_PER_STATEMENT):
-        chunk = events[start : start + EVENTS_PER_STATEMENT]
+    rows = event_rows(run_id, events, causation_id=causation_id, now=now)
+    for start in range(0, len(rows), EVENTS_PER_STATEMENT):
+        chunk = rows[start : start + EVENTS_PER_STATEMENT]
         params: dict[str, Any] = {"run_id": run_id, "now": now, "causation_id": causation_id}
-        for number, (event_type, body) in enumerate(chunk, start=1):
-            params[f"id_{number}"] = new_id()
-            params[f"type_{number}"] = event_type
-            params[f"payload_{number}"] = event_payload(run_id, event_type, body, timestamp)
+        for number, row in enumerate(chunk, start=1):
+            params[f"id_{number}"] = row["id"]
+            params[f"type_{number}"] = row["event_type"]
+            params[f"payload_{number}"] = row["payload"]
         connection.execute(_numbered_insert(len(chunk)), params)
+
+
+def event_rows(
+    run_id: str, events: list[tuple[str, dict[str, Any]]], *, causation_id: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The outbox rows of ``events`` (all columns but ``sequence``, which the inserting
+    statement numbers after the run's last): what both write paths insert."""
+    timestamp = now.isoformat()
+    return [
+        {
+            "id": new_id(),
+            "created_at": now,
+            "workflow_run_id": run_id,
+            "event_type": event_type,
+            "payload": event_payload(run_id, event_type, body, timestamp),
+            "causation_id": causation_id,
+            "occurred_at": now,
+            "retry_count": 0,
+        }
+        for event_type, body in events
+    ]
 
 
 def event_payload(
