@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import delete, select
-
 from engine.errors import ArtifactNotFoundError
-from engine.ids import new_id
 from engine.store import SqlStore
-from engine.store.models import WorkflowArtifact, utcnow
-from engine.store.sql import insert_ignore
+from engine.store.artifact_rows import MISSING
 
 __all__ = ["BlobStore", "FileBlobStore", "SqlBlobStore"]
 
@@ -63,60 +59,19 @@ class SqlBlobStore(BlobStore):
         self._store = store
 
     async def put(self, run_id: str, key: str, data: Any, *, kind: str = "ARTIFACT") -> None:
-        size = len(json.dumps(data).encode())
-        async with self._store.transaction() as session:
-            await session.execute(
-                delete(WorkflowArtifact).where(
-                    WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key == key
-                )
-            )
-            await session.execute(
-                insert_ignore(session, WorkflowArtifact.__table__).values(
-                    id=new_id(),
-                    created_at=utcnow(),
-                    workflow_run_id=run_id,
-                    key=key,
-                    type=kind,
-                    data=data,
-                    size=size,
-                )
-            )
+        await self._store.put_artifact(run_id, key, data, kind)
 
     async def get(self, run_id: str, key: str) -> Any:
-        async with self._store.sessions() as session:
-            row = (
-                await session.execute(
-                    select(WorkflowArtifact.data).where(
-                        WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key == key
-                    )
-                )
-            ).first()
-        if row is None:  # (a stored JSON null is a row holding None)
+        data = await self._store.read_artifact(run_id, key)
+        if data is MISSING:  # (a stored JSON null is a row holding None)
             raise _missing(run_id, key)
-        return row[0]
+        return data
 
     async def delete(self, run_id: str, key: str) -> None:
-        async with self._store.transaction() as session:
-            await session.execute(
-                delete(WorkflowArtifact).where(
-                    WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key == key
-                )
-            )
+        await self._store.delete_artifacts(run_id, key=key)
 
     async def delete_prefix(self, run_id: str, prefix: str) -> None:
-        async with self._store.transaction() as session:
-            keys = (
-                await session.scalars(
-                    select(WorkflowArtifact.key).where(WorkflowArtifact.workflow_run_id == run_id)
-                )
-            ).all()
-            doomed = [k for k in keys if k.startswith(prefix)]
-            if doomed:
-                await session.execute(
-                    delete(WorkflowArtifact).where(
-                        WorkflowArtifact.workflow_run_id == run_id, WorkflowArtifact.key.in_(doomed)
-                    )
-                )
+        await self._store.delete_artifacts(run_id, prefix=prefix)
 
 
 class FileBlobStore(BlobStore):

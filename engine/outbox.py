@@ -26,17 +26,12 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
-
-from sqlalchemy import and_, case, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.commands import OutboxFlush, OutboxFlushResult
 from engine.records import OutboxEventRecord
 from engine.store import SqlStore
-from engine.store.models import OutboxEvent, utcnow
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -65,14 +60,6 @@ class EventSink(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    event_id: str
-    error: Exception | None
-
-
-_PENDING = and_(OutboxEvent.published_at.is_(None), OutboxEvent.dlq_at.is_(None))
-
 # The relays of one process take turns on a SQLite database (keyed by event loop and URL:
 # an asyncio.Lock belongs to one loop).
 _sqlite_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
@@ -83,98 +70,6 @@ _sqlite_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, as
 def _sqlite_turn(url: str) -> asyncio.Lock:
     locks = _sqlite_turns.setdefault(asyncio.get_running_loop(), {})
     return locks.setdefault(url, asyncio.Lock())
-
-
-async def _pending_events(session: AsyncSession, max_events: int) -> list[OutboxEvent]:
-    """The first ``max_events`` pending events in (run, sequence) order (SQLite: no locks)."""
-    rows = await session.scalars(
-        select(OutboxEvent)
-        .where(_PENDING)
-        .order_by(OutboxEvent.workflow_run_id, OutboxEvent.sequence)
-        .limit(max_events)
-    )
-    return list(rows.all())
-
-
-async def _claim_events(session: AsyncSession, max_events: int) -> list[OutboxEvent]:
-    """Lock and return up to ``max_events`` pending events of runs no other relay holds.
-
-    Runs are claimed by their head (earliest pending event), taken in run order a chunk at a
-    time: just enough runs to fill the batch (by their pending counts), whose heads are
-    locked with ``SKIP LOCKED``; runs whose head another relay holds are passed over. Then the
-    pending events that follow each held head, as long as they are consecutive and not held
-    elsewhere. Nothing here waits for another relay's locks.
-    """
-    claimed: list[OutboxEvent] = []
-    after: str | None = None
-    while len(claimed) < max_events:
-        budget = max_events - len(claimed)
-        candidates_query = (
-            select(OutboxEvent.workflow_run_id, func.min(OutboxEvent.sequence), func.count())
-            .where(_PENDING)
-            .group_by(OutboxEvent.workflow_run_id)
-            .order_by(OutboxEvent.workflow_run_id)
-            .limit(budget)
-        )
-        if after is not None:
-            candidates_query = candidates_query.where(OutboxEvent.workflow_run_id > after)
-        candidates = (await session.execute(candidates_query)).all()
-        if not candidates:
-            break
-        chosen: list[tuple[str, int]] = []
-        planned = 0
-        for run_id, head, count in candidates:
-            chosen.append((run_id, head))
-            planned += count
-            if planned >= budget:
-                break
-        after = chosen[-1][0]
-        held = await session.execute(
-            select(OutboxEvent.workflow_run_id, OutboxEvent.id)
-            .where(_PENDING, tuple_(OutboxEvent.workflow_run_id, OutboxEvent.sequence).in_(chosen))
-            .with_for_update(skip_locked=True)
-        )
-        heads = {run_id: event_id for run_id, event_id in held.all()}
-        if heads:
-            claimed.extend(await _events_after_heads(session, heads, budget))
-    return claimed
-
-
-async def _events_after_heads(
-    session: AsyncSession, heads: dict[str, str], budget: int
-) -> list[OutboxEvent]:
-    """Lock the held runs' pending events; keep, per run, the unbroken series from its head.
-
-    A series breaks at an event this transaction could not lock, or if the run's first pending
-    event is not the head it holds (a dead letter replayed meanwhile): another relay may hold
-    that one, and publishing past it would break the run's order.
-    """
-    runs = list(heads)
-    locked = await session.scalars(
-        select(OutboxEvent)
-        .where(_PENDING, OutboxEvent.workflow_run_id.in_(runs))
-        .order_by(OutboxEvent.workflow_run_id, OutboxEvent.sequence)
-        .limit(budget)
-        .with_for_update(skip_locked=True)
-    )
-    mine = {row.id: row for row in locked.all()}
-    pending = await session.execute(
-        select(OutboxEvent.workflow_run_id, OutboxEvent.id)
-        .where(_PENDING, OutboxEvent.workflow_run_id.in_(runs))
-        .order_by(OutboxEvent.workflow_run_id, OutboxEvent.sequence)
-        .limit(2 * budget + len(runs))
-    )
-    taken: list[OutboxEvent] = []
-    current: str | None = None
-    unbroken = False
-    for run_id, event_id in pending.all():
-        if run_id != current:
-            current = run_id
-            unbroken = event_id == heads[run_id]
-        unbroken = unbroken and event_id in mine
-        if unbroken and len(taken) < budget:
-            taken.append(mine[event_id])
-    return taken
 
 
 class OutboxRelay:
@@ -199,29 +94,19 @@ class OutboxRelay:
         """Publish up to ``max_events`` events; returns how many were published."""
         if self._store.is_sqlite:
             async with _sqlite_turn(self._store.url):
-                async with self._store.sessions() as session:
-                    events = [
-                        OutboxEventRecord.model_validate(row)
-                        for row in await _pending_events(session, max_events)
-                    ]
-                # No transaction while the sink works: one would hold SQLite's write lock and
-                # stall every stage commit behind a slow sink.
-                deliveries = await self._publish(events)
-                async with self._store.transaction() as session:
-                    return await self._settle(session, deliveries)
-        async with self._store.transaction() as session:
-            events = [
-                OutboxEventRecord.model_validate(row)
-                for row in await _claim_events(session, max_events)
-            ]
-            # Publishing inside the claim transaction: the row locks are the claim, and they
-            # go away by themselves if this process dies.
-            deliveries = await self._publish(events)
-            return await self._settle(session, deliveries)
+                return await self._store.relay_outbox(
+                    max_events, self._publish, max_retries=self.max_retries
+                )
+        return await self._store.relay_outbox(
+            max_events, self._publish, max_retries=self.max_retries
+        )
 
-    async def _publish(self, events: Sequence[OutboxEventRecord]) -> list[_Delivery]:
+    async def _publish(self, events: Sequence[OutboxEventRecord]) -> tuple[list[str], list[str]]:
+        """Hand ``events`` to the sink in order: (published ids, failed ids). A failed event
+        holds back the later events of its run (they are neither)."""
         blocked: set[str] = set()
-        deliveries = []
+        published: list[str] = []
+        failed: list[str] = []
         for event in events:
             if event.workflow_run_id in blocked:
                 continue  # per-run order: wait for the failed earlier event
@@ -230,7 +115,7 @@ class OutboxRelay:
                     await self._sink.publish(event)
             except Exception as exc:
                 blocked.add(event.workflow_run_id)
-                deliveries.append(_Delivery(event.id, exc))
+                failed.append(event.id)
                 log.warning(
                     "outbox event %s (%s, run %s #%d) failed on attempt %d of %d: %s",
                     event.id,
@@ -242,30 +127,8 @@ class OutboxRelay:
                     exc,
                 )
                 continue
-            deliveries.append(_Delivery(event.id, None))
-        return deliveries
-
-    async def _settle(self, session: AsyncSession, deliveries: Sequence[_Delivery]) -> int:
-        """Stamp the delivered events, count the failures; returns how many were published."""
-        now = utcnow()
-        published = [d.event_id for d in deliveries if d.error is None]
-        failed = [d.event_id for d in deliveries if d.error is not None]
-        if published:
-            await session.execute(
-                update(OutboxEvent)
-                .where(OutboxEvent.id.in_(published), OutboxEvent.published_at.is_(None))
-                .values(published_at=now)
-            )
-        if failed:
-            await session.execute(
-                update(OutboxEvent)
-                .where(OutboxEvent.id.in_(failed), _PENDING)
-                .values(
-                    retry_count=OutboxEvent.retry_count + 1,
-                    dlq_at=case((OutboxEvent.retry_count + 1 >= self.max_retries, now), else_=None),
-                )
-            )
-        return len(published)
+            published.append(event.id)
+        return published, failed
 
     async def replay_dlq(self, max_events: int = 100) -> int:
         """Put up to ``max_events`` dead-lettered events back; returns how many.
@@ -273,23 +136,7 @@ class OutboxRelay:
         They get ``dlq_at = None`` and ``retry_count = 0``, and go out with the next flush
         (before the later events of their run that are still pending).
         """
-        async with self._store.transaction() as session:
-            query = (
-                select(OutboxEvent.id)
-                .where(OutboxEvent.dlq_at.is_not(None))
-                .order_by(OutboxEvent.workflow_run_id, OutboxEvent.sequence)
-                .limit(max_events)
-            )
-            if not self._store.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            ids = list((await session.scalars(query)).all())
-            if ids:
-                await session.execute(
-                    update(OutboxEvent)
-                    .where(OutboxEvent.id.in_(ids))
-                    .values(dlq_at=None, retry_count=0)
-                )
-            return len(ids)
+        return await self._store.replay_dead_letters(max_events)
 
 
 class OutboxDispatcher(Protocol):

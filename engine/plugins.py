@@ -14,14 +14,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from engine.errors import EngineError
 from engine.outbox import DEFAULT_MAX_RETRIES
 from engine.records import OutboxEventRecord
 from engine.store import SqlStore
-from engine.store.models import PluginDelivery, utcnow
-from engine.store.sql import insert_ignore
 
 __all__ = ["Plugin", "PluginDeliveryError", "PluginHandler", "PluginRunner", "define_plugin"]
 
@@ -160,11 +156,7 @@ class PluginRunner:
     async def _delivered(self, event_id: str) -> set[str]:
         if self.store is None:
             return set(self._delivered_in_memory.get(event_id, ()))
-        async with self.store.sessions() as session:
-            rows = await session.scalars(
-                select(PluginDelivery.plugin_id).where(PluginDelivery.event_id == event_id)
-            )
-            return set(rows.all())
+        return await self.store.delivered_plugins(event_id)
 
     async def _record(self, event_id: str, plugin_id: str) -> None:
         if self.store is None:
@@ -172,9 +164,4 @@ class PluginRunner:
             return
         # Its own short transaction, so a success is kept even if this event's relay
         # transaction later rolls back.
-        async with self.store.transaction() as session:
-            await session.execute(
-                insert_ignore(session, PluginDelivery.__table__).values(
-                    event_id=event_id, plugin_id=plugin_id, delivered_at=utcnow()
-                )
-            )
+        await self.store.record_delivery(event_id, plugin_id)

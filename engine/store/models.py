@@ -26,6 +26,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from engine.records import RunRecord
+
 __all__ = [
     "AI_CALLS",
     "ANNOTATIONS",
@@ -44,6 +46,7 @@ __all__ = [
     "WorkflowLog",
     "WorkflowRun",
     "WorkflowStage",
+    "run_record",
 ]
 
 NAMING_CONVENTION = {
@@ -341,3 +344,10 @@ ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 IDEMPOTENCY_KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
+
+
+def run_record(row: WorkflowRun) -> RunRecord:
+    """The public record of a run row (every read of runs returns these)."""
+    # The ORM attribute is ``metadata_`` (``metadata`` is SQLAlchemy's own on mapped classes).
+    values = {name: getattr(row, name) for name in RunRecord.model_fields if name != "metadata"}
+    return RunRecord.model_validate({**values, "metadata": row.metadata_})

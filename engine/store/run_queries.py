@@ -18,7 +18,7 @@ from sqlalchemy import and_, or_, select
 from engine.errors import AnnotationError
 from engine.records import RunRecord, RunStatus
 from engine.store.annotation_rows import decode_cursor, encode_cursor, value_clause
-from engine.store.models import WorkflowAnnotation, WorkflowRun
+from engine.store.models import WorkflowAnnotation, WorkflowRun, run_record
 from engine.store.sql_store import SqlStore
 
 __all__ = [
@@ -60,12 +60,6 @@ class RunPage:
 
     items: list[RunRecord]
     next_cursor: str | None
-
-
-def _record(row: WorkflowRun) -> RunRecord:
-    # The ORM attribute is ``metadata_`` (``metadata`` is SQLAlchemy's own on mapped classes).
-    values = {name: getattr(row, name) for name in RunRecord.model_fields if name != "metadata"}
-    return RunRecord.model_validate({**values, "metadata": row.metadata_})
 
 
 async def list_runs(
@@ -110,14 +104,12 @@ async def list_runs(
             or_(run.created_at < after_at, and_(run.created_at == after_at, run.id < after_id))
         )
     query = query.order_by(run.created_at.desc(), run.id.desc()).limit(limit)
-    async with store.sessions() as session:
-        rows = (await session.scalars(query)).all()
+    rows = await store._read(lambda session: session.scalars(query).all())
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
-    return RunPage(items=[_record(row) for row in rows], next_cursor=next_cursor)
+    return RunPage(items=[run_record(row) for row in rows], next_cursor=next_cursor)
 
 
 async def list_workflow_ids(store: SqlStore, *, limit: int = 200) -> list[str]:
     """The distinct workflow ids that have runs, sorted (the viewer's filter offers them)."""
     query = select(WorkflowRun.workflow_id).distinct().order_by(WorkflowRun.workflow_id)
-    async with store.sessions() as session:
-        return list((await session.scalars(query.limit(limit))).all())
+    return list(await store._read(lambda session: session.scalars(query.limit(limit)).all()))

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import IntegrityError
 from temporalio.service import RPCError
 
 from engine.annotations import Actor, RunCreateAnnotation
@@ -24,7 +23,7 @@ from engine.commands import (
     RunRerunFrom,
     RunRerunFromResult,
 )
-from engine.errors import AnnotationError, EngineError
+from engine.errors import AnnotationError, EngineError, InvalidStateError
 from engine.kernel import Kernel
 from engine.records import (
     Annotation,
@@ -469,15 +468,10 @@ async def attach_annotations(state: State, run_id: RunId, body: AttachBody) -> A
             idempotency_key=body.idempotency_key,
             emit_event=body.emit_event,
         )
+    except InvalidStateError as exc:  # the stage record went away (a rerun) meanwhile
+        raise engine_error(exc, field="workflow_stage_record_id") from None
     except EngineError as exc:
         raise engine_error(exc) from None
-    except IntegrityError:  # the stage record went away (a rerun) between check and write
-        raise ApiError(
-            409,
-            "conflict",
-            "the stage record was replaced while attaching; nothing was written",
-            field="workflow_stage_record_id",
-        ) from None
     return AnnotationList(items=inserted)
 
 
