@@ -24,7 +24,7 @@ from engine.payloads import (
     StartRun,
 )
 from engine.store import SqlStore
-from engine.store.runs import NewStage
+from engine.store.contract import NewStage
 from engine.workflows import Workflow
 
 __all__ = ["RunActivities", "plan_of"]

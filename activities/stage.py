@@ -49,7 +49,7 @@ from engine.records import RunStatus
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
-from engine.store.stage_rows import StageStart
+from engine.store.contract import StageStart
 from engine.values import clean_text, locate_problem
 from engine.workflows import Workflow
 

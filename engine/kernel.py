@@ -71,7 +71,7 @@ from engine.search_attributes import (
 from engine.settings import Settings
 from engine.storage import resolve_outputs
 from engine.store import SqlStore
-from engine.store.runs import NewRun
+from engine.store.contract import NewRun
 from engine.workflows import Workflow
 
 __all__ = ["Kernel"]

@@ -12,12 +12,7 @@ from engine.annotations import Actor, AnnotationLimits, build_drafts, check_text
 from engine.errors import AnnotationError
 from engine.records import Annotation
 from engine.store import SqlStore
-from engine.store.annotation_rows import (
-    DEFAULT_LIST_LIMIT,
-    AnnotationFilters,
-    CrossRunFilters,
-    RowContext,
-)
+from engine.store.contract import DEFAULT_LIST_LIMIT, AnnotationFilters, CrossRunFilters, RowContext
 
 __all__ = ["AnnotationPage", "KernelAnnotations"]
 

@@ -119,8 +119,8 @@ async def run_with_events(store: SqlStore, events: list[tuple[str, dict[str, Any
     """A PENDING run written straight to the store: ``workflow:created``, then ``events``."""
     import uuid as _uuid
 
+    from engine.store.contract import NewRun
     from engine.store.models import utcnow
-    from engine.store.runs import NewRun
     from engine.store.sql import append_events, lock_run
 
     run_id, _ = await store.create_run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -16,6 +15,11 @@ from engine.annotations import AnnotationDraft, text_problem, typed_columns
 from engine.errors import AnnotationError
 from engine.ids import new_id
 from engine.records import Annotation
+from engine.store.contract import (
+    AnnotationFilters,
+    CrossRunFilters,
+    RowContext,
+)
 from engine.store.models import ANNOTATIONS, WorkflowAnnotation, WorkflowRun
 from engine.store.sql import insert_ignore
 
@@ -31,19 +35,7 @@ __all__ = [
 ]
 
 LEGACY_PREFIX = "legacy.metadata."
-DEFAULT_LIST_LIMIT = 1000
 MAX_QUERY_LIMIT = 1000
-
-
-@dataclass(frozen=True)
-class RowContext:
-    """Where a batch of drafts lands: run, scope and (for stage rows) the stage record."""
-
-    run_id: str
-    scope: str
-    scope_id: str | None = None
-    stage_record_id: str | None = None
-    attempt: int = 0
 
 
 def insert_annotations(
@@ -123,22 +115,6 @@ def insert_drafts(
     result = session.execute(insert_ignore(session, table).returning(table.c.id), batch)
     inserted = set(result.scalars().all())
     return [(draft, row) for draft, row in zip(drafts, rows, strict=True) if row["id"] in inserted]
-
-
-@dataclass(frozen=True)
-class AnnotationFilters:
-    """Filters of ``kernel.annotations.list``; all given ones must hold (AND)."""
-
-    key: str | None = None
-    key_prefix: str | None = None
-    scope: str | None = None
-    scope_id: str | None = None
-    actor_id: str | None = None
-    actor_kind: str | None = None
-    attempt: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    limit: int = DEFAULT_LIST_LIMIT
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -319,19 +295,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return moment, row_id
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise AnnotationError(f"invalid cursor: {exc}") from None
-
-
-@dataclass(frozen=True)
-class CrossRunFilters:
-    """Filters of the cross-run query."""
-
-    key: str | None = None
-    value: Any = None
-    key_prefix: str | None = None
-    workflow_id: str | None = None
-    actor_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 def _cross_run_conditions(filters: CrossRunFilters) -> list[Any]:

@@ -18,12 +18,8 @@ from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft, AnnotationLimits, build_drafts
 from engine.errors import AnnotationError
-from engine.store.annotation_rows import (
-    LEGACY_PREFIX,
-    RowContext,
-    insert_annotations,
-    prefix_upper_bound,
-)
+from engine.store.annotation_rows import LEGACY_PREFIX, insert_annotations, prefix_upper_bound
+from engine.store.contract import RowContext
 from engine.store.models import WorkflowAnnotation, WorkflowRun
 from engine.store.sql import lock_run
 

@@ -51,12 +51,12 @@ from sqlalchemy.sql.expression import CTE
 from engine.ids import new_id
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import RunStatus
-from engine.store.annotation_rows import RowContext, draft_rows
+from engine.store.annotation_rows import draft_rows
+from engine.store.contract import NewRun, NewStage, RowContext, StageStart
 from engine.store.models import ANNOTATIONS, IDEMPOTENCY_KEYS, LOGS, OUTBOX, RUNS, STAGES
-from engine.store.runs import NewRun, NewStage, annotation_events, run_row, stage_rows
+from engine.store.runs import annotation_events, run_row, stage_rows
 from engine.store.sql import LAST_SEQUENCE, event_rows
 from engine.store.stage_rows import (
-    StageStart,
     decisions,
     new_stage,
     outcome_events,

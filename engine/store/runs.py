@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -16,7 +15,8 @@ from engine.annotations import AnnotationDraft
 from engine.errors import InvalidStateError
 from engine.ids import new_id
 from engine.records import RunStatus
-from engine.store.annotation_rows import RowContext, insert_drafts
+from engine.store.annotation_rows import insert_drafts
+from engine.store.contract import NewRun, NewStage, Rerun, RowContext, StartedRun
 from engine.store.models import (
     RUNS,
     STAGES,
@@ -48,31 +48,6 @@ __all__ = [
 
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
-
-
-@dataclass(frozen=True)
-class NewStage:
-    """A stage record to open PENDING."""
-
-    stage_id: str
-    name: str
-    number: int
-    group: int
-    config: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """A validated ``RunCreate``, ready to write."""
-
-    workflow_id: str
-    workflow_name: str
-    input: Any
-    config: dict[str, Any]
-    priority: int
-    metadata: dict[str, Any] | None
-    idempotency_key: str
-    annotations: Sequence[tuple[list[AnnotationDraft], bool]] = field(default_factory=tuple)
 
 
 def annotation_events(
@@ -240,17 +215,6 @@ def stage_rows(
     ]
 
 
-@dataclass(frozen=True)
-class StartedRun:
-    """What ``start_run`` found."""
-
-    status: str
-    run_input: Any = None
-    config: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    attempt: int = 0
-
-
 def start_run(
     session: Session,
     run_id: str,
@@ -407,14 +371,6 @@ def cancel_run(
         session, run_id, [("workflow:cancelled", body)], causation_id=causation_id, now=now
     )
     return True
-
-
-@dataclass(frozen=True)
-class Rerun:
-    """What a rerun removed and the generation it starts."""
-
-    deleted_stages: list[str]
-    attempt: int
 
 
 def rerun_from(

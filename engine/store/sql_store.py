@@ -30,7 +30,16 @@ from engine.store import (
     stage_rows,
 )
 from engine.store.ai_call_rows import ai_call_rows
-from engine.store.annotation_rows import AnnotationFilters, CrossRunFilters, RowContext
+from engine.store.contract import (
+    AnnotationFilters,
+    CrossRunFilters,
+    NewRun,
+    NewStage,
+    Rerun,
+    RowContext,
+    StageStart,
+    StartedRun,
+)
 from engine.store.database import (
     POSTGRES_POOL,
     READ_ONLY,
@@ -55,9 +64,7 @@ from engine.store.one_statement import (
     fits_one_statement,
 )
 from engine.store.refusals import refused_commit, unfixable
-from engine.store.runs import NewRun, NewStage, Rerun, StartedRun
 from engine.store.sql import append_events, lock_run
-from engine.store.stage_rows import StageStart
 from engine.values import clean_text, text_problem
 
 __all__ = ["SqlStore"]

@@ -12,10 +12,9 @@ instead (:mod:`engine.store.one_statement`), built from the same row builders be
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Update, and_, bindparam, func, select
 from sqlalchemy.orm import Session
@@ -24,9 +23,9 @@ from engine.ids import derived_id, new_id
 from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 from engine.records import RunStatus
 from engine.store.ai_call_rows import ai_call_rows
-from engine.store.annotation_rows import RowContext
+from engine.store.contract import NewStage, RowContext, StageStart
 from engine.store.models import AI_CALLS, LOGS, RUNS, STAGES
-from engine.store.runs import NewStage, complete_run, open_stages, write_annotations
+from engine.store.runs import complete_run, open_stages, write_annotations
 from engine.store.sql import append_events, insert_ignore, lock_run_status
 
 __all__ = [
@@ -398,18 +397,6 @@ def decisions(inserted: Sequence[dict[str, Any]], report_keys: Sequence[str]) ->
         for row in inserted
         if row["key"].startswith(DECISION_PREFIX) or row["key"] in reported
     ]
-
-
-@dataclass(frozen=True)
-class StageStart:
-    """What a stage activity finds when it begins: run the stage, return its stored outcome
-    (an earlier delivery committed it), or neither (its run or record moved on)."""
-
-    action: Literal["run", "settled", "skip"]
-    record_id: str | None = None
-    status: str | None = None
-    output: Any = None
-    error: str | None = None
 
 
 def begin_stage(

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 from engine.annotations import Actor, AnnotationDraft
 from engine.records import RunStatus
 from engine.store import SqlStore
-from engine.store.annotation_rows import AnnotationFilters
+from engine.store.contract import AnnotationFilters, NewRun, NewStage
 from engine.store.models import (
     IdempotencyKey,
     OutboxEvent,
@@ -25,7 +25,6 @@ from engine.store.models import (
     WorkflowRun,
     WorkflowStage,
 )
-from engine.store.runs import NewRun, NewStage
 from engine.store.sql import lock_run
 from temporal_workflows.payloads import (
     LogDraft,

@@ -36,8 +36,8 @@ from engine.blobs import SqlBlobStore
 from engine.kernel import temporal_workflow_id
 from engine.storage import StageStorage
 from engine.store import SqlStore
+from engine.store.contract import NewRun
 from engine.store.models import WorkflowRun
-from engine.store.runs import NewRun
 from tests.helpers import running_kernel, workflow_closed
 
 WAIT = timedelta(seconds=30)

@@ -46,7 +46,7 @@ from engine import (
     define_workflow,
 )
 from engine.store import SqlStore
-from engine.store.runs import NewRun
+from engine.store.contract import NewRun
 from tests.reliability.support import ROOT, table_counts
 
 SHORT = settings(

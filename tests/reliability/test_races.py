@@ -41,8 +41,7 @@ from engine import (
 from engine.kernel import temporal_workflow_id
 from engine.payloads import CommitResult, StageCommit
 from engine.store import SqlStore
-from engine.store.annotation_rows import AnnotationFilters
-from engine.store.runs import NewRun
+from engine.store.contract import AnnotationFilters, NewRun
 from tests.helpers import workflow_closed
 from tests.reliability.support import ROOT, FastEnv, table_counts, wait_for_files
 from tests.reliability.workloads import assert_exactly_once, crash_workflow

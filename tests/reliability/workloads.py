@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from engine import Actor, StageContext, Workflow, define_stage, define_workflow
 from engine.store import SqlStore
-from engine.store.annotation_rows import AnnotationFilters
+from engine.store.contract import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog, WorkflowStage
 
 __all__ = [

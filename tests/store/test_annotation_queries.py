@@ -15,12 +15,8 @@ import pytest
 from sqlalchemy import Select, insert, select, text
 from sqlalchemy.dialects import postgresql
 
-from engine.store.annotation_rows import (
-    AnnotationFilters,
-    CrossRunFilters,
-    _cross_run_conditions,
-    _stored_query,
-)
+from engine.store.annotation_rows import _cross_run_conditions, _stored_query
+from engine.store.contract import AnnotationFilters, CrossRunFilters
 from engine.store.models import WorkflowAnnotation, WorkflowRun
 
 RUNS = 40

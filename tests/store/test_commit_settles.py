@@ -17,7 +17,7 @@ from engine.annotations import AnnotationDraft
 from engine.payloads import LogDraft, StageCommit
 from engine.records import RunStatus
 from engine.store import SqlStore
-from engine.store.annotation_rows import AnnotationFilters
+from engine.store.contract import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog
 from tests.store.test_one_statement import running_first_stage, stage_commit
 

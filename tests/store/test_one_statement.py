@@ -24,6 +24,7 @@ from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome
 from engine.records import RunStatus
 from engine.store import SqlStore
 from engine.store import sql_store as sql_store_module
+from engine.store.contract import NewRun, NewStage
 from engine.store.models import (
     IdempotencyKey,
     OutboxEvent,
@@ -33,7 +34,6 @@ from engine.store.models import (
     WorkflowStage,
 )
 from engine.store.one_statement import ROWS_PER_TABLE
-from engine.store.runs import NewRun, NewStage
 from tests.helpers import stage_spec
 
 FIRST, SECOND = stage_spec("first", 1), stage_spec("second", 2)

@@ -12,7 +12,7 @@ import httpx
 from engine.annotations import Actor, build_drafts
 from engine.records import RunRecord, StageRecord
 from engine.store import SqlStore
-from engine.store.runs import NewRun, NewStage
+from engine.store.contract import NewRun, NewStage
 
 SCRIPT = "<script>window.pwned=1</script>"
 UI = "http://temporal-ui.test:8233"

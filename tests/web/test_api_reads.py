@@ -311,7 +311,7 @@ async def test_writes_need_the_token_and_attach_is_all_or_nothing(store):
 
 
 def _no_filters() -> Any:
-    from engine.store.annotation_rows import AnnotationFilters
+    from engine.store.contract import AnnotationFilters
 
     return AnnotationFilters()
 
