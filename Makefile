@@ -22,6 +22,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict engine temporal_workflows activities
+	$(BIN)/lint-imports
 
 # lint is a prerequisite, so it finishes before pytest starts even under make -j.
 test: $(INSTALLED) lint

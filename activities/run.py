@@ -7,7 +7,7 @@ intact when the database fails.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from temporalio import activity
@@ -17,57 +17,16 @@ from engine.errors import CommitRefusedError
 from engine.payloads import (
     CommitResult,
     FinalizeRun,
-    RetrySpec,
     RunPlan,
     StageCommit,
-    StageSpec,
     StartRun,
 )
+from engine.plans import plan_of
 from engine.store import SqlStore
 from engine.store.contract import NewStage
 from engine.workflows import Workflow
 
-__all__ = ["RunActivities", "plan_of"]
-
-
-def plan_of(workflow: Workflow, config: Mapping[str, Any]) -> list[list[StageSpec]]:
-    """The workflow's groups as stage specs, each carrying its slice of the run config."""
-    groups = []
-    number = 0
-    for index, group in enumerate(workflow.groups, start=1):
-        specs = []
-        for stage in group:
-            number += 1
-            policy = stage.retry_policy
-            retry = None
-            if policy is not None:
-                retry = RetrySpec(
-                    initial_interval=policy.initial_interval,
-                    backoff_coefficient=policy.backoff_coefficient,
-                    maximum_interval=policy.maximum_interval,
-                    maximum_attempts=policy.maximum_attempts,
-                    non_retryable_error_types=list(policy.non_retryable_error_types or []),
-                )
-            specs.append(
-                StageSpec(
-                    stage_id=stage.id,
-                    name=stage.name,
-                    number=number,
-                    group=index,
-                    kind=stage.kind,
-                    config=dict(config.get(stage.id) or {}),
-                    start_to_close_timeout=stage.start_to_close_timeout,
-                    heartbeat_timeout=stage.heartbeat_timeout,
-                    retry=retry,
-                )
-            )
-        groups.append(specs)
-    return groups
-
-
-def new_stages(specs: Sequence[StageSpec]) -> list[NewStage]:
-    """Records to open for stage specs."""
-    return [NewStage(s.stage_id, s.name, s.number, s.group, s.config) for s in specs]
+__all__ = ["RunActivities"]
 
 
 class RunActivities:
@@ -87,7 +46,7 @@ class RunActivities:
         index = start.start_group - 1
 
         def first_group(config: dict[str, Any]) -> list[NewStage]:
-            return new_stages(plan_of(workflow, config)[index])
+            return [NewStage.of(spec) for spec in plan_of(workflow, config)[index]]
 
         started = await self._store.start_run(start.run_id, first_group, causation_id=start.run_id)
         if started.status != "ok":

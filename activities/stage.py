@@ -39,17 +39,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import describe_validation, error_message
-from activities.run import new_stages
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
-from engine.context import CompletionContext, StageContext, _Buffered
+from engine.context import CompletionContext, StageBuffer, StageContext
 from engine.errors import CommitRefusedError
 from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
 from engine.records import RunStatus
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
-from engine.store.contract import StageStart
+from engine.store.contract import NewStage, StageStart
 from engine.values import clean_text, locate_problem
 from engine.workflows import Workflow
 
@@ -91,7 +90,7 @@ def _outcome_builder(
 ) -> Callable[..., StageOutcome]:
     """A function making outcomes that carry everything the stage code buffered."""
 
-    def outcome(status: Any, buffered: _Buffered | None, **fields: Any) -> StageOutcome:
+    def outcome(status: Any, buffered: StageBuffer | None, **fields: Any) -> StageOutcome:
         if fields.get("error") is not None:
             fields["error"] = clean_text(fields["error"])  # a NUL in an exception's message
         built = StageOutcome(
@@ -153,7 +152,7 @@ class StageActivities:
             return await self._unknown_workflow(task)
         record_id = task.stage_record_id
         if record_id is None or activity.info().attempt > 1:
-            first_group = new_stages(task.starts_run) if task.starts_run else None
+            first_group = [NewStage.of(s) for s in task.starts_run] if task.starts_run else None
             start = await self._store.begin_stage(
                 task.run_id, task.stage, task.attempt, first_group
             )
@@ -286,7 +285,7 @@ class StageActivities:
         self,
         stage: Stage[Any, Any, Any],
         raw_output: Any,
-        buffered: _Buffered,
+        buffered: StageBuffer,
         outcome: Callable[..., StageOutcome],
         metrics: dict[str, Any],
     ) -> StageOutcome:

@@ -17,13 +17,13 @@ from engine.payloads import LogDraft, ProgressDraft
 from engine.records import LogLevel
 from engine.storage import StageStorage
 
-__all__ = ["CompletionContext", "StageContext"]
+__all__ = ["CompletionContext", "StageBuffer", "StageContext"]
 
 InT = TypeVar("InT")
 CfgT = TypeVar("CfgT")
 
 
-class _Buffered(AnnotationBuffer):
+class StageBuffer(AnnotationBuffer):
     """Logs, progress and annotations, buffered until the outcome commit."""
 
     workflow_run_id: str
@@ -46,7 +46,7 @@ class _Buffered(AnnotationBuffer):
         )
 
 
-class StageContext(_Buffered, Generic[InT, CfgT]):
+class StageContext(StageBuffer, Generic[InT, CfgT]):
     """Context of one ``execute`` call.
 
     ``log``, ``report_progress``, ``heartbeat`` and ``annotate`` are plain calls that buffer
@@ -138,7 +138,7 @@ class StageContext(_Buffered, Generic[InT, CfgT]):
         )
 
 
-class CompletionContext(_Buffered, Generic[CfgT]):
+class CompletionContext(StageBuffer, Generic[CfgT]):
     """Context of one ``check_completion`` call of an async-batch stage."""
 
     def __init__(

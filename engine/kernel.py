@@ -25,7 +25,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.run import new_stages, plan_of
 from engine.annotations import Actor, AnnotationLimits, build_drafts, json_problem
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.commands import (
@@ -53,6 +52,7 @@ from engine.errors import (
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import ResumeRequest, RunPlan, RunWorkflowInput
+from engine.plans import plan_of
 from engine.plugins import Plugin, PluginRunner
 from engine.records import (
     TERMINAL_STATUSES,
@@ -71,7 +71,7 @@ from engine.search_attributes import (
 from engine.settings import Settings
 from engine.storage import resolve_outputs
 from engine.store import SqlStore
-from engine.store.contract import NewRun
+from engine.store.contract import NewRun, NewStage
 from engine.workflows import Workflow
 
 __all__ = ["Kernel"]
@@ -409,7 +409,7 @@ class Kernel:
             run.id,
             target_group=group,
             groups_before=before,
-            target_stages=new_stages(plan[group - 1]),
+            target_stages=[NewStage.of(spec) for spec in plan[group - 1]],
             temporal_workflow_id=f"{temporal_workflow_id(run.id)}-rerun-{{attempt}}",
             causation_id=command.idempotency_key or str(uuid.uuid4()),
         )

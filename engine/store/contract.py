@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from engine.annotations import AnnotationDraft
+from engine.payloads import StageSpec
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
@@ -38,6 +39,11 @@ class NewStage:
     number: int
     group: int
     config: dict[str, Any]
+
+    @classmethod
+    def of(cls, spec: StageSpec) -> NewStage:
+        """The record to open for a stage spec."""
+        return cls(spec.stage_id, spec.name, spec.number, spec.group, spec.config)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,6 @@ from engine.store.runs import annotation_events, run_row, stage_rows
 from engine.store.sql import LAST_SEQUENCE, event_rows
 from engine.store.stage_rows import (
     decisions,
-    new_stage,
     outcome_events,
     outcome_logs,
     outcome_update,
@@ -213,7 +212,7 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     }
     opening = commit.open_next if outcome.status == "completed" else []
     stages = stage_rows(
-        commit.run_id, [new_stage(s) for s in opening], commit.attempt, now, running=True
+        commit.run_id, [NewStage.of(s) for s in opening], commit.attempt, now, running=True
     )
     events = outcome_events(commit, outcome.duration_ms)
     events.extend(annotation_events(annotations, emitting))

@@ -34,7 +34,6 @@ __all__ = [
     "commit_stage",
     "decisions",
     "expects_suspended",
-    "new_stage",
     "outcome_events",
     "outcome_logs",
     "outcome_update",
@@ -46,11 +45,6 @@ __all__ = [
 DECISION_PREFIX = "decision."
 
 Decision = tuple[str, str]
-
-
-def new_stage(spec: StageSpec) -> NewStage:
-    """The record to open for a stage spec."""
-    return NewStage(spec.stage_id, spec.name, spec.number, spec.group, spec.config)
 
 
 def started_event(spec: StageSpec) -> tuple[str, dict[str, Any]]:
@@ -357,7 +351,7 @@ def _write_rows(
         opened = open_stages(
             session,
             commit.run_id,
-            [new_stage(s) for s in commit.open_next],
+            [NewStage.of(s) for s in commit.open_next],
             commit.attempt,
             now,
             running=True,
