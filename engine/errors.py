@@ -10,11 +10,18 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── InvalidInputError            run input failed the workflow's input model
     ├── InvalidConfigError           a stage's config slice failed its config model
     ├── InvalidStateError            the run or stage is in the wrong status for the command
+    ├── InvalidCursorError           a page cursor that was not handed out (also a ValueError)
     ├── AnnotationError              bad annotation key, non-JSON value, or over the size limit
     ├── IdempotencyInProgressError   an idempotency key is held by a command still running
     ├── ArtifactNotFoundError        ``ctx.storage.load`` of a missing key
     ├── CommitRefusedError           the database refused even a stage's bare FAILED outcome
-    └── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
+    ├── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
+    ├── PluginDeliveryError          (engine.plugins) one or more plugins failed on an event
+    ├── WebhookDeliveryError         (engine.sinks) the webhook did not take an event
+    ├── DevServerError               (engine.devserver) the local Temporal server failed
+    └── BinaryNotFoundError          (engine.devserver) a binary is missing (a FileNotFoundError)
+
+A test (``tests/engine/test_errors.py``) holds this drawing to the classes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ __all__ = [
     "EngineError",
     "IdempotencyInProgressError",
     "InvalidConfigError",
+    "InvalidCursorError",
     "InvalidInputError",
     "InvalidStateError",
     "RunNotFoundError",
@@ -103,6 +111,10 @@ class CommitRefusedError(EngineError):
     No retry can change that (a data or constraint error), so the activities raise it to
     Temporal as non-retryable instead of retrying the commit forever.
     """
+
+
+class InvalidCursorError(EngineError, ValueError):
+    """A page cursor that the listing did not hand out (or that was altered)."""
 
 
 class SchemaOutOfDateError(EngineError):

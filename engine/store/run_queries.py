@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from engine.errors import AnnotationError
+from engine.errors import AnnotationError, InvalidCursorError
 from engine.records import RunRecord, RunStatus
 from engine.store.annotation_rows import decode_cursor, encode_cursor, value_clause
 from engine.store.models import WorkflowAnnotation, WorkflowRun, run_record
@@ -32,10 +32,6 @@ __all__ = [
 
 MAX_PAGE_SIZE = 1000
 """Largest page :func:`list_runs` returns."""
-
-
-class InvalidCursorError(ValueError):
-    """A cursor that :func:`list_runs` did not hand out (or that was altered)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft
-from engine.errors import InvalidStateError
+from engine.errors import InvalidStateError, RunNotFoundError
 from engine.ids import new_id
 from engine.records import RunStatus
 from engine.store.annotation_rows import insert_drafts
@@ -387,12 +387,13 @@ def rerun_from(
     """Delete the records of ``target_group`` and later, and reopen the target group.
 
     Raises:
+        RunNotFoundError: no run has that id.
         InvalidStateError: the run is not COMPLETED or FAILED, or an earlier stage has no
             COMPLETED record (the original only asked for *some* earlier record).
     """
     run = lock_run(session, run_id)
     if run is None:
-        raise InvalidStateError(f"Run {run_id} not found", workflow_run_id=run_id)
+        raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
     if run.status not in (RunStatus.COMPLETED, RunStatus.FAILED):
         raise InvalidStateError(
             f"Cannot rerun workflow in {run.status} state. Must be COMPLETED or FAILED.",
