@@ -16,6 +16,7 @@ from engine.records import RunStatus
 
 __all__ = [
     "Command",
+    "CommandResult",
     "OutboxFlush",
     "OutboxFlushResult",
     "PluginReplayDLQ",
@@ -150,6 +151,16 @@ Command = Annotated[
     Field(discriminator="type"),
 ]
 _command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+
+CommandResult = (
+    RunCreateResult
+    | RunCancelResult
+    | RunRerunFromResult
+    | RunClaimPendingResult
+    | OutboxFlushResult
+    | PluginReplayDLQResult
+)
+"""What ``Kernel.dispatch`` returns: the result model of the command it ran."""
 
 
 def parse_command(raw: Any) -> Command:

@@ -8,7 +8,7 @@ import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from temporalio.client import (
     Client,
@@ -28,6 +28,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from engine.annotations import Actor, AnnotationLimits, build_drafts, json_problem
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.commands import (
+    Command,
+    CommandResult,
     OutboxFlush,
     OutboxFlushResult,
     PluginReplayDLQ,
@@ -209,8 +211,27 @@ class Kernel:
 
     # -- commands -----------------------------------------------------------------------------
 
-    async def dispatch(self, command: Any) -> Any:
-        """Run one command (a model from :mod:`engine.commands` or a dict with ``"type"``)."""
+    @overload
+    async def dispatch(self, command: RunCreate) -> RunCreateResult: ...
+    @overload
+    async def dispatch(self, command: RunCancel) -> RunCancelResult: ...
+    @overload
+    async def dispatch(self, command: RunRerunFrom) -> RunRerunFromResult: ...
+    @overload
+    async def dispatch(self, command: RunClaimPending) -> RunClaimPendingResult: ...
+    @overload
+    async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult: ...
+    @overload
+    async def dispatch(self, command: PluginReplayDLQ) -> PluginReplayDLQResult: ...
+    @overload
+    async def dispatch(self, command: Mapping[str, Any]) -> CommandResult: ...
+
+    async def dispatch(self, command: Command | Mapping[str, Any]) -> CommandResult:
+        """Run one command (a model from :mod:`engine.commands` or a dict with ``"type"``).
+
+        Each command type returns its own result type (the overloads say which); a dict is
+        parsed into its command first, so its result is only known to be one of them.
+        """
         parsed = parse_command(command)
         if isinstance(parsed, RunCreate):
             return await self._create(parsed)
