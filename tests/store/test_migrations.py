@@ -102,6 +102,12 @@ async def _count(store: SqlStore, table: str) -> int:
         return int((await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
 
 
+async def _assert_pre_08_rows_kept(store: SqlStore) -> None:
+    """The rows of :func:`_insert_pre_08_rows` are all there (none cascade-deleted)."""
+    for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
+        assert await _count(store, table) == 1, table
+
+
 @on_both_backends
 async def test_upgrade_to_head_then_downgrade_to_base(empty_database_url: str) -> None:
     store = SqlStore(empty_database_url)
@@ -176,8 +182,7 @@ async def test_downgrade_to_revision_1_keeps_rows_and_reupgrades_cleanly(
         assert "attempt" not in stage_columns
         assert "metadata" not in call_columns
         # SQLite rebuilt workflow_stages: its logs must not have been cascade-deleted.
-        for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
-            assert await _count(store, table) == 1, table
+        await _assert_pre_08_rows_kept(store)
 
         await store.upgrade()
         assert await _diffs(store) == []
@@ -229,13 +234,11 @@ async def test_revision_5_adds_the_lookup_indexes_and_keeps_rows(empty_database_
 
         await store.upgrade(HEAD)
         assert await _lookup_indexes(store) == LOOKUP_INDEXES
-        for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
-            assert await _count(store, table) == 1, table
+        await _assert_pre_08_rows_kept(store)
 
         await store.downgrade(REVISION_4)
         assert await _lookup_indexes(store) == set()
-        for table in ("workflow_runs", "workflow_stages", "workflow_logs", "ai_calls"):
-            assert await _count(store, table) == 1, table
+        await _assert_pre_08_rows_kept(store)
         await store.upgrade()
         assert await _diffs(store) == []
     finally:
