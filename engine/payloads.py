@@ -252,6 +252,17 @@ def _stored_part(item: BaseModel) -> Any:
     would turn NaN into ``null`` and hide it)."""
     if isinstance(item, LogDraft):
         return [item.message, item.metadata]
+    if isinstance(item, ProgressDraft):
+        return {"progress": item.progress, "message": item.message, "details": item.details}
+    if isinstance(item, AnnotationDraft):  # model_dump() of each cost as much as the check
+        actor = item.actor
+        return {
+            "key": item.key,
+            "value": item.value,
+            "payload": item.payload,
+            "idempotency_key": item.idempotency_key,
+            "actor": None if actor is None else [actor.kind, actor.id, actor.version],
+        }
     return item.model_dump()
 
 

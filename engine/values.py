@@ -66,7 +66,8 @@ def encode_json(value: Any) -> tuple[bytes, str | None]:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         return b"", f"is not JSON-serializable: {exc}"
-    if _JSON_NUL.search(encoded):
+    # The substring test first: the regex alone cost 114 µs on a 2 KB outcome, the test 1 µs.
+    if "\\u0000" in encoded and _JSON_NUL.search(encoded):
         return b"", "contains a NUL character"
     try:
         return encoded.encode(), None
@@ -75,19 +76,19 @@ def encode_json(value: Any) -> tuple[bytes, str | None]:
 
 
 def deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest more than ``limit`` levels in ``value`` (iterative)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
+    """Whether lists and objects nest more than ``limit`` levels in ``value`` (iterative, one
+    level of containers at a time)."""
+    level = [value] if isinstance(value, dict | list | tuple) else []
+    depth = 0
+    while level:
         if depth >= limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        deeper: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            deeper.extend(child for child in children if isinstance(child, dict | list | tuple))
+        level = deeper
+        depth += 1
     return False
 
 
@@ -99,10 +100,17 @@ def json_problem(value: Any) -> str | None:
     surrogates) — SQLite would store those, so both backends refuse them — and nesting deeper
     than :data:`MAX_JSON_DEPTH`, which the side-store would keep but Temporal could not carry.
     """
-    problem = encode_json(value)[1]
-    if problem is None and deeper_than(value, MAX_JSON_DEPTH):
+    encoded, problem = encode_json(value)
+    if problem is None and _may_nest_deeper(encoded) and deeper_than(value, MAX_JSON_DEPTH):
         return f"is nested more than {MAX_JSON_DEPTH} levels deep"
     return problem
+
+
+def _may_nest_deeper(encoded: bytes) -> bool:
+    """Whether JSON text has enough brackets to nest past the limit at all: counting them
+    runs at C speed, so the walk (87 µs on a 2 KB stage outcome) is left to values that
+    could be too deep."""
+    return encoded.count(b"[") + encoded.count(b"{") > MAX_JSON_DEPTH
 
 
 def _scalar_problem(item: Any) -> str | None:
