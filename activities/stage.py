@@ -75,6 +75,16 @@ def _is_last_attempt(stage: Stage[Any, Any, Any]) -> bool:
     return policy.maximum_attempts > 0 and activity.info().attempt >= policy.maximum_attempts
 
 
+def _parsed(
+    parse: Callable[[Any], Any], raw: Any, what: str, stage_id: str
+) -> tuple[Any, str | None]:
+    """``parse(raw)`` and ``None``, or ``None`` and the failure message naming the fields."""
+    try:
+        return parse(raw), None
+    except ValidationError as exc:
+        return None, f"Invalid {what} for stage {stage_id}: {describe_validation(exc)}"
+
+
 def _custom_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     # The original's camelCase totals roll up too.
     out = dict(metrics)
@@ -222,24 +232,12 @@ class StageActivities:
         ctx: StageContext[Any, Any] | None = None
         outcome = _outcome_builder(record_id, clock, started_at=started_at)
 
-        try:
-            parsed_input = stage.parse_input(
-                await resolve_outputs(self._blobs, task.run_id, task.input)
-            )
-        except ValidationError as exc:
-            return outcome(
-                "failed",
-                None,
-                error=f"Invalid input for stage {stage.id}: {describe_validation(exc)}",
-            )
-        try:
-            config = stage.parse_config(task.stage.config)
-        except ValidationError as exc:
-            return outcome(
-                "failed",
-                None,
-                error=f"Invalid config for stage {stage.id}: {describe_validation(exc)}",
-            )
+        raw_input = await resolve_outputs(self._blobs, task.run_id, task.input)
+        parsed_input, problem = _parsed(stage.parse_input, raw_input, "input", stage.id)
+        if problem is None:
+            config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
+        if problem is not None:
+            return outcome("failed", None, error=problem)
         ctx = StageContext(
             input=parsed_input,
             config=config,
@@ -325,14 +323,9 @@ class StageActivities:
             return outcome(
                 "failed", None, error=f"Stage {stage.id} does not support check_completion"
             )
-        try:
-            config = stage.parse_config(task.stage.config)
-        except ValidationError as exc:
-            return outcome(
-                "failed",
-                None,
-                error=f"Invalid config for stage {stage.id}: {describe_validation(exc)}",
-            )
+        config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
+        if problem is not None:
+            return outcome("failed", None, error=problem)
         ctx: CompletionContext[Any] = CompletionContext(
             config=config,
             workflow_run_id=task.run_id,
