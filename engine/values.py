@@ -51,7 +51,7 @@ def text_problem(text: str) -> str | None:
 
 def clean_text(text: str) -> str:
     """``text`` with what no backend stores spelled out (NUL as ``\\x00``, a lone surrogate as
-    ``\\udXXX``): for text the engine itself writes from an exception, where refusing would lose
+    ``\\udc80``): for text the engine itself writes from an exception, where refusing would lose
     the message of a failure."""
     if text_problem(text) is None:
         return text
