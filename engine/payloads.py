@@ -99,6 +99,9 @@ class CarriedGroup(BaseModel):
 
     settled: dict[str, StageOutcome] = Field(default_factory=dict)
     parked: dict[str, ParkedStage] = Field(default_factory=dict)
+    resumes: dict[str, ResumeRequest] = Field(default_factory=dict)
+    """Resumes accepted for parked stages and not yet acted on: the next execution's parked
+    stage takes its resume first, so an accepted resume is never lost to continue-as-new."""
 
 
 class StartRun(BaseModel):
@@ -331,4 +334,5 @@ class ResumeRequest(BaseModel):
 
 
 RunWorkflowInput.model_rebuild()
+CarriedGroup.model_rebuild()
 StageOutcome.model_rebuild()

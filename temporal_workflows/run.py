@@ -17,7 +17,8 @@ stops.
 
 A stage that polls for weeks would grow the history without bound, so once the history is
 long (or the server suggests it) every stage of the group parks at its next wait and the
-workflow continues as new, carrying the group's settled outcomes and parked stages.
+workflow continues as new, carrying the group's settled outcomes, parked stages and the
+resumes accepted for them meanwhile (a resume is never lost to the continue-as-new).
 
 Deterministic by construction: no I/O, clock or randomness outside ``temporalio.workflow``.
 """
@@ -54,6 +55,8 @@ __all__ = ["RunWorkflow"]
 
 LOCAL_TIMEOUT = timedelta(seconds=30)
 DEFAULT_POLL_INTERVAL = timedelta(seconds=60)
+RESUME_BEFORE_PARK = "wfe.resume-before-park"
+"""Patch id: a stage with a pending resume checks it instead of parking for continue-as-new."""
 
 
 def _retry_policy(spec: RetrySpec | None) -> RetryPolicy | None:
@@ -138,6 +141,11 @@ class RunWorkflow:
         """Run the stages from ``input.start_group`` on; returns the run's final status."""
         self._input = input
         self._details = dict(input.details)
+        if input.carried is not None:
+            # Before the first await, so the Update validator of a resume that reaches this
+            # execution early already knows the parked stages (and the resumes carried).
+            self._suspended.update(input.carried.parked)
+            self._resumes.update(input.carried.resumes)
         if input.plan is not None:  # the first group's activities start the run
             plan = input.plan
             self._starts_run = True
@@ -234,7 +242,11 @@ class RunWorkflow:
                 update={
                     "start_group": group_number,
                     "outputs": outputs,
-                    "carried": CarriedGroup(settled=group.settled, parked=group.parked),
+                    "carried": CarriedGroup(
+                        settled=group.settled,
+                        parked=group.parked,
+                        resumes={s: r for s, r in self._resumes.items() if s in group.parked},
+                    ),
                     "details": self._details,
                     "plan": None,  # the next execution reads the run's state back
                 }
@@ -328,7 +340,7 @@ class RunWorkflow:
         assert self._plan is not None
         self._suspended.add(spec.stage_id)
         while True:
-            if self._history_is_long():
+            if self._history_is_long() and not self._resume_pending(spec.stage_id):
                 group.parked[spec.stage_id] = wait
                 await workflow.wait_condition(lambda: False)  # ends by continue-as-new
             delay = (wait.next_poll_at - workflow.now()).total_seconds()
@@ -390,6 +402,14 @@ class RunWorkflow:
             self._suspended.discard(spec.stage_id)
             await self._settle(spec, outcome, group, after_suspend=True, poll_count=wait.polls)
             return
+
+    def _resume_pending(self, stage_id: str) -> bool:
+        """A resume already accepted for the stage is acted on before it parks.
+
+        Patched: executions recorded before this change parked first, and replaying them must
+        park where they did.
+        """
+        return stage_id in self._resumes and workflow.patched(RESUME_BEFORE_PARK)
 
     def _history_is_long(self) -> bool:
         assert self._input is not None

@@ -1,0 +1,102 @@
+"""A resume sent while a suspended stage is parked for continue-as-new is carried over.
+
+The case of issue 16: a parallel group of a slow stage and an async-batch stage, with
+``continue_as_new_after_events=40``. The batch stage polls until the history is long, then
+parks until its group can continue as new; the slow sibling keeps the group open. A resume
+sent meanwhile is accepted by the workflow (the stage is SUSPENDED): it must go with the
+continue-as-new input and complete the stage in the next execution, its annotations stored
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio.api.enums.v1 import EventType
+
+from engine import (
+    CompletionCheck,
+    RunCreate,
+    RunStatus,
+    StageContext,
+    Suspend,
+    define_async_batch_stage,
+    define_stage,
+    define_workflow,
+)
+from engine.kernel import temporal_workflow_id
+from tests.helpers import running_kernel
+
+WAIT = timedelta(seconds=60)
+
+
+class Scores(BaseModel):
+    score: int
+
+
+async def test_resume_of_a_parked_stage_survives_continue_as_new(env: Any, store: Any) -> None:
+    release = asyncio.Event()
+
+    @define_stage(id="slow", input=None)
+    async def slow(ctx: StageContext[None, None]) -> Any:
+        await release.wait()  # keeps the group open while the batch stage parks
+        return {"slow": "done"}
+
+    async def submit(ctx: Any) -> Suspend:
+        return Suspend(state={"batch_id": "b-1"}, poll_interval=timedelta(milliseconds=50))
+
+    async def check(state: dict[str, Any], ctx: Any) -> CompletionCheck:
+        ctx.annotate("batch.checked", ctx.poll_count)
+        if ctx.resume_data is not None:
+            return CompletionCheck(ready=True, output={"score": ctx.resume_data["score"]})
+        return CompletionCheck(ready=False)
+
+    batch = define_async_batch_stage(
+        id="score", input=None, output=Scores, execute=submit, check_completion=check
+    )
+    workflow = define_workflow(id="parked").parallel([slow, batch]).build()
+    async with running_kernel(env, store, workflow, continue_as_new_after_events=40) as kernel:
+        run_id = (await kernel.dispatch(RunCreate(workflow_id="parked", input={}))).workflow_run_id
+        handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
+        # Parked: the history is long and the polls have stopped (the slow sibling runs on).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        previous = -1
+        while True:
+            assert loop.time() < deadline, "the batch stage never parked"
+            await asyncio.sleep(0.4)
+            checks = len(await kernel.annotations.list(run_id, key="batch.checked"))
+            events = len((await handle.fetch_history()).events)
+            if events >= 40 and checks == previous:
+                break
+            previous = checks
+        stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
+        assert stages["score"].status == RunStatus.SUSPENDED
+        assert stages["slow"].status == RunStatus.RUNNING
+
+        await kernel.resume_stage(
+            run_id, "score", data={"score": 7}, attributes={"approval.by": "alice"}
+        )
+        release.set()
+        run = await kernel.wait_for_run(run_id, timeout=WAIT)
+
+        assert run.status == RunStatus.COMPLETED, run
+        assert run.output == {"score": {"score": 7}, "slow": {"slow": "done"}}
+        approvals = await kernel.annotations.list(run_id, key="approval.by")
+        assert [a.value for a in approvals] == ["alice"]
+        stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
+        assert approvals[0].workflow_stage_record_id == stages["score"].id
+        assert stages["score"].status == RunStatus.COMPLETED
+        assert stages["score"].output_data == {"score": 7}
+        # It did continue as new, with the stage parked and its resume pending.
+        info = (await handle.describe()).raw_description.workflow_execution_info
+        assert info.first_run_id != info.execution.run_id
+        first = kernel.client.get_workflow_handle(handle.id, run_id=info.first_run_id)
+        last_event = (await first.fetch_history()).events[-1]
+        assert last_event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        types = [e.event_type for e in await kernel.list_outbox_events(run_id)]
+        assert types.count("workflow:completed") == 1
+        assert types.count("stage:completed") == 2
