@@ -68,9 +68,23 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-def _is_last_attempt(stage: Stage[Any, Any, Any]) -> bool:
+def _is_last_attempt(stage: Stage[Any, Any, Any], error: BaseException) -> bool:
+    """Whether Temporal would not retry ``error``: then this attempt's outcome is the stage's.
+
+    Temporal stops on the attempt count, on an error type the policy lists as non-retryable
+    (it compares the exception's class name, or an ``ApplicationError``'s ``type``), and on
+    an ``ApplicationError`` raised ``non_retryable``; any of them makes this the last.
+    """
     policy = stage.retry_policy
     if policy is None:
+        return True
+    if isinstance(error, ApplicationError):
+        if error.non_retryable:
+            return True
+        error_type = error.type or type(error).__name__
+    else:
+        error_type = type(error).__name__
+    if error_type in (policy.non_retryable_error_types or ()):
         return True
     return policy.maximum_attempts > 0 and activity.info().attempt >= policy.maximum_attempts
 
@@ -260,7 +274,7 @@ class StageActivities:
         try:
             result = await _call(stage.execute, ctx)
         except Exception as exc:
-            if not _is_last_attempt(stage):
+            if not _is_last_attempt(stage, exc):
                 raise
             return outcome("failed", ctx, error=error_message(exc))
 
