@@ -13,6 +13,8 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── InvalidCursorError           a page cursor that was not handed out (also a ValueError)
     ├── AnnotationError              bad annotation key, non-JSON value, or over the size limit
     ├── IdempotencyInProgressError   an idempotency key is held by a command still running
+    ├── IdempotencyConflictError     an idempotency key was used for another request
+    ├── RunStartError                the run was written but its Temporal workflow did not start
     ├── ArtifactNotFoundError        ``ctx.storage.load`` of a missing key
     ├── CommitRefusedError           the database refused even a stage's bare FAILED outcome
     ├── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
@@ -31,12 +33,14 @@ __all__ = [
     "ArtifactNotFoundError",
     "CommitRefusedError",
     "EngineError",
+    "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "InvalidConfigError",
     "InvalidCursorError",
     "InvalidInputError",
     "InvalidStateError",
     "RunNotFoundError",
+    "RunStartError",
     "SchemaOutOfDateError",
     "StageNotFoundError",
     "WorkflowDefinitionError",
@@ -99,6 +103,16 @@ class AnnotationError(EngineError):
 
 class IdempotencyInProgressError(EngineError):
     """The idempotency key belongs to a command that has not finished."""
+
+
+class IdempotencyConflictError(EngineError):
+    """The idempotency key belongs to a run created with another workflow, input or config;
+    nothing was written. ``key`` is the key, ``workflow_run_id`` the run that holds it."""
+
+
+class RunStartError(EngineError):
+    """The run is stored but its Temporal workflow could not be started (``workflow_run_id``
+    names it): the worker's recovery loop starts it, or ``wfe run recover`` does."""
 
 
 class ArtifactNotFoundError(EngineError):

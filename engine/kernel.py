@@ -7,7 +7,7 @@ import logging
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from temporalio.client import (
@@ -17,6 +17,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
+    Priority,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDReusePolicy,
@@ -48,6 +49,7 @@ from engine.errors import (
     InvalidConfigError,
     InvalidInputError,
     InvalidStateError,
+    RunStartError,
     StageNotFoundError,
     WorkflowNotFoundError,
 )
@@ -95,6 +97,16 @@ def restart_workflow_id(temporal_id: str) -> str:
     return f"{temporal_id}-restart-1"
 
 
+def temporal_priority(priority: int) -> Priority:
+    """Temporal's priority for the run's ``priority`` (higher runs sooner, default 5).
+
+    Temporal's ``priority_key`` runs 1 (first) to 5 (last), 3 by default: the engine's
+    default 5 maps to 3, each step above it one key sooner (7 and more: 1), each step below
+    one key later (3 and less: 5). The stage activities inherit it from the workflow.
+    """
+    return Priority(priority_key=min(max(3 - (priority - 5), 1), 5))
+
+
 RUNNING_SCAN_LIMIT = 200
 """RUNNING runs one ``RunClaimPending`` checks against Temporal (least recently updated)."""
 
@@ -114,6 +126,8 @@ class Kernel:
             published).
         plugins: Plugins to publish events to instead (a :class:`PluginRunner` on this
             store becomes the ``event_sink``).
+        start_grace: How long the recovery pass (``RunClaimPending``) leaves a RUNNING run
+            whose Temporal execution does not exist yet to whoever is starting it.
     """
 
     def __init__(
@@ -129,6 +143,7 @@ class Kernel:
         plugins: Iterable[Plugin] = (),
         projected_keys: Mapping[str, str] = DEFAULT_PROJECTED_KEYS,
         continue_as_new_after_events: int = 10_000,
+        start_grace: timedelta = timedelta(seconds=60),
         large_output_bytes: int = 256 * 1024,
         blob_store: BlobStore | None = None,
     ) -> None:
@@ -158,6 +173,9 @@ class Kernel:
         self.projected_keys = dict(projected_keys)
         """Annotation keys copied into Keyword search attributes of the run's workflow."""
         self.continue_as_new_after_events = continue_as_new_after_events
+        self.start_grace = start_grace
+        """How long a RUNNING run whose execution was never started is left to its starter
+        (a rerun in flight) before the recovery pass restarts it."""
         self.large_output_bytes = large_output_bytes
         self.blob_store = blob_store or SqlBlobStore(store)
         """Where stage artifacts and large outputs live (default: the side-store's table)."""
@@ -314,8 +332,25 @@ class Kernel:
             # workflow id is derived from the run id and never reused, so this starts at
             # most one workflow.
             plan = RunPlan(status="ok", groups=plan_of(workflow, config), run_input=command.input)
-            await self._start(run_id, workflow.id, start_group=1, attempt=0, plan=plan)
+            await self._start_or_report(
+                run_id, workflow.id, start_group=1, priority=command.priority, plan=plan
+            )
         return RunCreateResult(workflow_run_id=run_id, status=status)
+
+    async def _start_or_report(
+        self, run_id: str, workflow_id: str, *, start_group: int, priority: int, **kwargs: Any
+    ) -> None:
+        """Start the run's workflow; if Temporal refuses, say which run is waiting for it."""
+        try:
+            await self._start(
+                run_id, workflow_id, start_group=start_group, priority=priority, **kwargs
+            )
+        except RPCError as err:
+            raise RunStartError(
+                f"Run {run_id} is stored but its Temporal workflow could not be started "
+                f"({err}); the worker's recovery loop starts it, or `wfe run recover` does",
+                workflow_run_id=run_id,
+            ) from err
 
     async def _search_attributes_enabled(self) -> bool:
         """Whether the engine's search attributes exist on the server (checked once)."""
@@ -345,6 +380,7 @@ class Kernel:
         workflow_id: str,
         *,
         start_group: int,
+        priority: int,
         attempt: int = 0,
         temporal_id: str | None = None,
         note: str | None = None,
@@ -393,6 +429,7 @@ class Kernel:
                 static_summary=f"engine workflow `{workflow_id}` · run `{run_id}`"
                 + (f" · rerun {attempt}" if attempt else ""),
                 static_details=details,
+                priority=temporal_priority(priority),
             )
         except WorkflowAlreadyStartedError:
             return False
@@ -433,54 +470,78 @@ class Kernel:
             target_stages=[NewStage.of(spec) for spec in plan[group - 1]],
             temporal_workflow_id=f"{temporal_workflow_id(run.id)}-rerun-{{attempt}}",
             causation_id=command.idempotency_key or str(uuid.uuid4()),
+            idempotency_key=command.idempotency_key,
+            from_stage_id=command.from_stage_id,
         )
+        result = RunRerunFromResult(
+            workflow_run_id=run.id,
+            from_stage_id=command.from_stage_id,
+            deleted_stages=rerun.deleted_stages,
+        )
+        if rerun.repeated:
+            # The first rerun started its execution, or the recovery pass restarts the run
+            # (starting it here could race that restart into a second execution).
+            return result
         if not isinstance(self.blob_store, SqlBlobStore):  # (SQL blobs went in the transaction)
             for stage_id in rerun.deleted_stages:
                 try:
                     await self.blob_store.delete_prefix(run.id, f"{stage_id}/")
                 except Exception as err:  # cleanup only: a leftover blob is harmless
                     log.warning("rerun cleanup of %s/%s: %s", run.id, stage_id, err)
-        await self._start(run.id, workflow.id, start_group=group, attempt=rerun.attempt)
-        return RunRerunFromResult(
-            workflow_run_id=run.id,
-            from_stage_id=command.from_stage_id,
-            deleted_stages=rerun.deleted_stages,
+        await self._start_or_report(
+            run.id, workflow.id, start_group=group, priority=run.priority, attempt=rerun.attempt
         )
+        return result
 
     async def _claim_pending(self, command: RunClaimPending) -> RunClaimPendingResult:
         started = []
-        for run_id, workflow_id, _temporal_id in await self.store.pending_runs(command.max_claims):
-            if await self._start(run_id, workflow_id, start_group=1, attempt=0):
-                started.append(run_id)
+        for pending in await self.store.pending_runs(command.max_claims):
+            # The id is derived from the run: of several claimers (or the creator), one starts.
+            if await self._start(
+                pending.run_id, pending.workflow_id, start_group=1, priority=pending.priority
+            ):
+                started.append(pending.run_id)
         restarted: list[str] = []
-        for run_id, workflow_id, temporal_id in await self.store.running_runs(RUNNING_SCAN_LIMIT):
+        now = datetime.now(UTC)
+        for running in await self.store.running_runs(RUNNING_SCAN_LIMIT):
             if len(restarted) >= command.max_claims:
                 break
-            if temporal_id is not None and await self._execution_running(temporal_id):
+            temporal_id = running.temporal_id
+            state = await self._execution_state(temporal_id) if temporal_id else "missing"
+            if state == "running":
                 continue
+            if state == "missing" and now - running.updated_at < self.start_grace:
+                continue  # a rerun's start may still be on its way: give it time
+            run_id = running.run_id
             new_id = restart_workflow_id(temporal_id or temporal_workflow_id(run_id))
             group = await self.store.restart_run(
                 run_id, expected_temporal_id=temporal_id, temporal_id=new_id
             )
             if group is None:  # another claimer restarted it, or it finished meanwhile
                 continue
-            note = f"Restart of run `{run_id}` at group {group}: execution `{temporal_id}` ended"
+            ended = "never started" if state == "missing" else "ended"
+            note = f"Restart of run `{run_id}` at group {group}: execution `{temporal_id}` {ended}"
             if await self._start(
-                run_id, workflow_id, start_group=group, temporal_id=new_id, note=note
+                run_id,
+                running.workflow_id,
+                start_group=group,
+                priority=running.priority,
+                temporal_id=new_id,
+                note=note,
             ):
                 log.warning("restarted run %s as %s (%s)", run_id, new_id, note)
                 restarted.append(run_id)
         return RunClaimPendingResult(started=started, restarted=restarted)
 
-    async def _execution_running(self, temporal_id: str) -> bool:
-        """Whether the Temporal execution (its latest run) is still open."""
+    async def _execution_state(self, temporal_id: str) -> str:
+        """``running``, ``closed`` or ``missing`` (never started, or deleted since)."""
         try:
             description = await self._handle(temporal_id).describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                return False
+                return "missing"
             raise
-        return description.status == WorkflowExecutionStatus.RUNNING
+        return "running" if description.status == WorkflowExecutionStatus.RUNNING else "closed"
 
     async def resume_stage(
         self,

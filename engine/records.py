@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 __all__ = [
     "Annotation",
@@ -79,8 +79,21 @@ class RunRecord(_Record):
     total_tokens: int = 0
     created_at: datetime
     started_at: datetime | None = None
+    """When the run first started; a rerun keeps it."""
     completed_at: datetime | None = None
     duration_ms: int | None = None
+    """How long the run has existed: creation to completion, reruns included."""
+    execution_started_at: datetime | None = None
+    """When the last execution (the first, or the latest rerun) started."""
+    execution_duration_ms: int | None = None
+    """How long the last execution took: its start to the run's completion."""
+
+    @model_validator(mode="after")
+    def _first_execution(self) -> RunRecord:
+        # The column is NULL until a rerun: the last execution is then the first one.
+        if self.execution_started_at is None and self.started_at is not None:
+            object.__setattr__(self, "execution_started_at", self.started_at)
+        return self
 
 
 class StageRecord(_Record):
@@ -152,3 +165,13 @@ class Annotation(_Record):
     value: Any
     payload: Any = None
     idempotency_key: str | None = None
+    stage_record_ref: str | None = None
+    """The stage record that produced the row (``workflow_stage_record_id``), kept after a
+    rerun deleted that record and NULLed the link."""
+
+    @model_validator(mode="after")
+    def _stable_stage_reference(self) -> Annotation:
+        if self.stage_record_ref is None and self.workflow_stage_record_id is not None:
+            # Frozen record: set while validating, before anyone holds it.
+            object.__setattr__(self, "stage_record_ref", self.workflow_stage_record_id)
+        return self

@@ -297,6 +297,7 @@ class RunWorkflow:
                 heartbeat_timeout=spec.heartbeat_timeout,
                 retry_policy=_retry_policy(spec.retry),
                 summary=f"{spec.stage_id} · attempt {self._plan.attempt}",
+                priority=workflow.info().priority,  # the run's, explicit on every stage
             )
         except ActivityError as err:  # the stage's own retry policy gave up
             if self._cancelled:  # or the run's cancel cancelled it: nothing to commit
@@ -368,6 +369,7 @@ class RunWorkflow:
                 start_to_close_timeout=spec.start_to_close_timeout,
                 heartbeat_timeout=spec.heartbeat_timeout,
                 summary=f"{spec.stage_id} · check {wait.polls + 1} · attempt {self._plan.attempt}",
+                priority=workflow.info().priority,
             )
             if resume is not None and resume.annotations:
                 outcome.annotations = [*resume.annotations, *outcome.annotations]

@@ -21,6 +21,7 @@ from engine.cli.common import (
 )
 from engine.cli.render import Echo, emit_json, masked_url
 from engine.cli.stack import ConsoleSink, local_port, local_stack, run_until_shutdown
+from engine.recovery import RECOVERY_INTERVAL
 
 __all__ = ["demo", "dev", "worker"]
 
@@ -34,6 +35,24 @@ OutboxRelayOption = Annotated[
         help="Publish outbox events continuously (printed as they go).",
     ),
 ]
+
+
+RecoveryIntervalOption = Annotated[
+    float,
+    typer.Option(
+        "--recovery-interval",
+        envvar="WFE_RECOVERY_INTERVAL",
+        help="Seconds between passes that start runs left PENDING and restart RUNNING runs "
+        "whose Temporal execution is gone; 0 turns it off.",
+    ),
+]
+
+
+DEFAULT_RECOVERY_SECONDS = RECOVERY_INTERVAL.total_seconds()
+
+
+def _recovery(seconds: float) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds > 0 else None
 
 
 def _configure_logging() -> None:
@@ -102,7 +121,11 @@ def demo(
 
 
 async def _dev(
-    options: CommonOptions, workflows_spec: str, in_memory: bool, outbox_relay: bool
+    options: CommonOptions,
+    workflows_spec: str,
+    in_memory: bool,
+    outbox_relay: bool,
+    recovery_interval: float,
 ) -> None:
     echo = _human_echo(options)
     workflows = load_workflows(workflows_spec)
@@ -138,7 +161,11 @@ async def _dev(
             echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
             echo("Try           wfe run create ticket-triage --input '{...}' --wait")
             echo("Ready; press Ctrl-C to stop")
-            await run_until_shutdown(stack.kernel, outbox_relay=outbox_relay)
+            await run_until_shutdown(
+                stack.kernel,
+                outbox_relay=outbox_relay,
+                recovery_interval=_recovery(recovery_interval),
+            )
             echo("Shutting down ...")
 
 
@@ -152,6 +179,7 @@ def dev(
         ),
     ] = False,
     outbox_relay: OutboxRelayOption = True,
+    recovery_interval: RecoveryIntervalOption = DEFAULT_RECOVERY_SECONDS,
     workflows: WorkflowsOption = DEFAULT_WORKFLOWS,
 ) -> None:
     """Run a local dev server with its Web UI, the side-store and a worker, until Ctrl-C.
@@ -160,13 +188,15 @@ def dev(
     that port + 1000 (8233); the side-store is upgraded to the current schema first.
     """
     _configure_logging()
-    execute(_dev(options, workflows, in_memory, outbox_relay))
+    execute(_dev(options, workflows, in_memory, outbox_relay, recovery_interval))
 
 
 # -- worker -----------------------------------------------------------------------------------
 
 
-async def _worker(options: CommonOptions, workflows_spec: str, outbox_relay: bool) -> None:
+async def _worker(
+    options: CommonOptions, workflows_spec: str, outbox_relay: bool, recovery_interval: float
+) -> None:
     from engine.worker import create_worker
 
     echo = _human_echo(options)
@@ -180,7 +210,9 @@ async def _worker(options: CommonOptions, workflows_spec: str, outbox_relay: boo
                 f"{options.temporal_address} (namespace {options.namespace}); workflows: {ids}"
             )
             echo(f"Side-store {masked_url(options.database_url)}; press Ctrl-C to stop")
-            await run_until_shutdown(kernel, outbox_relay=outbox_relay)
+            await run_until_shutdown(
+                kernel, outbox_relay=outbox_relay, recovery_interval=_recovery(recovery_interval)
+            )
             echo("Shutting down ...")
 
 
@@ -188,8 +220,9 @@ async def _worker(options: CommonOptions, workflows_spec: str, outbox_relay: boo
 def worker(
     options: CommonOptions,
     outbox_relay: OutboxRelayOption = True,
+    recovery_interval: RecoveryIntervalOption = DEFAULT_RECOVERY_SECONDS,
     workflows: WorkflowsOption = DEFAULT_WORKFLOWS,
 ) -> None:
     """Run a worker against a running Temporal server, until Ctrl-C or SIGTERM."""
     _configure_logging()
-    execute(_worker(options, workflows, outbox_relay))
+    execute(_worker(options, workflows, outbox_relay, recovery_interval))

@@ -177,6 +177,14 @@ def stage_line(stage: StageRecord) -> str:
     return "  ".join(parts)
 
 
+def _last_execution(run: RunRecord) -> str:
+    """The last execution's duration, and when it started if a rerun made it."""
+    text = format_duration(run.execution_duration_ms)
+    if run.execution_started_at is not None and run.execution_started_at != run.started_at:
+        text += f" (rerun started {format_time(run.execution_started_at, full=True)})"
+    return text
+
+
 def run_summary(
     run: RunRecord, *, temporal_workflow_id: str | None = None, ui_url: str | None = None
 ) -> str:
@@ -188,7 +196,8 @@ def run_summary(
         ("Created", format_time(run.created_at, full=True)),
         ("Started", format_time(run.started_at, full=True)),
         ("Completed", format_time(run.completed_at, full=True)),
-        ("Duration", format_duration(run.duration_ms)),
+        ("Last execution", _last_execution(run)),
+        ("Run age", format_duration(run.duration_ms)),
         ("Input", format_value(run.input, width=100)),
         ("Output", format_value(run.output, width=100) if run.output is not None else "-"),
     ]

@@ -253,6 +253,40 @@ def rerun(
     execute(_rerun(options, run_id, from_stage, workflows, wait, timeout))
 
 
+# -- recover ----------------------------------------------------------------------------------
+
+
+async def _recover(options: CommonOptions, max_claims: int) -> None:
+    from engine.recovery import recover_orphans
+
+    async with open_kernel(options) as kernel:
+        result = await recover_orphans(kernel, max_claims=max_claims)
+        if options.json:
+            emit_json(result)
+            return
+        options.echo(
+            f"Started {len(result.started)} PENDING run(s)"
+            + (f": {', '.join(result.started)}" if result.started else "")
+        )
+        options.echo(
+            f"Restarted {len(result.restarted)} RUNNING run(s)"
+            + (f": {', '.join(result.restarted)}" if result.restarted else "")
+        )
+
+
+@app.command("recover")
+@with_common
+def recover(
+    options: CommonOptions,
+    max_claims: Annotated[
+        int, typer.Option("--max-claims", help="At most this many runs of each kind.")
+    ] = 50,
+) -> None:
+    """One recovery pass: start runs left PENDING, restart RUNNING runs whose Temporal
+    execution is gone (the worker does this every --recovery-interval)."""
+    execute(_recover(options, max_claims))
+
+
 # -- show -------------------------------------------------------------------------------------
 
 

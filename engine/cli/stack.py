@@ -24,6 +24,7 @@ from engine.devserver import DevServer
 from engine.kernel import Kernel
 from engine.outbox import EventSink
 from engine.records import OutboxEventRecord
+from engine.recovery import recovery_loop
 from engine.store import SqlStore
 from engine.store.migrate import current_revision
 from engine.worker import create_worker
@@ -172,12 +173,24 @@ def local_port(address: str) -> int:
     return int(port)
 
 
-async def run_until_shutdown(kernel: Kernel, *, outbox_relay: bool) -> None:
-    """Relay the outbox (if asked) until Ctrl-C or SIGTERM."""
+async def run_until_shutdown(
+    kernel: Kernel, *, outbox_relay: bool, recovery_interval: timedelta | None = None
+) -> None:
+    """Relay the outbox (if asked) and recover orphaned runs every ``recovery_interval``
+    (``None``: not at all) until Ctrl-C or SIGTERM."""
     relay = asyncio.create_task(relay_outbox(kernel)) if outbox_relay else None
+    recovery = (
+        asyncio.create_task(recovery_loop(kernel, interval=recovery_interval))
+        if recovery_interval is not None
+        else None
+    )
     try:
         await wait_for_shutdown()
     finally:
+        if recovery is not None:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
         if relay is not None:
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from engine.payloads import StageSpec
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
+    "ActiveRun",
     "AnnotationFilters",
     "CrossRunFilters",
     "NewRun",
@@ -77,6 +78,19 @@ class Rerun:
 
     deleted_stages: list[str]
     attempt: int
+    repeated: bool = False
+    """An earlier rerun with the same idempotency key did it: nothing was written now."""
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    """A PENDING or RUNNING run as the recovery pass sees it."""
+
+    run_id: str
+    workflow_id: str
+    temporal_id: str | None
+    priority: int
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

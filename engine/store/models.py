@@ -139,6 +139,9 @@ class WorkflowRun(Base):
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    execution_started_at: Mapped[datetime | None]
+    """Start of the last execution when a rerun made one (NULL: ``started_at``)."""
+    execution_duration_ms: Mapped[int | None] = mapped_column(BigInteger)
     input: Mapped[Any] = mapped_column(JSONValue)
     output: Mapped[Any | None] = mapped_column(JSONValue)
     config: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)
@@ -266,6 +269,8 @@ class WorkflowAnnotation(Base):
     value_bool: Mapped[bool | None] = mapped_column(Boolean)
     payload: Mapped[Any | None] = mapped_column(AnnotationJSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    stage_record_ref: Mapped[str | None] = mapped_column(String(64))
+    """The stage record that produced the row, kept when a rerun deleted that record."""
 
 
 class OutboxEvent(Base):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -12,11 +13,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine.annotations import AnnotationDraft
-from engine.errors import InvalidStateError, RunNotFoundError
+from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFoundError
 from engine.ids import new_id
 from engine.records import RunStatus
 from engine.store.annotation_rows import insert_drafts
-from engine.store.contract import NewRun, NewStage, Rerun, RowContext, StartedRun
+from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun
 from engine.store.models import (
     RUNS,
     STAGES,
@@ -39,9 +40,11 @@ __all__ = [
     "create_run",
     "finalize_run",
     "open_stages",
+    "pending_runs",
     "rerun_from",
     "restart_run",
     "running_runs",
+    "same_request",
     "stage_rows",
     "start_run",
 ]
@@ -117,7 +120,9 @@ def create_run(
         session, new.idempotency_key, "run.create", {"workflow_run_id": run_id}, now
     )
     if existing is not None:
-        return str(existing["workflow_run_id"]), False
+        existing_id = str(existing["workflow_run_id"])
+        same_request(session, existing_id, new)
+        return existing_id, False
     session.execute(RUNS.insert(), [run_row(new, run_id, now, temporal_workflow_id)])
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
@@ -153,6 +158,43 @@ def run_row(
             temporal_workflow_id.format(run_id=run_id) if temporal_workflow_id else None
         ),
     }
+
+
+def _comparable(value: Any) -> Any:
+    # As the JSON column gives it back: tuples are lists, keys are strings.
+    return json.loads(json.dumps(value))
+
+
+def same_request(session: Session, run_id: str, new: NewRun) -> None:
+    """Check a repeated ``RunCreate`` against the run its key made.
+
+    Raises:
+        IdempotencyConflictError: the run was created with another workflow, input or
+            config (merged config, as stored); the caller's transaction then writes nothing.
+    """
+    row = session.execute(
+        select(WorkflowRun.workflow_id, WorkflowRun.input, WorkflowRun.config).where(
+            WorkflowRun.id == run_id
+        )
+    ).one_or_none()
+    if row is None:  # the run was deleted since: nothing left to differ from
+        return
+    differs = [
+        name
+        for name, stored, asked in (
+            ("workflow id", row.workflow_id, new.workflow_id),
+            ("input", row.input, new.input),
+            ("config", row.config, new.config),
+        )
+        if _comparable(stored) != _comparable(asked)
+    ]
+    if differs:
+        raise IdempotencyConflictError(
+            f"Idempotency key {new.idempotency_key!r} belongs to run {run_id}, created with "
+            f"another {' and '.join(differs)}",
+            workflow_run_id=run_id,
+            key=new.idempotency_key,
+        )
 
 
 @cache
@@ -302,12 +344,21 @@ def finalize_run(
     if status == RunStatus.FAILED:
         run.status = RunStatus.FAILED
         run.completed_at = now
-        run.duration_ms = int((now - run.created_at).total_seconds() * 1000)
+        run.duration_ms = _ms(now, run.created_at)
+        run.execution_duration_ms = _ms(now, run.execution_started_at or run.started_at)
         events = [("workflow:failed", {"error": error or "Stage failed"})]
     else:
         events = [complete_run(session, run_id, output=output, now=now)]
     append_events(session, run_id, events, causation_id=commit_id, now=now)
     return True
+
+
+def _ms(end: datetime, start: datetime | None) -> int | None:
+    if start is None:
+        return None
+    if start.tzinfo is None:  # SQLite hands back naive UTC from a raw (Core) select
+        start = start.replace(tzinfo=UTC)
+    return max(int((end - start).total_seconds() * 1000), 0)
 
 
 def complete_run(
@@ -320,7 +371,11 @@ def complete_run(
     runs, stages = RUNS, STAGES
     # One read for the run's start and its stages' metrics (a run without stages: one row).
     rows = session.execute(
-        select(runs.c.created_at, stages.c.metrics)
+        select(
+            runs.c.created_at,
+            func.coalesce(runs.c.execution_started_at, runs.c.started_at).label("execution"),
+            stages.c.metrics,
+        )
         .select_from(runs.outerjoin(stages, stages.c.workflow_run_id == runs.c.id))
         .where(runs.c.id == run_id)
     ).all()
@@ -328,7 +383,8 @@ def complete_run(
     metrics = [row.metrics for row in rows]
     total_cost = sum(float((m or {}).get("total_cost", 0) or 0) for m in metrics)
     total_tokens = sum(int((m or {}).get("total_tokens", 0) or 0) for m in metrics)
-    duration = int((now - created_at).total_seconds() * 1000) if created_at else 0
+    duration = _ms(now, created_at) or 0
+    execution = _ms(now, rows[0].execution) if rows else None
     session.execute(
         update(runs)
         .where(runs.c.id == run_id)
@@ -336,6 +392,7 @@ def complete_run(
             status=RunStatus.COMPLETED,
             completed_at=now,
             duration_ms=duration,
+            execution_duration_ms=execution,
             output=output,
             total_cost=total_cost,
             total_tokens=total_tokens,
@@ -373,6 +430,31 @@ def cancel_run(
     return True
 
 
+def _rerun_claim(
+    session: Session, key: str, run_id: str, from_stage_id: str, now: datetime
+) -> Rerun | None:
+    """Claim a rerun's idempotency key; the earlier rerun's result when it was claimed before.
+
+    Raises:
+        IdempotencyConflictError: the key reran another run or from another stage.
+    """
+    claimed = claim_idempotency(session, key, "run.rerunFrom", {"workflow_run_id": run_id}, now)
+    if claimed is None:
+        return None
+    if claimed.get("workflow_run_id") != run_id or claimed.get("from_stage_id") != from_stage_id:
+        raise IdempotencyConflictError(
+            f"Idempotency key {key!r} belongs to the rerun of run "
+            f"{claimed.get('workflow_run_id')} from stage {claimed.get('from_stage_id')}",
+            workflow_run_id=str(claimed.get("workflow_run_id")),
+            key=key,
+        )
+    return Rerun(
+        deleted_stages=list(claimed.get("deleted_stages", [])),
+        attempt=int(claimed.get("attempt", 0)),
+        repeated=True,
+    )
+
+
 def rerun_from(
     session: Session,
     run_id: str,
@@ -383,14 +465,24 @@ def rerun_from(
     temporal_workflow_id: str,
     now: datetime,
     causation_id: str,
+    idempotency_key: str | None = None,
+    from_stage_id: str = "",
 ) -> Rerun:
     """Delete the records of ``target_group`` and later, and reopen the target group.
+
+    With an ``idempotency_key``, the rerun happens once: a repeat returns the first rerun's
+    result (``repeated``) and writes nothing.
 
     Raises:
         RunNotFoundError: no run has that id.
         InvalidStateError: the run is not COMPLETED or FAILED, or an earlier stage has no
             COMPLETED record (the original only asked for *some* earlier record).
+        IdempotencyConflictError: the key was used for another rerun.
     """
+    if idempotency_key is not None:
+        earlier = _rerun_claim(session, idempotency_key, run_id, from_stage_id, now)
+        if earlier is not None:
+            return earlier
     run = lock_run(session, run_id)
     if run is None:
         raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
@@ -416,10 +508,14 @@ def rerun_from(
     if removed_ids:
         # Done explicitly rather than through FK actions, which SQLite applies only when
         # foreign keys are switched on for the connection.
+        # The link goes (its record does), the reference to the record that made it stays.
         session.execute(
             update(WorkflowAnnotation)
             .where(WorkflowAnnotation.workflow_stage_record_id.in_(removed_ids))
-            .values(workflow_stage_record_id=None)
+            .values(
+                stage_record_ref=WorkflowAnnotation.workflow_stage_record_id,
+                workflow_stage_record_id=None,
+            )
         )
         session.execute(delete(WorkflowLog).where(WorkflowLog.workflow_stage_id.in_(removed_ids)))
         session.execute(delete(WorkflowStage).where(WorkflowStage.id.in_(removed_ids)))
@@ -439,9 +535,10 @@ def rerun_from(
                 )
             )
     run.status = RunStatus.RUNNING
-    run.started_at = now
+    run.execution_started_at = now  # started_at stays the run's first start
     run.completed_at = None
     run.duration_ms = None
+    run.execution_duration_ms = None
     run.output = None
     run.total_cost = 0.0
     run.total_tokens = 0
@@ -450,6 +547,22 @@ def rerun_from(
     run.version = run.version + 1
     open_stages(session, run_id, target_stages, attempt, now)
     append_events(session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now)
+    if idempotency_key is not None:
+        session.execute(
+            update(IdempotencyKey)
+            .where(
+                IdempotencyKey.key == idempotency_key,
+                IdempotencyKey.command_type == "run.rerunFrom",
+            )
+            .values(
+                result={
+                    "workflow_run_id": run_id,
+                    "from_stage_id": from_stage_id,
+                    "deleted_stages": stage_ids,
+                    "attempt": attempt,
+                }
+            )
+        )
     return Rerun(deleted_stages=stage_ids, attempt=attempt)
 
 
@@ -504,12 +617,28 @@ def restart_run(
     return group
 
 
-def running_runs(session: Session, limit: int) -> list[tuple[str, str, str | None]]:
-    """RUNNING runs, least recently updated first: (run id, workflow id, temporal id)."""
+def _active_runs(session: Session, status: RunStatus, order: Sequence[Any], limit: int) -> Any:
     rows = session.execute(
-        select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
-        .where(WorkflowRun.status == RunStatus.RUNNING)
-        .order_by(WorkflowRun.updated_at, WorkflowRun.id)
+        select(
+            WorkflowRun.id,
+            WorkflowRun.workflow_id,
+            WorkflowRun.temporal_workflow_id,
+            WorkflowRun.priority,
+            WorkflowRun.updated_at,
+        )
+        .where(WorkflowRun.status == status)
+        .order_by(*order, WorkflowRun.id)
         .limit(limit)
     )
-    return [(r[0], r[1], r[2]) for r in rows.all()]
+    return [ActiveRun(r[0], r[1], r[2], r[3], r[4]) for r in rows.all()]
+
+
+def pending_runs(session: Session, limit: int) -> list[ActiveRun]:
+    """PENDING runs, highest priority then oldest first."""
+    order = (WorkflowRun.priority.desc(), WorkflowRun.created_at)
+    return list(_active_runs(session, RunStatus.PENDING, order, limit))
+
+
+def running_runs(session: Session, limit: int) -> list[ActiveRun]:
+    """RUNNING runs, least recently updated first."""
+    return list(_active_runs(session, RunStatus.RUNNING, (WorkflowRun.updated_at,), limit))

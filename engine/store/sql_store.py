@@ -31,6 +31,7 @@ from engine.store import (
 )
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.contract import (
+    ActiveRun,
     AnnotationFilters,
     CrossRunFilters,
     NewRun,
@@ -287,8 +288,11 @@ class SqlStore:
         target_stages: Sequence[NewStage],
         temporal_workflow_id: str,
         causation_id: str,
+        idempotency_key: str | None = None,
+        from_stage_id: str = "",
     ) -> Rerun:
-        """Delete the records from ``target_group`` on and reopen that group."""
+        """Delete the records from ``target_group`` on and reopen that group (once per
+        ``idempotency_key``)."""
         return await self._write(
             lambda session: runs.rerun_from(
                 session,
@@ -299,22 +303,17 @@ class SqlStore:
                 temporal_workflow_id=temporal_workflow_id,
                 now=utcnow(),
                 causation_id=causation_id,
+                idempotency_key=idempotency_key,
+                from_stage_id=from_stage_id,
             )
         )
 
-    async def pending_runs(self, limit: int) -> list[tuple[str, str, str | None]]:
-        """PENDING runs, highest priority then oldest first: (run id, workflow id, temporal id)."""
-        query = (
-            select(WorkflowRun.id, WorkflowRun.workflow_id, WorkflowRun.temporal_workflow_id)
-            .where(WorkflowRun.status == "PENDING")
-            .order_by(WorkflowRun.priority.desc(), WorkflowRun.created_at, WorkflowRun.id)
-            .limit(limit)
-        )
-        rows = await self._read(lambda session: session.execute(query).all())
-        return [(r[0], r[1], r[2]) for r in rows]
+    async def pending_runs(self, limit: int) -> list[ActiveRun]:
+        """PENDING runs, highest priority then oldest first."""
+        return await self._read(lambda session: runs.pending_runs(session, limit))
 
-    async def running_runs(self, limit: int) -> list[tuple[str, str, str | None]]:
-        """RUNNING runs, least recently updated first: (run id, workflow id, temporal id)."""
+    async def running_runs(self, limit: int) -> list[ActiveRun]:
+        """RUNNING runs, least recently updated first."""
         return await self._read(lambda session: runs.running_runs(session, limit))
 
     async def restart_run(

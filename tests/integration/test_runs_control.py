@@ -88,12 +88,12 @@ async def test_idempotent_create_sequential_and_concurrent(env: Any, store: SqlS
         first = await kernel.dispatch(
             RunCreate(workflow_id="echo", input={"text": "one"}, idempotency_key="same")
         )
-        # The same command as a camelCase dict, with a different payload: ignored.
+        # The same command as a camelCase dict (the same request: the same run).
         again = await kernel.dispatch(
             {
                 "type": "run.create",
                 "workflowId": "echo",
-                "input": {"text": "other"},
+                "input": {"text": "one"},
                 "idempotencyKey": "same",
             }
         )

@@ -25,7 +25,8 @@ REVISION_1 = "0001"
 REVISION_2 = "0002"
 REVISION_3 = "0003"
 REVISION_4 = "0004"
-HEAD = "0005"
+REVISION_5 = "0005"
+HEAD = "0006"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -195,12 +196,13 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
+    assert chain == [HEAD, REVISION_5, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
     assert script.get_revision(REVISION_1).down_revision is None
     assert script.get_revision(REVISION_2).down_revision == REVISION_1
     assert script.get_revision(REVISION_3).down_revision == REVISION_2
     assert script.get_revision(REVISION_4).down_revision == REVISION_3
-    assert script.get_revision(HEAD).down_revision == REVISION_4
+    assert script.get_revision(REVISION_5).down_revision == REVISION_4
+    assert script.get_revision(HEAD).down_revision == REVISION_5
 
 
 LOOKUP_INDEXES = {
@@ -232,7 +234,7 @@ async def test_revision_5_adds_the_lookup_indexes_and_keeps_rows(empty_database_
         await store.upgrade(REVISION_4)
         assert await _lookup_indexes(store) == set()
 
-        await store.upgrade(HEAD)
+        await store.upgrade(REVISION_5)
         assert await _lookup_indexes(store) == LOOKUP_INDEXES
         await _assert_pre_08_rows_kept(store)
 
@@ -291,5 +293,39 @@ async def test_check_current_requires_the_head_revision(empty_database_url: str)
             await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
         with pytest.raises(SchemaOutOfDateError, match="newer engine"):
             await migrate.check_current(store.engine)
+    finally:
+        await store.dispose()
+
+
+@on_both_backends
+async def test_revision_6_adds_execution_columns_and_keeps_rows_both_ways(
+    empty_database_url: str,
+) -> None:
+    """0006 (run control): columns added and dropped, the run rows kept either way."""
+    store = SqlStore(empty_database_url)
+    try:
+        await store.upgrade(REVISION_5)
+        await _insert_pre_08_rows(store)
+
+        def columns(connection: Connection) -> set[str]:
+            found = inspect(connection)
+            return {c["name"] for c in found.get_columns("workflow_runs")} | {
+                f"a.{c['name']}" for c in found.get_columns("workflow_annotations")
+            }
+
+        async def current_columns() -> set[str]:
+            async with store.engine.connect() as connection:
+                return await connection.run_sync(columns)
+
+        added = {"execution_started_at", "execution_duration_ms", "a.stage_record_ref"}
+        assert not added & await current_columns()
+        await store.upgrade("0006")
+        assert added <= await current_columns()
+        assert await _count(store, "workflow_runs") == 1
+        await store.downgrade(REVISION_5)
+        assert not added & await current_columns()
+        assert await _count(store, "workflow_runs") == 1
+        await store.upgrade("0006")
+        assert added <= await current_columns()
     finally:
         await store.dispose()
