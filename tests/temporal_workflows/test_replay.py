@@ -4,8 +4,12 @@ The committed histories in ``tests/histories`` (written by ``tests/histories/rec
 replay against the current workflow code without a nondeterminism error: those of the current
 command sequence (each stage one activity that commits its outcome), and those recorded when
 every stage commit was a local activity (``v1-commit-local-activity``), which workflows
-started by that version still in flight depend on. A run with an async-batch stage (durable
-timers, polls and an external resume Update) runs here and is replayed at once.
+started by that version still in flight depend on. Recorded histories of the other paths
+(suspend and poll, external resume, continue-as-new with a parked stage and its resume, a
+resume acted on before parking, cancel during a stage, a rerun) replay too, and one recorded
+before the ``wfe.resume-before-park`` patch proves that the patch keeps older executions
+replaying. A run with an async-batch stage (durable timers, polls and an external resume
+Update) runs here and is replayed at once.
 
 Workers run the workflow outside Temporal's sandbox (see :mod:`engine.worker`); here it runs
 and replays inside it, so a clock, I/O or randomness slipping into the workflow fails these
@@ -77,6 +81,59 @@ async def test_recorded_history_replays(name: str, version: str) -> None:
 
     result = await replayer().replay_workflow(history)
     assert result.replay_failure is None
+
+
+# Histories of the paths with timers, Updates and more than one execution (see record.py):
+# the last event, and what each must contain to be the path it is named for.
+PATHS: dict[str, tuple[str, set[str]]] = {
+    "suspend-poll": ("COMPLETED", {"TIMER_STARTED", "wfe.check_completion"}),
+    "resume": ("COMPLETED", {"WORKFLOW_EXECUTION_UPDATE_ACCEPTED", "TIMER_STARTED"}),
+    "continue-as-new-1": ("CONTINUED_AS_NEW", {"WORKFLOW_EXECUTION_UPDATE_ACCEPTED"}),
+    "continue-as-new-2": ("COMPLETED", {"wfe.check_completion", "core_local_activity"}),
+    "resume-before-park": ("COMPLETED", {"core_patch", "WORKFLOW_EXECUTION_UPDATE_ACCEPTED"}),
+    "cancel": ("CANCELED", {"ACTIVITY_TASK_CANCEL_REQUESTED", "core_local_activity"}),
+    "rerun": ("COMPLETED", {"core_local_activity", "wfe.execute_stage"}),
+}
+V0_PATCH = "v0-before-resume-patch"
+
+
+def _kinds(text: str) -> tuple[list[str], set[str]]:
+    """Event types (without their prefix) and the names of activities and markers."""
+    kinds, names = [], set()
+    for event in json.loads(text)["events"]:
+        kinds.append(event["eventType"].removeprefix("EVENT_TYPE_"))
+        names.add(event["eventType"].removeprefix("EVENT_TYPE_"))
+        scheduled = event.get("activityTaskScheduledEventAttributes")
+        if scheduled:
+            names.add(scheduled["activityType"]["name"])
+        marker = event.get("markerRecordedEventAttributes")
+        if marker:
+            names.add(marker["markerName"])
+    return kinds, names
+
+
+@pytest.mark.parametrize("name", sorted(PATHS))
+async def test_recorded_path_replays(name: str) -> None:
+    text = (HISTORIES / f"{name}.json").read_text()
+    kinds, names = _kinds(text)
+    last, needed = PATHS[name]
+    assert kinds[0] == "WORKFLOW_EXECUTION_STARTED"
+    assert kinds[-1] == f"WORKFLOW_EXECUTION_{last}"
+    assert needed <= names, needed - names
+    result = await replayer().replay_workflow(WorkflowHistory.from_json(f"wfe-run-{name}", text))
+    assert result.replay_failure is None
+
+
+async def test_history_from_before_the_resume_patch_parks_again_on_replay() -> None:
+    """Recorded by the code before ``wfe.resume-before-park``: the resume was pending when
+    the stage parked, and the execution continued as new. The patched code must replay it
+    the same way (``workflow.patched`` is False without the marker)."""
+    text = (HISTORIES / V0_PATCH / "resume-before-park.json").read_text()
+    kinds, names = _kinds(text)
+    assert kinds[-1] == "WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
+    assert "WORKFLOW_EXECUTION_UPDATE_ACCEPTED" in names and "core_patch" not in names
+    history = WorkflowHistory.from_json("wfe-run-v0", text)
+    assert (await replayer().replay_workflow(history)).replay_failure is None
 
 
 class Scores(BaseModel):
