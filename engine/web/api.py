@@ -274,7 +274,15 @@ async def get_runs(
     response_model=RunCreateResult,
     response_model_by_alias=False,
     dependencies=[Depends(require_token)],
-    responses={**_WRITE_ERRORS, 503: {"model": ErrorBody, "description": "Temporal unavailable"}},
+    responses={
+        **_WRITE_ERRORS,
+        409: {"model": ErrorBody, "description": "Idempotency key used for another request"},
+        503: {
+            "model": ErrorBody,
+            "description": "Temporal unavailable (a stored run not started: its id is in "
+            "workflow_run_id)",
+        },
+    },
     summary="Create a run",
 )
 async def create_run(state: State, body: CreateRunBody) -> RunCreateResult:

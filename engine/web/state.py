@@ -19,11 +19,13 @@ from engine.annotations import AnnotationLimits
 from engine.errors import (
     AnnotationError,
     EngineError,
+    IdempotencyConflictError,
     IdempotencyInProgressError,
     InvalidConfigError,
     InvalidInputError,
     InvalidStateError,
     RunNotFoundError,
+    RunStartError,
     StageNotFoundError,
     WorkflowNotFoundError,
 )
@@ -114,6 +116,9 @@ class ErrorBody(BaseModel):
     """The request field at fault (``limit``, ``attributes``, ``annotations.0.actor.id``)."""
     details: list[dict[str, Any]] | None = None
     """Every problem when there are several (``field``, ``message``)."""
+    workflow_run_id: str | None = None
+    """The run concerned, when the answer must name it: the run holding a conflicting
+    idempotency key, or a stored run whose Temporal start failed (retry it by its id)."""
 
 
 class ApiError(Exception):
@@ -128,10 +133,17 @@ class ApiError(Exception):
         field: str | None = None,
         details: list[dict[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
+        workflow_run_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(error=error, message=message, field=field, details=details)
+        self.body = ErrorBody(
+            error=error,
+            message=message,
+            field=field,
+            details=details,
+            workflow_run_id=workflow_run_id,
+        )
         self.headers = dict(headers) if headers is not None else None
 
 
@@ -144,7 +156,10 @@ _ENGINE_ERRORS: list[tuple[type[EngineError], int, str, str | None]] = [
     (AnnotationError, 422, "invalid_annotation", "attributes"),
     (InvalidStateError, 409, "invalid_state", None),
     (IdempotencyInProgressError, 409, "idempotency_in_progress", "idempotency_key"),
+    (IdempotencyConflictError, 409, "idempotency_conflict", "idempotency_key"),
+    (RunStartError, 503, "run_not_started", None),
 ]
+_NAMING_THE_RUN = (IdempotencyConflictError, RunStartError)
 
 _ANNOTATION_FIELD = re.compile(
     r"^(?:annotation )?(scope_id|scope|payload|idempotency_key|actor\.(?:kind|id|version))\b"
@@ -160,7 +175,8 @@ def engine_error(exc: EngineError, *, field: str | None = None) -> ApiError:
                 named = _ANNOTATION_FIELD.match(exc.message)
                 if named is not None and field is None:
                     where = named.group(1)
-            return ApiError(status, code, exc.message, field=where)
+            run_id = exc.workflow_run_id if isinstance(exc, _NAMING_THE_RUN) else None
+            return ApiError(status, code, exc.message, field=where, workflow_run_id=run_id)
     return ApiError(400, "engine_error", exc.message, field=field)
 
 

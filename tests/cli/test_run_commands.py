@@ -6,6 +6,7 @@ workflows, and the worker's outbox relay printing events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.demo import DEMO_TICKET
+from engine.kernel import temporal_workflow_id
 from engine.store import SqlStore
+from engine.store.runs import NewRun
 from tests.cli.support import Background, Wfe, assert_one_line_error, clean_env, temporal_address
 
 # The demo workflow's waits made short: nobody answers the review, the policy approves at once;
@@ -38,7 +41,8 @@ async def test_worker_and_run_lifecycle(
         "--task-queue", f"tq-{uuid.uuid4()}",
         "--database-url", store.url,
     ]  # fmt: skip
-    worker = background("worker", *opts, cwd=tmp_path, env=clean_env())
+    # No recovery loop here: `wfe run recover` below must find the orphan itself.
+    worker = background("worker", *opts, "--recovery-interval", "0", cwd=tmp_path, env=clean_env())
     await worker.wait_for_line("Worker polling task queue")
     ticket = json.dumps(DEMO_TICKET)
 
@@ -68,13 +72,39 @@ async def test_worker_and_run_lifecycle(
         "batch.size": (3, "ops@acme.example"),
     }
 
-    # The same idempotency key gives the same run back, without waiting.
+    # The same request with its idempotency key gives the same run back, without waiting.
     result = await wfe(
         "run", "create", "ticket-triage", "--input", ticket, *opts, "--json",
-        "--idempotency-key", "ticket-1042",
+        "--idempotency-key", "ticket-1042", "--config", REVIEWED_QUICKLY,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == {"workflow_run_id": run_id, "status": "COMPLETED"}
+    # The same key with another input: a conflict, one line naming the key and the run.
+    result = await wfe(
+        "run", "create", "ticket-triage", "--input", json.dumps({**DEMO_TICKET, "x": 1}),
+        *opts, "--idempotency-key", "ticket-1042", "--config", REVIEWED_QUICKLY,
+    )  # fmt: skip
+    assert_one_line_error(result, "'ticket-1042'", run_id, "another input")
+
+    # A run stored without its workflow started (a lost start): `wfe run recover` starts it.
+    orphan, _ = await store.create_run(
+        NewRun(
+            workflow_id="ticket-triage",
+            workflow_name="Ticket triage",
+            input=DEMO_TICKET,
+            config=json.loads(REVIEWED_QUICKLY),
+            priority=5,
+            metadata=None,
+            idempotency_key=f"orphan-{uuid.uuid4()}",
+        ),
+        temporal_workflow_id("{run_id}"),
+    )
+    result = await wfe("run", "recover", *opts)
+    assert result.exit_code == 0, result.stderr
+    assert f"Started 1 PENDING run(s): {orphan}" in result.stdout
+    assert "Restarted 0 RUNNING run(s)" in result.stdout
+    result = await wfe("run", "recover", *opts, "--json")
+    assert json.loads(result.stdout) == {"started": [], "restarted": []}
 
     # rerun --wait: the last stage runs again as attempt 1, in a new Temporal workflow.
     result = await wfe("run", "rerun", run_id, "--from-stage", "route", *opts, "--json", "--wait")
@@ -101,6 +131,13 @@ async def test_worker_and_run_lifecycle(
     assert json.loads(result.stdout) == {"cancelled": True}
     result = await wfe("run", "show", second, *opts, "--json")
     assert json.loads(result.stdout)["status"] == "CANCELLED"
+    for _ in range(300):  # the worker runs the recovered orphan to its end
+        if (await store.get_run(orphan)).status == "COMPLETED":
+            break
+        await asyncio.sleep(0.1)
+    result = await wfe("run", "show", orphan, *opts)
+    assert "COMPLETED" in result.stdout, result.stdout
+    assert "Last execution" in result.stdout and "Run age" in result.stdout
     assert_one_line_error(await wfe("run", "cancel", "no-such-run", *opts), "Run no-such-run")
 
     # Ctrl-C stops the worker cleanly; its relay printed the runs' events.

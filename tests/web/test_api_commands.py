@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from temporalio.client import Client
+
 from engine import (
     CompletionCheck,
+    Kernel,
     RunStatus,
     Suspend,
     define_async_batch_stage,
@@ -138,3 +141,40 @@ async def test_create_rerun_cancel_through_the_api(env, store):
             assert no_body.status_code == 200 and no_body.json() == {"cancelled": False}
             missing = await api.post("/api/runs/missing/cancel")
             assert missing.status_code == 404
+
+
+async def test_idempotency_conflict_is_409_and_a_failed_start_names_the_run(env, store):
+    async with running_kernel(env, store, triage_workflow()) as kernel:
+        app = create_app(kernel, api_token=TOKEN)
+        async with api_client(app, TOKEN) as api:
+            body = {"workflow_id": "ticket-triage", "input": {"text": "a"}, "idempotency_key": "k"}
+            created = await api.post("/api/runs", json=body)
+            assert created.status_code == 201, created.text
+            run_id = created.json()["workflow_run_id"]
+            before = await _run_count(api)
+            conflict = await api.post("/api/runs", json={**body, "input": {"text": "b"}})
+            assert conflict.status_code == 409, conflict.text
+            assert conflict.json()["error"] == "idempotency_conflict"
+            assert conflict.json()["field"] == "idempotency_key"
+            assert conflict.json()["workflow_run_id"] == run_id
+            assert await _run_count(api) == before
+
+        # Temporal refuses the start (here: an unknown namespace): 503, and the stored run's id.
+        config = env.client.config()
+        config["namespace"] = "no-such-namespace"
+        broken = Kernel(
+            client=Client(**config), store=store, workflows=[triage_workflow()], task_queue="x"
+        )
+        async with api_client(create_app(broken, api_token=TOKEN), TOKEN) as api:
+            answer = await api.post("/api/runs", json={**body, "idempotency_key": "k-2"})
+            assert answer.status_code == 503, answer.text
+            orphan = answer.json()["workflow_run_id"]
+            assert answer.json()["error"] == "run_not_started"
+            assert orphan in answer.json()["message"]
+        assert (await store.get_run(orphan)).status == RunStatus.PENDING
+        # The caller (or the recovery loop) starts it by its id: the same request again.
+        async with api_client(app, TOKEN) as api:
+            again = await api.post("/api/runs", json={**body, "idempotency_key": "k-2"})
+            assert again.status_code == 201 and again.json()["workflow_run_id"] == orphan
+        run = await kernel.wait_for_run(orphan, timeout=timedelta(seconds=30))
+        assert run.status == RunStatus.COMPLETED

@@ -75,6 +75,9 @@ async def test_runs_list_and_run_page(store, monkeypatch):
         assert SCRIPT not in html and "<script" not in html.lower()
         assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in html
         assert "&lt;b&gt;bold&lt;/b&gt;" in html  # payloads are escaped too
+        # The last execution's duration and the run's age, each under its own name.
+        assert 'class="label">Last execution<' in html and 'class="label">Run age<' in html
+        assert 'class="label">Duration<' not in html
         assert run.headers["content-security-policy"].startswith("default-src 'none'")
         assert f'href="{UI}/namespaces/prod/workflows/wfe-run-{s.r1.id}"' in html
         assert sorted(_data(html, "data-key")) == sorted(
