@@ -51,6 +51,7 @@ from engine.records import (
     StageRecord,
     StageStatus,
 )
+from engine.recovery import recover_orphans, recovery_loop
 from engine.stages import (
     CompletionCheck,
     Stage,
@@ -121,4 +122,6 @@ __all__ = [
     "define_plugin",
     "define_stage",
     "define_workflow",
+    "recover_orphans",
+    "recovery_loop",
 ]

@@ -124,7 +124,7 @@ async def test_dev_serves_until_ctrl_c(
         }),
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert "Status       COMPLETED" in result.stdout
+    assert "Status          COMPLETED" in result.stdout
 
     code, out, err = dev.interrupt()
     assert code == 0, err
