@@ -59,7 +59,8 @@ async def test_resume_of_a_parked_stage_survives_continue_as_new(env: Any, store
     )
     workflow = define_workflow(id="parked").parallel([slow, batch]).build()
     async with running_kernel(env, store, workflow, continue_as_new_after_events=40) as kernel:
-        run_id = (await kernel.dispatch(RunCreate(workflow_id="parked", input={}))).workflow_run_id
+        created = await kernel.dispatch(RunCreate(workflow_id="parked", input={}, priority=9))
+        run_id = created.workflow_run_id
         handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
         # Parked: the history is long and the polls have stopped (the slow sibling runs on).
         loop = asyncio.get_running_loop()
@@ -97,6 +98,61 @@ async def test_resume_of_a_parked_stage_survives_continue_as_new(env: Any, store
         first = kernel.client.get_workflow_handle(handle.id, run_id=info.first_run_id)
         last_event = (await first.fetch_history()).events[-1]
         assert last_event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        # The continued execution keeps the run's priority (9: Temporal's key 1), its stages too.
+        second = (await handle.fetch_history()).events
+        assert second[0].workflow_execution_started_event_attributes.priority.priority_key == 1
+        scheduled = [
+            e.activity_task_scheduled_event_attributes.priority.priority_key
+            for e in second
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+        assert scheduled and set(scheduled) == {1}
         types = [e.event_type for e in await kernel.list_outbox_events(run_id)]
         assert types.count("workflow:completed") == 1
         assert types.count("stage:completed") == 2
+
+
+async def test_resume_pending_when_the_history_grows_long_is_taken_before_parking(
+    env: Any, store: Any
+) -> None:
+    """A resume accepted while a poll is being checked, the history long once it is done: the
+    stage takes the resume instead of parking (the ``wfe.resume-before-park`` patch)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def submit(ctx: Any) -> Suspend:
+        return Suspend(state={}, poll_interval=timedelta(milliseconds=1))
+
+    async def check(state: dict[str, Any], ctx: Any) -> CompletionCheck:
+        ctx.annotate("batch.checked", ctx.poll_count)
+        if ctx.resume_data is not None:
+            return CompletionCheck(ready=True, output={"score": ctx.resume_data["score"]})
+        if ctx.poll_count == 1:
+            entered.set()
+            await release.wait()
+        return CompletionCheck(ready=False)
+
+    batch = define_async_batch_stage(
+        id="gated", input=None, output=Scores, execute=submit, check_completion=check
+    )
+    workflow = define_workflow(id="gated").pipe(batch).build()
+    async with running_kernel(env, store, workflow, continue_as_new_after_events=12) as kernel:
+        run_id = (await kernel.dispatch(RunCreate(workflow_id="gated", input={}))).workflow_run_id
+        await asyncio.wait_for(entered.wait(), timeout=30)
+        handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
+        held = (await handle.describe()).run_id
+        await kernel.resume_stage(run_id, "gated", data={"score": 3}, attributes={"by": "bo"})
+        release.set()
+        run = await kernel.wait_for_run(run_id, timeout=WAIT)
+        by = await kernel.annotations.list(run_id, key="by")
+        history = await kernel.client.get_workflow_handle(handle.id, run_id=held).fetch_history()
+
+    assert run.status == RunStatus.COMPLETED and run.output == {"score": 3}
+    assert [a.value for a in by] == ["bo"]
+    # The execution that held the check completed the run, after the patch marker.
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert "core_patch" in markers
+    assert history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
