@@ -20,6 +20,7 @@ PUBLIC = [
     "ConfigValidation",
     "EngineError",
     "EventSink",
+    "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "InvalidConfigError",
     "InvalidCursorError",
@@ -45,6 +46,7 @@ PUBLIC = [
     "RunRecord",
     "RunRerunFrom",
     "RunRerunFromResult",
+    "RunStartError",
     "RunStatus",
     "SchemaOutOfDateError",
     "Stage",
@@ -62,6 +64,8 @@ PUBLIC = [
     "define_plugin",
     "define_stage",
     "define_workflow",
+    "recover_orphans",
+    "recovery_loop",
 ]
 
 
