@@ -69,6 +69,8 @@ class RunCreateAnnotation(BaseModel):
 
     attributes: dict[str, Any]
     actor: Actor | None = None
+    on_behalf_of: Actor | None = None
+    """Whom ``actor`` acted for (the HTTP API puts the caller's own actor here)."""
     payload: Any = None
     idempotency_key: str | None = None
     emit_event: bool = False
@@ -80,6 +82,7 @@ class AnnotationDraft(BaseModel):
     key: str
     value: Any
     actor: Actor | None = None
+    on_behalf_of: Actor | None = None
     payload: Any = None
     idempotency_key: str | None = None
     emit_event: bool = False
@@ -156,6 +159,7 @@ def build_drafts(
     idempotency_key: str | None = None,
     emit_event: bool = False,
     limits: AnnotationLimits = DEFAULT_LIMITS,
+    on_behalf_of: Actor | None = None,
 ) -> list[AnnotationDraft]:
     """Validate an envelope and return one draft per attribute whose value is not ``None``.
 
@@ -179,6 +183,10 @@ def build_drafts(
         check_text("actor.kind", actor.kind, 64)
         check_text("actor.id", actor.id, 255)
         check_text("actor.version", actor.version, 255)
+    if on_behalf_of is not None:
+        check_text("on_behalf_of.kind", on_behalf_of.kind, 64)
+        check_text("on_behalf_of.id", on_behalf_of.id, 255)
+        check_text("on_behalf_of.version", on_behalf_of.version, 255)
     drafts = []
     for raw_key, value in attributes.items():
         key = _check_key(raw_key, limits)
@@ -195,6 +203,7 @@ def build_drafts(
                 key=key,
                 value=value,
                 actor=actor,
+                on_behalf_of=on_behalf_of,
                 payload=payload,
                 idempotency_key=idempotency_key,
                 emit_event=emit_event,

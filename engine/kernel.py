@@ -299,6 +299,7 @@ class Kernel:
                 build_drafts(
                     envelope.attributes,
                     actor=envelope.actor,
+                    on_behalf_of=envelope.on_behalf_of,
                     payload=envelope.payload,
                     idempotency_key=envelope.idempotency_key,
                     emit_event=envelope.emit_event,

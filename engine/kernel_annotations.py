@@ -58,8 +58,12 @@ class KernelAnnotations:
         payload: Any = None,
         idempotency_key: str | None = None,
         emit_event: bool = False,
+        on_behalf_of: Actor | None = None,
     ) -> list[Annotation]:
         """Attach annotations to a run in one transaction: all attributes or none.
+
+        ``on_behalf_of`` records whom ``actor`` acted for (the HTTP API writes as the caller's
+        token principal and keeps the actor the caller named here).
 
         Returns:
             The rows actually inserted; rows deduplicated by ``idempotency_key`` are left out
@@ -81,6 +85,7 @@ class KernelAnnotations:
             idempotency_key=idempotency_key,
             emit_event=emit_event,
             limits=self._limits,
+            on_behalf_of=on_behalf_of,
         )
         where = RowContext(
             run_id, scope, scope_id, stage_record_id=workflow_stage_record_id, attempt=attempt

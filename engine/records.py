@@ -161,6 +161,11 @@ class Annotation(_Record):
     actor_kind: str | None = None
     actor_id: str | None = None
     actor_version: str | None = None
+    on_behalf_of_kind: str | None = None
+    """Whom the actor says it acted for: the actor an HTTP API caller named in its request,
+    kept here because the writer (``actor_*``) is always the caller's token principal."""
+    on_behalf_of_id: str | None = None
+    on_behalf_of_version: str | None = None
     key: str
     value: Any
     payload: Any = None

@@ -71,6 +71,11 @@ def draft_rows(
                 "actor_kind": draft.actor.kind if draft.actor else None,
                 "actor_id": draft.actor.id if draft.actor else None,
                 "actor_version": draft.actor.version if draft.actor else None,
+                "on_behalf_of_kind": draft.on_behalf_of.kind if draft.on_behalf_of else None,
+                "on_behalf_of_id": draft.on_behalf_of.id if draft.on_behalf_of else None,
+                "on_behalf_of_version": (
+                    draft.on_behalf_of.version if draft.on_behalf_of else None
+                ),
                 "key": draft.key,
                 "value": draft.value,
                 "value_text": text,

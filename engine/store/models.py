@@ -262,6 +262,10 @@ class WorkflowAnnotation(Base):
     actor_kind: Mapped[str | None] = mapped_column(String(64))
     actor_id: Mapped[str | None] = mapped_column(String(255))
     actor_version: Mapped[str | None] = mapped_column(String(255))
+    # Who the actor says it acted for (an API caller's body actor): never the writer itself.
+    on_behalf_of_kind: Mapped[str | None] = mapped_column(String(64))
+    on_behalf_of_id: Mapped[str | None] = mapped_column(String(255))
+    on_behalf_of_version: Mapped[str | None] = mapped_column(String(255))
     key: Mapped[str] = mapped_column(AnnotationKey)
     value: Mapped[Any] = mapped_column(AnnotationJSON)
     value_text: Mapped[str | None] = mapped_column(String(1024))

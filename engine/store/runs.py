@@ -53,6 +53,9 @@ __all__ = [
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
 
 
+_ON_BEHALF_OF = ("on_behalf_of_kind", "on_behalf_of_id", "on_behalf_of_version")
+
+
 def annotation_events(
     rows: Sequence[dict[str, Any]], emit: set[str]
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -62,8 +65,8 @@ def annotation_events(
         if row["id"] not in emit:
             continue
         body: dict[str, Any] = {"key": row["key"], "value": row["value"], "scope": row["scope"]}
-        for name in ("scope_id", "actor_kind", "actor_id", "actor_version"):
-            if row[name] is not None:
+        for name in ("scope_id", "actor_kind", "actor_id", "actor_version", *_ON_BEHALF_OF):
+            if row.get(name) is not None:
                 body[name] = row[name]
         body["attempt"] = row["attempt"]
         events.append(("annotation:created", body))

@@ -26,7 +26,8 @@ REVISION_2 = "0002"
 REVISION_3 = "0003"
 REVISION_4 = "0004"
 REVISION_5 = "0005"
-HEAD = "0006"
+REVISION_6 = "0006"
+HEAD = "0009"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -196,13 +197,14 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_5, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
+    assert chain == [HEAD, REVISION_6, REVISION_5, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
     assert script.get_revision(REVISION_1).down_revision is None
     assert script.get_revision(REVISION_2).down_revision == REVISION_1
     assert script.get_revision(REVISION_3).down_revision == REVISION_2
     assert script.get_revision(REVISION_4).down_revision == REVISION_3
     assert script.get_revision(REVISION_5).down_revision == REVISION_4
-    assert script.get_revision(HEAD).down_revision == REVISION_5
+    assert script.get_revision(REVISION_6).down_revision == REVISION_5
+    assert script.get_revision(HEAD).down_revision == REVISION_6
 
 
 LOOKUP_INDEXES = {
