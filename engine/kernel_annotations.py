@@ -12,6 +12,7 @@ from engine.annotations import Actor, AnnotationLimits, build_drafts, check_text
 from engine.errors import AnnotationError
 from engine.records import Annotation
 from engine.store import SqlStore
+from engine.store.annotation_rows import MAX_QUERY_LIMIT, decode_cursor, encode_cursor
 from engine.store.contract import DEFAULT_LIST_LIMIT, AnnotationFilters, CrossRunFilters, RowContext
 
 __all__ = ["AnnotationPage", "KernelAnnotations"]
@@ -19,7 +20,7 @@ __all__ = ["AnnotationPage", "KernelAnnotations"]
 
 @dataclass(frozen=True)
 class AnnotationPage:
-    """One page of a cross-run query; pass ``next_cursor`` back for the next page."""
+    """One page of annotations; pass ``next_cursor`` back for the next page."""
 
     items: list[Annotation]
     next_cursor: str | None
@@ -140,6 +141,59 @@ class KernelAnnotations:
             limit=limit,
         )
         return await self._store.list_annotations(run_id, filters)
+
+    async def page(
+        self,
+        run_id: str,
+        *,
+        key: str | None = None,
+        key_prefix: str | None = None,
+        scope: str | None = None,
+        scope_id: str | None = None,
+        actor_id: str | None = None,
+        actor_kind: str | None = None,
+        attempt: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> AnnotationPage:
+        """Like :meth:`list`, one bounded page at a time (``limit`` 1 to 1000).
+
+        Raises:
+            RunNotFoundError: no such run.
+            AnnotationError: a limit out of range or an invalid cursor.
+        """
+        if isinstance(limit, bool) or not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise AnnotationError(f"limit must be between 1 and {MAX_QUERY_LIMIT}, got {limit}")
+        _check_filters(
+            key=key,
+            key_prefix=key_prefix,
+            scope=scope,
+            scope_id=scope_id,
+            actor_id=actor_id,
+            actor_kind=actor_kind,
+        )
+        filters = AnnotationFilters(
+            key=key,
+            key_prefix=key_prefix,
+            scope=scope,
+            scope_id=scope_id,
+            actor_id=actor_id,
+            actor_kind=actor_kind,
+            attempt=attempt,
+            since=since,
+            until=until,
+            limit=limit + 1,
+            after=decode_cursor(cursor) if cursor is not None else None,
+        )
+        rows = await self._store.list_annotations(run_id, filters)
+        if len(rows) <= limit:
+            return AnnotationPage(items=rows, next_cursor=None)
+        last = rows[limit - 1]
+        return AnnotationPage(
+            items=rows[:limit], next_cursor=encode_cursor(last.created_at, last.id)
+        )
 
     async def query(
         self,

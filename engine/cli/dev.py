@@ -14,6 +14,7 @@ from engine.cli.common import (
     CommonOptions,
     WorkflowsOption,
     execute,
+    fail,
     load_workflows,
     open_kernel,
     progress_echo,
@@ -147,16 +148,21 @@ async def _dev(
     ) as stack:
         # Imported here: the web stack is only needed by the commands that serve it.
         from engine.settings import Settings
-        from engine.web import api_token_from_env, create_app, start_server
+        from engine.web import TokenConfigError, create_app, start_server, tokens_from_env
 
         settings = Settings(temporal_ui_url=stack.server.ui_url, namespace=options.namespace)
-        app = create_app(stack.kernel, settings, api_token=api_token_from_env())
+        try:
+            tokens = tokens_from_env()
+        except TokenConfigError as exc:
+            fail(str(exc))
+        app = create_app(stack.kernel, settings, tokens=tokens)
         async with start_server(app) as viewer:
             stack.kernel.viewer_url = viewer.url  # Temporal's run details link back here
             echo("")
             echo(f"Temporal      {stack.server.address}  (namespace {options.namespace})")
             echo(f"Temporal UI   {stack.server.ui_url}/namespaces/{options.namespace}/workflows")
             echo(f"Viewer        {viewer.url}  (HTTP API under {viewer.url}/api)")
+            echo(f"Access        {app.state.wfe_access.describe()}")
             echo(f"Side-store    {masked_url(options.database_url)}")
             echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
             echo("Try           wfe run create ticket-triage --input '{...}' --wait")

@@ -167,6 +167,9 @@ def _stored_query(run_id: str, filters: AnnotationFilters) -> Select[WorkflowAnn
         query = query.where(col.created_at >= filters.since)
     if filters.until is not None:
         query = query.where(col.created_at <= filters.until)
+    if filters.after is not None:
+        at, row_id = filters.after
+        query = query.where(or_(col.created_at > at, and_(col.created_at == at, col.id > row_id)))
     return query.order_by(col.created_at, col.id).limit(filters.limit)
 
 
@@ -258,6 +261,8 @@ def list_annotations(
     if not legacy_possible:
         return stored
     legacy = _legacy_rows(session, run, filters)
+    if filters.after is not None:
+        legacy = [row for row in legacy if (row.created_at, row.id) > filters.after]
     if not legacy:
         return stored
     merged = sorted([*stored, *legacy], key=lambda a: (a.created_at, a.id))

@@ -130,6 +130,8 @@ class AnnotationFilters:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = DEFAULT_LIST_LIMIT
+    after: tuple[datetime, str] | None = None
+    """Only rows after this ``(created_at, id)``: where the previous page ended."""
 
 
 @dataclass(frozen=True)

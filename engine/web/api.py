@@ -1,8 +1,11 @@
 """The JSON API under ``/api``: runs, stages, logs, outbox events and annotations.
 
-Reads are open; writes (``POST``) need ``Authorization: Bearer <WFE_API_TOKEN>`` (see
-:func:`~engine.web.state.require_token`). Errors answer with an
-:class:`~engine.web.state.ErrorBody` naming the field at fault.
+Every route declares the right it needs (:func:`~engine.web.auth.require`): reads ``read``,
+run commands and annotation writes ``write``, ``approval.*`` annotations ``approve`` too.
+Annotations written here carry the caller's principal as their actor; an actor named in the
+body is kept as ``on_behalf_of``. Lists that grow with a run (logs, events, annotations) come
+in pages (``limit``, ``cursor``). Errors answer with an :class:`~engine.web.state.ErrorBody`
+naming the field at fault.
 """
 
 from __future__ import annotations
@@ -34,12 +37,19 @@ from engine.records import (
     StageRecord,
 )
 from engine.store.annotation_rows import MAX_QUERY_LIMIT, decode_cursor
+from engine.store.run_pages import (
+    DEFAULT_PAGE_SIZE,
+    InvalidPageError,
+    list_events_page,
+    list_logs_page,
+)
 from engine.store.run_queries import (
     MAX_PAGE_SIZE,
     InvalidCursorError,
     RunFilters,
     list_runs,
 )
+from engine.web.auth import Principal, Right, require
 from engine.web.state import (
     ApiError,
     ErrorBody,
@@ -49,7 +59,6 @@ from engine.web.state import (
     get_state,
     parse_annotation_filters,
     parse_filter_value,
-    require_token,
     validation_error,
 )
 
@@ -58,20 +67,27 @@ __all__ = ["router"]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": description}
     for code, description in [
+        (401, "Missing or wrong bearer token (the server has tokens)"),
+        (403, "The token's principal lacks the right (or writes are disabled: no tokens)"),
         (404, "No such run"),
         (422, "A request field is invalid (the body names it)"),
     ]
 }
-_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
-    403: {"model": ErrorBody, "description": "Writes are disabled (no API token configured)"},
-}
+_WRITE_ERRORS = _ERRORS
 
 router = APIRouter(prefix="/api", responses=_ERRORS)
 State = Annotated[WebState, Depends(get_state)]
+Writer = Annotated[Principal, Depends(require(Right.WRITE))]
+"""The caller of a write: its principal is the actor of what it writes."""
+_READ = [Depends(require(Right.READ))]
 RunId = Annotated[str, Path(description="The run's id.", max_length=64)]
 Limit = Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size (1 to {MAX_PAGE_SIZE}).")
+PageLimit = Query(
+    ge=1, le=MAX_PAGE_SIZE, description=f"Page size (1 to {MAX_PAGE_SIZE}; default 200)."
+)
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+APPROVAL_PREFIX = "approval."
+"""Annotation keys that record approvals: writing them needs the ``approve`` right."""
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -115,21 +131,27 @@ class StageList(BaseModel):
 
 
 class LogList(BaseModel):
-    """A run's log lines, oldest first."""
+    """A page of a run's log lines, oldest first."""
 
     items: list[LogRecord]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page; ``null`` on the last page."""
 
 
 class EventList(BaseModel):
-    """A run's outbox events in sequence order."""
+    """A page of a run's outbox events in sequence order."""
 
     items: list[OutboxEventRecord]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page; ``null`` on the last page."""
 
 
 class AnnotationList(BaseModel):
-    """Annotations, oldest first."""
+    """Annotations, oldest first (a page when listed; the inserted rows when attached)."""
 
     items: list[Annotation]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page; ``null`` on the last page."""
 
 
 class AnnotationPageBody(BaseModel):
@@ -144,6 +166,7 @@ class AnnotationEnvelope(_Body):
 
     attributes: dict[str, Any] = Field(min_length=1)
     actor: Actor | None = None
+    """Whom the caller acts for: stored as ``on_behalf_of``; the actor is the caller."""
     payload: Any = None
     idempotency_key: str | None = Field(default=None, max_length=255)
     emit_event: bool = False
@@ -179,6 +202,7 @@ class AttachBody(_Body):
 
     attributes: dict[str, Any] = Field(min_length=1)
     actor: Actor | None = None
+    """Whom the caller acts for: stored as ``on_behalf_of``; the actor is the caller."""
     scope: str = "run"
     scope_id: str | None = None
     workflow_stage_record_id: str | None = None
@@ -219,6 +243,25 @@ async def _dispatch(kernel: Kernel, command: Any, *, annotations_field: str | No
         raise _temporal_unavailable(exc) from None
 
 
+def _check_approval_right(
+    principal: Principal, attributes: dict[str, Any], *, field: str = "attributes"
+) -> None:
+    """``approval.*`` keys record who approved: only principals with ``approve`` write them."""
+    keys = [key for key in attributes if isinstance(key, str) and key.startswith(APPROVAL_PREFIX)]
+    if keys and not principal.can(Right.APPROVE):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"the token of {principal.name!r} lacks the 'approve' right needed to write "
+            f"{keys[0]!r}",
+            field=field,
+        )
+
+
+def _page_error(exc: InvalidPageError) -> ApiError:
+    return ApiError(422, "invalid_request", str(exc), field=exc.field)
+
+
 async def _existing(state: WebState, run_id: str) -> RunRecord:
     try:
         return await state.store.get_run(run_id)
@@ -229,7 +272,9 @@ async def _existing(state: WebState, run_id: str) -> RunRecord:
 # -- runs -------------------------------------------------------------------------------------
 
 
-@router.get("/runs", response_model=RunPageBody, summary="List runs, newest first")
+@router.get(
+    "/runs", response_model=RunPageBody, dependencies=_READ, summary="List runs, newest first"
+)
 async def get_runs(
     state: State,
     workflow_id: Annotated[str | None, Query(description="Only runs of this workflow.")] = None,
@@ -273,7 +318,6 @@ async def get_runs(
     status_code=status.HTTP_201_CREATED,
     response_model=RunCreateResult,
     response_model_by_alias=False,
-    dependencies=[Depends(require_token)],
     responses={
         **_WRITE_ERRORS,
         409: {"model": ErrorBody, "description": "Idempotency key used for another request"},
@@ -285,11 +329,14 @@ async def get_runs(
     },
     summary="Create a run",
 )
-async def create_run(state: State, body: CreateRunBody) -> RunCreateResult:
+async def create_run(state: State, principal: Writer, body: CreateRunBody) -> RunCreateResult:
     """Create a run and start its Temporal workflow (``RunCreate`` through ``kernel.dispatch``).
 
     Everything is validated (workflow, input, config, annotations) before anything is written.
+    The annotations' actor is the caller's principal (a body ``actor``: ``on_behalf_of``).
     """
+    for index, envelope in enumerate(body.annotations):
+        _check_approval_right(principal, envelope.attributes, field=f"annotations.{index}")
     kernel = _kernel(state)
     command = RunCreate(
         workflow_id=body.workflow_id,
@@ -300,7 +347,8 @@ async def create_run(state: State, body: CreateRunBody) -> RunCreateResult:
         annotations=[
             RunCreateAnnotation(
                 attributes=envelope.attributes,
-                actor=envelope.actor,
+                actor=principal.actor,
+                on_behalf_of=envelope.actor,
                 payload=envelope.payload,
                 idempotency_key=envelope.idempotency_key,
                 emit_event=envelope.emit_event,
@@ -312,7 +360,12 @@ async def create_run(state: State, body: CreateRunBody) -> RunCreateResult:
     return result
 
 
-@router.get("/runs/{run_id}", response_model=RunDetail, summary="One run with its stages")
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunDetail,
+    dependencies=_READ,
+    summary="One run with its stages",
+)
 async def get_run(state: State, run_id: RunId) -> RunDetail:
     """The run, its stage records in execution order, and links to the viewer and Temporal."""
     run = await _existing(state, run_id)
@@ -331,7 +384,9 @@ async def get_run(state: State, run_id: RunId) -> RunDetail:
     )
 
 
-@router.get("/runs/{run_id}/stages", response_model=StageList, summary="A run's stages")
+@router.get(
+    "/runs/{run_id}/stages", response_model=StageList, dependencies=_READ, summary="A run's stages"
+)
 async def get_stages(state: State, run_id: RunId) -> StageList:
     """The run's stage records in execution order."""
     try:
@@ -340,29 +395,52 @@ async def get_stages(state: State, run_id: RunId) -> StageList:
         raise engine_error(exc) from None
 
 
-@router.get("/runs/{run_id}/logs", response_model=LogList, summary="A run's logs")
-async def get_logs(state: State, run_id: RunId) -> LogList:
-    """The run's log lines (``ctx.log``), oldest first."""
+@router.get(
+    "/runs/{run_id}/logs", response_model=LogList, dependencies=_READ, summary="A run's logs"
+)
+async def get_logs(
+    state: State,
+    run_id: RunId,
+    limit: Annotated[int, PageLimit] = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> LogList:
+    """The run's log lines (``ctx.log``), oldest first, one page at a time."""
     try:
-        return LogList(items=await state.store.list_logs(run_id))
+        page = await list_logs_page(state.store, run_id, limit=limit, cursor=cursor)
+    except InvalidPageError as exc:
+        raise _page_error(exc) from None
     except EngineError as exc:
         raise engine_error(exc) from None
+    return LogList(items=page.items, next_cursor=page.next_cursor)
 
 
-@router.get("/runs/{run_id}/events", response_model=EventList, summary="A run's outbox events")
-async def get_events(state: State, run_id: RunId) -> EventList:
-    """The run's outbox events in sequence order, published or not."""
+@router.get(
+    "/runs/{run_id}/events",
+    response_model=EventList,
+    dependencies=_READ,
+    summary="A run's outbox events",
+)
+async def get_events(
+    state: State,
+    run_id: RunId,
+    limit: Annotated[int, PageLimit] = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> EventList:
+    """The run's outbox events in sequence order, published or not, one page at a time."""
     try:
-        return EventList(items=await state.store.list_outbox_events(run_id))
+        page = await list_events_page(state.store, run_id, limit=limit, cursor=cursor)
+    except InvalidPageError as exc:
+        raise _page_error(exc) from None
     except EngineError as exc:
         raise engine_error(exc) from None
+    return EventList(items=page.items, next_cursor=page.next_cursor)
 
 
 @router.post(
     "/runs/{run_id}/cancel",
     response_model=RunCancelResult,
     response_model_by_alias=False,
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(require(Right.WRITE))],
     responses=_WRITE_ERRORS,
     summary="Cancel a run",
 )
@@ -381,7 +459,7 @@ async def cancel_run(
     "/runs/{run_id}/rerun",
     response_model=RunRerunFromResult,
     response_model_by_alias=False,
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(require(Right.WRITE))],
     responses={**_WRITE_ERRORS, 409: {"model": ErrorBody, "description": "Run not rerunnable"}},
     summary="Rerun a run from a stage",
 )
@@ -402,7 +480,10 @@ async def rerun_run(state: State, run_id: RunId, body: RerunBody) -> RunRerunFro
 
 
 @router.get(
-    "/runs/{run_id}/annotations", response_model=AnnotationList, summary="A run's annotations"
+    "/runs/{run_id}/annotations",
+    response_model=AnnotationList,
+    dependencies=_READ,
+    summary="A run's annotations",
 )
 async def get_annotations(
     state: State,
@@ -418,11 +499,17 @@ async def get_annotations(
     attempt: Annotated[int | None, Query(ge=0, description="Rerun generation.")] = None,
     since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
     until: Annotated[datetime | None, Query(description="Created at or before.")] = None,
-    limit: Annotated[int, Limit] = MAX_PAGE_SIZE,
+    limit: Annotated[int, PageLimit] = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
 ) -> AnnotationList:
-    """The run's annotations matching every given filter, oldest first (``annotations.list``)."""
+    """The run's annotations matching every given filter, oldest first, one page at a time."""
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except AnnotationError:
+            raise ApiError(422, "invalid_request", "invalid cursor", field="cursor") from None
     try:
-        items = await state.annotations.list(
+        page = await state.annotations.page(
             run_id,
             key=key,
             key_prefix=key_prefix,
@@ -434,25 +521,30 @@ async def get_annotations(
             since=as_utc(since),
             until=as_utc(until),
             limit=limit,
+            cursor=cursor,
         )
     except EngineError as exc:
         raise engine_error(exc) from None
-    return AnnotationList(items=items)
+    return AnnotationList(items=page.items, next_cursor=page.next_cursor)
 
 
 @router.post(
     "/runs/{run_id}/annotations",
     status_code=status.HTTP_201_CREATED,
     response_model=AnnotationList,
-    dependencies=[Depends(require_token)],
     responses=_WRITE_ERRORS,
     summary="Attach annotations to a run",
 )
-async def attach_annotations(state: State, run_id: RunId, body: AttachBody) -> AnnotationList:
+async def attach_annotations(
+    state: State, principal: Writer, run_id: RunId, body: AttachBody
+) -> AnnotationList:
     """Attach annotations to a run of any status in one transaction (``annotations.attach``).
 
-    Returns the rows inserted: rows deduplicated by ``idempotency_key`` are left out.
+    The rows' actor is the caller's principal; an ``actor`` in the body is stored as
+    ``on_behalf_of``. ``approval.*`` keys need the ``approve`` right. Returns the rows
+    inserted: rows deduplicated by ``idempotency_key`` are left out.
     """
+    _check_approval_right(principal, body.attributes)
     await _existing(state, run_id)
     if body.workflow_stage_record_id is not None:
         records = {stage.id for stage in await state.store.list_stages(run_id)}
@@ -467,7 +559,8 @@ async def attach_annotations(state: State, run_id: RunId, body: AttachBody) -> A
         inserted = await state.annotations.attach(
             run_id,
             attributes=body.attributes,
-            actor=body.actor,
+            actor=principal.actor,
+            on_behalf_of=body.actor,
             scope=body.scope,
             scope_id=body.scope_id,
             workflow_stage_record_id=body.workflow_stage_record_id,
@@ -486,6 +579,7 @@ async def attach_annotations(state: State, run_id: RunId, body: AttachBody) -> A
 @router.get(
     "/annotations",
     response_model=AnnotationPageBody,
+    dependencies=_READ,
     summary="Query annotations across runs",
 )
 async def query_annotations(

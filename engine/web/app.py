@@ -2,16 +2,16 @@
 
 ``create_app(kernel)`` serves everything; ``create_app(store)`` serves the reads and
 annotation writes of a side-store without a Temporal client (create, cancel and rerun then
-answer 503). Writes need ``Authorization: Bearer <token>``; without a token they answer 403,
-and :func:`serve` / :func:`start_server` refuse to listen beyond the loopback interface.
+answer 503). Who may call what is :mod:`engine.web.auth`: with tokens configured every route
+(reads included, except ``/healthz``) needs one; without, reads are open to this machine only
+and writes are refused, and :func:`serve` / :func:`start_server` refuse to listen beyond
+loopback unless reads were made public on purpose (``public_read=True``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -20,34 +20,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.kernel import Kernel
 from engine.settings import Settings
 from engine.store import SqlStore
 from engine.web import api, views
+from engine.web.auth import (
+    API_TOKEN_ENV,
+    API_TOKENS_ENV,
+    API_TOKENS_FILE_ENV,
+    AccessPolicy,
+    AuthError,
+    Right,
+    TokenSet,
+    is_loopback,
+    require,
+    tokens_from_env,
+)
 from engine.web.state import ApiError, build_state, validation_error
 
 __all__ = [
-    "API_TOKEN_ENV",
     "RunningServer",
-    "api_token_from_env",
     "check_bind",
     "create_app",
     "serve",
     "start_server",
 ]
-
-API_TOKEN_ENV = "WFE_API_TOKEN"
-"""Environment variable holding the bearer token that write endpoints require."""
-
-
-def api_token_from_env() -> str | None:
-    """The API token from ``WFE_API_TOKEN`` (``None`` when unset or empty: writes disabled)."""
-    return os.environ.get(API_TOKEN_ENV) or None
 
 
 def create_app(
@@ -55,6 +58,8 @@ def create_app(
     settings: Settings | None = None,
     *,
     api_token: str | None = None,
+    tokens: TokenSet | None = None,
+    public_read: bool = False,
 ) -> FastAPI:
     """The FastAPI app: JSON API under ``/api``, viewer pages at ``/`` and ``/runs/{id}``.
 
@@ -63,23 +68,61 @@ def create_app(
             ``kernel.dispatch``) or a bare side-store (reads and annotation writes).
         settings: Where the Temporal UI is (``temporal_ui_url``) and, for a bare store, the
             namespace of its links; defaults to the ``WFE_*`` environment.
-        api_token: Bearer token that write endpoints require; ``None`` disables them (403).
-            Pass :func:`api_token_from_env` to read ``WFE_API_TOKEN``.
+        api_token: A single token, the principal ``api`` with read and write (the older
+            ``WFE_API_TOKEN``); combined with ``tokens``.
+        tokens: Named tokens and their principals' rights (:func:`~engine.web.auth.tokens_from_env`
+            reads them from the environment). With none, reads need no token but are answered to
+            requests addressed to localhost only, and writes answer 403.
+        public_read: Reads need no token (and any ``Host`` is answered); writes still do.
     """
+    configured = tokens or TokenSet()
+    if api_token:
+        configured = configured | tokens_from_env({}, legacy_token=api_token)
+    access = AccessPolicy(tokens=configured, public_read=public_read)
     app = FastAPI(
         title="wfe provenance API",
         version="1",
         summary="Runs, stages, logs, outbox events and annotations of the workflow engine.",
         description=(
-            "Reads are open. Writes (POST) need `Authorization: Bearer <WFE_API_TOKEN>`; a "
-            "server without a token refuses them with 403. Errors answer with "
-            "`{error, message, field, details}` naming the field at fault. The viewer pages "
-            "(`/`, `/runs/{run_id}`) show the same data as HTML."
+            "Every route needs `Authorization: Bearer <token>` once the server has tokens "
+            f"(`{API_TOKENS_ENV}`, `{API_TOKENS_FILE_ENV}`): 401 without a valid one, 403 "
+            "when the token's principal lacks the route's right (`read`, `write`, "
+            "`approve`). A server without tokens answers reads from this machine only and "
+            "refuses writes. Annotations written through the API carry the token's principal "
+            "as their actor; an actor given in the body is kept as `on_behalf_of`. Errors "
+            "answer with `{error, message, field, details}` naming the field at fault. The "
+            "viewer pages (`/`, `/runs/{run_id}`) show the same data as HTML (HTTP Basic "
+            "auth, any user name, the token as password)."
         ),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
-    app.state.wfe = build_state(source, settings or Settings(), api_token)
+    app.state.wfe = build_state(source, settings or Settings())
+    app.state.wfe_access = access
     app.include_router(api.router)
     app.include_router(views.router)
+    reader = [Depends(require(Right.READ))]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=reader)
+    async def _openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=reader)
+    async def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def _healthz() -> dict[str, str]:
+        """Liveness for load balancers and healthchecks: says nothing but ``ok``."""
+        return {"status": "ok"}
+
+    @app.exception_handler(AuthError)
+    async def _refused(request: Request, exc: AuthError) -> Response:
+        headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
+        field = "Authorization" if exc.status == 401 else None
+        error = ApiError(exc.status, exc.error, exc.message, field=field, headers=headers)
+        return _error_response(request, error)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -100,15 +143,17 @@ def create_app(
 
 def _error_response(request: Request, error: ApiError) -> Response:
     """JSON for the API; an HTML page for the viewer."""
-    if request.url.path.startswith("/api/") or request.url.path == "/api":
+    if request.url.path.startswith("/api/") or request.url.path in ("/api", "/openapi.json"):
         return JSONResponse(
             error.body.model_dump(exclude_none=True),
             status_code=error.status,
             headers=error.headers,
         )
-    return views.html_error(
+    page = views.html_error(
         request.app.state.wfe, error.status, _TITLES.get(error.status, "Error"), error.body.message
     )
+    page.headers.update(error.headers or {})
+    return page
 
 
 _TITLES = {404: "Not found", 422: "Bad request", 403: "Forbidden", 401: "Unauthorized"}
@@ -117,25 +162,18 @@ _TITLES = {404: "Not found", 422: "Bad request", 403: "Forbidden", 401: "Unautho
 # -- serving ----------------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, api_token: str | None) -> None:
-    """Refuse to listen beyond loopback without a token (writes would be off, but so is auth).
+def check_bind(host: str, access: AccessPolicy) -> None:
+    """Refuse to listen beyond loopback while reads need no token, unless made public.
 
     Raises:
-        ValueError: ``host`` is not a loopback address and there is no API token.
+        ValueError: ``host`` is not a loopback address, no token is configured and reads
+            were not made public on purpose.
     """
-    if api_token is None and not _is_loopback(host):
+    if not access.tokens and not access.public_read and not is_loopback(host):
         raise ValueError(
             f"without an API token the server listens on 127.0.0.1 only, not {host!r}: "
-            f"set {API_TOKEN_ENV} to serve other hosts"
+            f"set {API_TOKENS_ENV} (or {API_TOKEN_ENV}) to serve other hosts, or pass "
+            "--public-read to let anyone read"
         )
 
 
@@ -187,10 +225,10 @@ async def start_server(
     app's store connections belong to this loop. Signals are left to the caller.
 
     Raises:
-        ValueError: a non-loopback ``host`` while the app has no API token.
+        ValueError: a non-loopback ``host`` while reads need no token (see :func:`check_bind`).
         OSError: the address cannot be bound (e.g. the port is taken).
     """
-    check_bind(host, app.state.wfe.api_token)
+    check_bind(host, app.state.wfe_access)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -202,9 +240,8 @@ async def start_server(
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="wfe-web")
-    shown_host = f"[{host}]" if ":" in host else host
     try:
-        yield RunningServer(url=f"http://{shown_host}:{bound_port}", port=bound_port)
+        yield RunningServer(url=_url(host, bound_port), port=bound_port)
     finally:
         server.should_exit = True
         try:
@@ -220,6 +257,8 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_token: str | None = None,
+    tokens: TokenSet | None = None,
+    public_read: bool = False,
     public_url: str | None = None,
     log_level: str = "info",
     on_ready: Callable[[str], None] | None = None,
@@ -229,27 +268,30 @@ async def serve(
     Args:
         source: A kernel (everything) or a bare side-store (no create/cancel/rerun).
         settings: See :func:`create_app`.
-        host: Interface to listen on; only loopback addresses without ``api_token``.
+        host: Interface to listen on; only loopback addresses without tokens (unless
+            ``public_read``).
         port: TCP port (0: a free one).
-        api_token: Bearer token for writes (``None``: writes answer 403).
+        api_token: See :func:`create_app`.
+        tokens: See :func:`create_app`.
+        public_read: See :func:`create_app`.
         public_url: Base URL users reach the viewer at. A kernel without ``viewer_url``
             gets it (default ``http://{host}:{port}``), so the Temporal workflows of runs
             created through this server link back to their viewer page.
-        log_level: uvicorn's log level (``"info"`` logs each request).
+        log_level: uvicorn's log level (``"info"`` logs each request line: method, path and
+            status, never headers, so never a token).
         on_ready: Called with the server's URL once it accepts connections.
 
     Raises:
-        ValueError: a non-loopback ``host`` without ``api_token``.
+        ValueError: a non-loopback ``host`` while reads need no token.
         OSError: the address cannot be bound (e.g. the port is taken).
     """
-    check_bind(host, api_token)
+    app = create_app(source, settings, api_token=api_token, tokens=tokens, public_read=public_read)
+    check_bind(host, app.state.wfe_access)
     sock = _bind(host, port)
     try:
-        shown_host = f"[{host}]" if ":" in host else host
-        url = f"http://{shown_host}:{sock.getsockname()[1]}"
+        url = _url(host, sock.getsockname()[1])
         if isinstance(source, Kernel) and source.viewer_url is None:
             source.viewer_url = (public_url or url).rstrip("/")
-        app = create_app(source, settings, api_token=api_token)
         config = uvicorn.Config(app, log_level=log_level, lifespan="off")
         server = _EmbeddedServer(config)
         # Ctrl-C / SIGTERM end the server gracefully and return; uvicorn's own handling
@@ -271,3 +313,8 @@ async def serve(
                 loop.remove_signal_handler(signum)
     finally:
         sock.close()
+
+
+def _url(host: str, port: int) -> str:
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"http://{shown_host}:{port}"

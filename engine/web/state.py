@@ -1,18 +1,16 @@
-"""What the API and viewer routes share: app state, JSON errors, auth, parameter parsing."""
+"""What the API and viewer routes share: app state, JSON errors, parameter parsing."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
 from pydantic import BaseModel
 
 from engine.annotations import AnnotationLimits
@@ -33,6 +31,7 @@ from engine.kernel import Kernel, temporal_workflow_id
 from engine.kernel_annotations import KernelAnnotations
 from engine.settings import Settings
 from engine.store import SqlStore
+from engine.web.auth import Right, require
 
 __all__ = [
     "ApiError",
@@ -61,8 +60,6 @@ class WebState:
     """Temporal namespace of the runs (the kernel client's, else the settings')."""
     kernel: Kernel | None = None
     """``None`` when the app serves a bare store: then create, cancel and rerun answer 503."""
-    api_token: str | None = None
-    """Bearer token that write endpoints require; ``None`` disables them (403)."""
 
     def temporal_url(self, run_id: str, attempt: int = 0) -> str:
         """Link to the Temporal UI page of the run's workflow (``attempt``: its n-th rerun)."""
@@ -77,7 +74,7 @@ class WebState:
         return f"{base}/namespaces/{quote(self.namespace, safe='')}/workflows"
 
 
-def build_state(source: Kernel | SqlStore, settings: Settings, api_token: str | None) -> WebState:
+def build_state(source: Kernel | SqlStore, settings: Settings) -> WebState:
     """The state of an app serving a kernel (everything) or a bare store (no run commands)."""
     if isinstance(source, Kernel):
         return WebState(
@@ -86,14 +83,12 @@ def build_state(source: Kernel | SqlStore, settings: Settings, api_token: str | 
             settings=settings,
             namespace=source.client.namespace,
             kernel=source,
-            api_token=api_token or None,
         )
     return WebState(
         store=source,
         annotations=KernelAnnotations(source, AnnotationLimits()),
         settings=settings,
         namespace=settings.namespace,
-        api_token=api_token or None,
     )
 
 
@@ -209,35 +204,9 @@ def validation_error(problems: Iterable[Mapping[str, Any]], *, prefix: str = "")
 
 # -- auth -------------------------------------------------------------------------------------
 
-_bearer = HTTPBearer(auto_error=False, description="The server's WFE_API_TOKEN.")
-
-
-def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Admit a write only with ``Authorization: Bearer <api token>`` (a FastAPI dependency).
-
-    Raises:
-        ApiError: 403 when the server has no token (writes disabled), 401 when the header is
-            missing or the token is wrong.
-    """
-    token = get_state(request).api_token
-    if token is None:
-        raise ApiError(
-            403,
-            "writes_disabled",
-            "write endpoints are disabled: start the server with an API token (WFE_API_TOKEN)",
-        )
-    given = credentials.credentials if credentials is not None else ""
-    if not given or not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "missing or wrong bearer token (Authorization: Bearer <WFE_API_TOKEN>)",
-            field="Authorization",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+require_token = require(Right.WRITE)
+"""The write right (a FastAPI dependency returning the caller's principal); see
+:mod:`engine.web.auth` for :func:`~engine.web.auth.require` and the other rights."""
 
 
 # -- parameters -------------------------------------------------------------------------------

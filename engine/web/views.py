@@ -20,14 +20,16 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from engine.errors import RunNotFoundError
+from engine.errors import AnnotationError, RunNotFoundError
 from engine.records import Annotation, RunRecord, RunStatus, StageRecord
+from engine.store.run_pages import InvalidPageError, list_logs_page
 from engine.store.run_queries import (
     InvalidCursorError,
     RunFilters,
     list_runs,
     list_workflow_ids,
 )
+from engine.web.auth import Right, require
 from engine.web.state import ApiError, WebState, get_state, parse_annotation_filters
 
 __all__ = ["CONTENT_SECURITY_POLICY", "html_error", "router"]
@@ -40,10 +42,16 @@ CONTENT_SECURITY_POLICY = (
 
 RUNS_PER_PAGE = 50
 ANNOTATIONS_SHOWN = 1000
+"""Annotations read to count them and list their actors (the filter's choices)."""
+ANNOTATIONS_PER_PAGE = 200
+"""Annotations shown per page of the run page's annotation section."""
+LOGS_PER_PAGE = 200
+"""Log lines shown per page of the run page's log section."""
 LONG_VALUE = 160
 """Values longer than this (as text) are shown folded, expandable."""
 
-router = APIRouter(include_in_schema=False)
+# Every page shows run data: all need the read right (see engine.web.auth).
+router = APIRouter(include_in_schema=False, dependencies=[Depends(require(Right.READ))])
 State = Annotated[WebState, Depends(get_state)]
 
 _templates = Environment(
@@ -323,9 +331,15 @@ def actors_of(annotations: Iterable[Annotation]) -> list[tuple[str, str]]:
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 async def run_page(
-    state: State, run_id: str, key_prefix: str = "", actor: str = ""
+    state: State,
+    run_id: str,
+    key_prefix: str = "",
+    actor: str = "",
+    annotations_cursor: str | None = None,
+    logs_cursor: str | None = None,
 ) -> HTMLResponse:
-    """One run: header, stage timeline, annotations by stage and attempt, logs."""
+    """One run: header, stage timeline, annotations by stage and attempt, logs (the last two
+    a page at a time)."""
     try:
         run = await state.store.get_run(run_id)
     except RunNotFoundError:
@@ -333,17 +347,33 @@ async def run_page(
     stages = await state.store.list_stages(run_id)
     every = await state.annotations.list(run_id, limit=ANNOTATIONS_SHOWN)
     filtered = key_prefix != "" or actor != ""
-    shown = (
-        await state.annotations.list(
+    try:
+        shown_page = await state.annotations.page(
             run_id,
             key_prefix=key_prefix or None,
             actor_id=actor or None,
-            limit=ANNOTATIONS_SHOWN,
+            limit=ANNOTATIONS_PER_PAGE,
+            cursor=annotations_cursor or None,
         )
-        if filtered
-        else every
+        logs_page = await list_logs_page(
+            state.store, run_id, limit=LOGS_PER_PAGE, cursor=logs_cursor or None
+        )
+    except (AnnotationError, InvalidPageError):
+        return html_error(state, 400, "Bad request", "This page link is invalid or altered.")
+    shown = shown_page.items
+    logs = logs_page.items
+    here = {"key_prefix": key_prefix, "actor": actor}
+    next_annotations_url = (
+        f"{run_path(run.id)}?{_query(**here, annotations_cursor=shown_page.next_cursor)}"
+        "#annotations"
+        if shown_page.next_cursor
+        else None
     )
-    logs = await state.store.list_logs(run_id)
+    next_logs_url = (
+        f"{run_path(run.id)}?{_query(**here, logs_cursor=logs_page.next_cursor)}#logs"
+        if logs_page.next_cursor
+        else None
+    )
     rows, span = timeline(stages, datetime.now(UTC))
     last_attempt = max((stage.attempt for stage in stages), default=0)
     executions = [
@@ -368,6 +398,9 @@ async def run_page(
         shown_count=len(shown),
         total_count=len(every),
         truncated=len(every) >= ANNOTATIONS_SHOWN,
+        next_annotations_url=next_annotations_url,
+        next_logs_url=next_logs_url,
+        paged=annotations_cursor is not None or logs_cursor is not None,
         actors=actors_of(every),
         filters={"key_prefix": key_prefix, "actor": actor},
         filtered=filtered,

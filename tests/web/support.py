@@ -1,4 +1,5 @@
-"""Helpers of the web tests: an httpx client on the app, and a side-store seeded with runs."""
+"""Helpers of the web tests: an httpx client on the app served by uvicorn on loopback, and a
+side-store seeded with runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from engine.annotations import Actor, build_drafts
 from engine.records import RunRecord, StageRecord
 from engine.store import SqlStore
 from engine.store.contract import NewRun, NewStage
+from engine.web import start_server
 
 SCRIPT = "<script>window.pwned=1</script>"
 UI = "http://temporal-ui.test:8233"
@@ -20,12 +22,13 @@ UI = "http://temporal-ui.test:8233"
 
 @asynccontextmanager
 async def api_client(app: Any, token: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to ``app`` in process (ASGI), with a bearer token if given."""
+    """An httpx client talking over real HTTP to ``app``, served by uvicorn on 127.0.0.1 for
+    the block, with a bearer token if given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://wfe.test", headers=headers
-    ) as client:
+    async with (
+        start_server(app) as server,
+        httpx.AsyncClient(base_url=server.url, headers=headers) as client,
+    ):
         yield client
 
 

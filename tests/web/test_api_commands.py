@@ -72,9 +72,14 @@ async def test_create_rerun_cancel_through_the_api(env, store):
             run = await kernel.wait_for_run(run_id, timeout=timedelta(seconds=30))
             assert run.status == RunStatus.COMPLETED, await kernel.list_stages(run_id)
             triggers = await kernel.annotations.list(run_id, key_prefix="trigger.")
-            assert {(a.key, a.value, a.actor_id) for a in triggers} == {
-                ("trigger.source", "api", "helpdesk"),
-                ("trigger.reason", "test", "helpdesk"),
+            # Written by the token's principal ("api", the single WFE_API_TOKEN), on behalf of
+            # the actor the body named.
+            assert {
+                (a.key, a.value, a.actor_kind, a.actor_id, a.on_behalf_of_kind, a.on_behalf_of_id)
+                for a in triggers
+            } == {
+                ("trigger.source", "api", "principal", "api", "service", "helpdesk"),
+                ("trigger.reason", "test", "principal", "api", "service", "helpdesk"),
             }
             # The Temporal side links back to the viewer page of the run.
             description = await kernel.client.get_workflow_handle(f"wfe-run-{run_id}").describe()

@@ -64,10 +64,13 @@ async def test_serves_a_store_until_interrupted(tmp_path: Path) -> None:
         assert process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
         assert line.startswith("Viewer http://127.0.0.1:"), (line, process.poll())
-        assert "writes need the bearer token" in line
+        access = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 10)
+        assert access.startswith("Access: every route needs a token; tokens: api("), access
+        assert "tok" not in access.replace("token", "")  # names principals, never a token
         base = line.split()[1].rstrip("/")
         async with httpx.AsyncClient(base_url=base) as client:
-            listed = await client.get("/api/runs")
+            assert (await client.get("/api/runs")).status_code == 401
+            listed = await client.get("/api/runs", headers={"Authorization": "Bearer tok"})
             assert listed.status_code == 200 and listed.json() == {"items": [], "next_cursor": None}
             anonymous = await client.post("/api/runs/x/annotations", json={"attributes": {"k": 1}})
             assert anonymous.status_code == 401
@@ -77,7 +80,8 @@ async def test_serves_a_store_until_interrupted(tmp_path: Path) -> None:
                 headers={"Authorization": "Bearer tok"},
             )
             assert known.status_code == 404 and known.json()["error"] == "run_not_found"
-            assert (await client.get("/")).status_code == 200
+            assert (await client.get("/", auth=("anyone", "tok"))).status_code == 200
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
         process.send_signal(signal.SIGINT)
         out, err = await asyncio.to_thread(process.communicate, timeout=30)
         assert process.returncode == 0, (out, err)
