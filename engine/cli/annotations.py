@@ -10,6 +10,7 @@ import typer
 from engine.annotations import AnnotationLimits
 from engine.cli.common import (
     CommonOptions,
+    check_range,
     execute,
     fail,
     open_store,
@@ -21,8 +22,9 @@ from engine.cli.common import (
 )
 from engine.cli.render import annotation_table, emit_json
 from engine.cli.runs import actor_of
-from engine.kernel_annotations import KernelAnnotations
+from engine.kernel_annotations import MAX_ATTEMPT, KernelAnnotations
 from engine.records import Annotation
+from engine.store.annotation_rows import MAX_QUERY_LIMIT
 
 __all__ = ["app"]
 
@@ -30,6 +32,9 @@ app = typer.Typer(
     help="List and attach provenance annotations (no Temporal server needed).",
     no_args_is_help=True,
 )
+
+MAX_BATCH = 10_000
+"""Most runs ``migrate-legacy`` copies in one transaction."""
 
 RunId = Annotated[str, typer.Argument(help="The run id (workflow_run_id).", show_default=False)]
 
@@ -67,7 +72,7 @@ def list_(
     actor_id: Annotated[str | None, typer.Option("--actor-id")] = None,
     actor_kind: Annotated[str | None, typer.Option("--actor-kind")] = None,
     attempt: Annotated[
-        int | None, typer.Option("--attempt", min=0, help="Rerun generation (0 = first).")
+        int | None, typer.Option("--attempt", help="Rerun generation (0 = first).")
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="ISO time, inclusive (UTC if no zone).")
@@ -75,9 +80,13 @@ def list_(
     until: Annotated[
         str | None, typer.Option("--until", help="ISO time, inclusive (UTC if no zone).")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")] = 1000,
+    limit: Annotated[
+        int, typer.Option("--limit", help=f"At most this many rows (1 to {MAX_QUERY_LIMIT}).")
+    ] = MAX_QUERY_LIMIT,
 ) -> None:
     """List a run's annotations, oldest first; filters combine (AND)."""
+    check_range(limit, "--limit", 1, MAX_QUERY_LIMIT)
+    check_range(attempt, "--attempt", 0, MAX_ATTEMPT)
     filters = {
         "key": key,
         "key_prefix": key_prefix,
@@ -172,8 +181,9 @@ async def _migrate_legacy(options: CommonOptions, batch_size: int) -> None:
 def migrate_legacy(
     options: CommonOptions,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Runs per transaction.")
+        int, typer.Option("--batch-size", help=f"Runs per transaction (1 to {MAX_BATCH}).")
     ] = 500,
 ) -> None:
     """Turn deprecated run metadata into stored legacy.metadata.* annotations."""
+    check_range(batch_size, "--batch-size", 1, MAX_BATCH)
     execute(_migrate_legacy(options, batch_size))

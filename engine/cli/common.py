@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_WORKFLOWS",
     "CliError",
     "CommonOptions",
+    "check_range",
     "WorkflowsOption",
     "connect_client",
     "execute",
@@ -268,6 +269,14 @@ def reported_errors(options: CommonOptions) -> Iterator[None]:
 
 
 # -- parsing ----------------------------------------------------------------------------------
+
+
+def check_range(value: int | None, what: str, low: int, high: int) -> None:
+    """Stop with one ``error:`` line (exit 2) unless ``value`` is ``None`` or in
+    ``low..high``: a huge number must not reach the database (an overflow traceback there)."""
+    if value is not None and not low <= value <= high:
+        shown = str(value) if len(str(value)) <= 30 else f"{str(value)[:27]}..."
+        fail(f"{what} must be between {low} and {high}, got {shown}")
 
 
 def parse_json(text: str, what: str) -> Any:
