@@ -1,7 +1,12 @@
-"""Ready-made event sinks: an HMAC-signed webhook and a logger.
+"""Ready-made event sinks: an HMAC-signed webhook and a logger, and the receivers' check.
 
 Use one as ``Kernel(event_sink=...)``. Both deliver at least once (see :mod:`engine.outbox`):
 receivers should deduplicate on the event ``id``.
+
+Webhook deliveries carry ``X-WFE-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>``, the MAC
+taken over ``"<t>." + body`` (the scheme of the best-known webhook providers): a receiver
+checks it with :func:`verify_webhook`, which also rejects deliveries older than a tolerance,
+so a captured delivery cannot be replayed later.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,17 +29,22 @@ from engine.outbox import DEFAULT_MAX_RETRIES
 from engine.records import OutboxEventRecord
 
 __all__ = [
+    "DEFAULT_TOLERANCE",
     "SIGNATURE_HEADER",
     "LoggingSink",
     "WebhookDeliveryError",
     "WebhookSink",
+    "WebhookVerificationError",
     "event_json",
-    "sign_body",
-    "verify_signature",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 SIGNATURE_HEADER = "X-WFE-Signature"
-"""Header carrying ``sha256=<hex HMAC-SHA256 of the raw body>``."""
+"""Header carrying ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + raw body>``."""
+
+DEFAULT_TOLERANCE = timedelta(minutes=5)
+"""How far a delivery's timestamp may be from the receiver's clock (either way)."""
 
 _EVENT_FIELDS = {
     "id",
@@ -56,19 +67,97 @@ def _key(secret: str | bytes) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
-def sign_body(secret: str | bytes, body: bytes) -> str:
-    """The :data:`SIGNATURE_HEADER` value for ``body``: ``sha256=<hex digest>``."""
-    return "sha256=" + hmac.new(_key(secret), body, hashlib.sha256).hexdigest()
+def _mac(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    signed = str(timestamp).encode() + b"." + body
+    return hmac.new(_key(secret), signed, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
-    """Whether ``header`` is the signature of ``body`` under ``secret`` (constant-time).
+def sign_webhook(secret: str | bytes, body: bytes, *, timestamp: int | None = None) -> str:
+    """The :data:`SIGNATURE_HEADER` value for ``body`` sent at ``timestamp`` (unix seconds,
+    default now): ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>``."""
+    moment = int(time.time()) if timestamp is None else timestamp
+    return f"t={moment},v1={_mac(secret, moment, body)}"
 
-    What a receiver runs on the raw request body, before parsing it.
+
+class WebhookVerificationError(EngineError):
+    """A webhook delivery that :func:`verify_webhook` rejects; answer it with 400 or 401."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """``missing``, ``malformed``, ``expired`` (outside the tolerance) or ``mismatch``."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by case-insensitive name, from any mapping (a dict, Starlette's headers,
+    ``http.server``'s message)."""
+    value = headers.get(name)
+    if value is None:
+        wanted = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == wanted), None)
+    return value
+
+
+def verify_webhook(
+    secret: str | bytes,
+    headers: Mapping[str, str],
+    body: bytes,
+    tolerance: timedelta = DEFAULT_TOLERANCE,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Check a delivery of :class:`WebhookSink`: signed with ``secret``, and recent.
+
+    Run it on the raw request body, before parsing it. A delivery whose timestamp is more than
+    ``tolerance`` away from ``clock()`` is rejected, so a captured delivery cannot be replayed
+    after that; within the tolerance, deduplicate on ``X-WFE-Event-Id`` (deliveries are at
+    least once anyway). Several ``v1=`` entries are accepted (any may match), for key rotation.
+
+    Args:
+        secret: The secret the sink was given.
+        headers: The request headers (any mapping; the name is matched case-insensitively).
+        body: The raw request body, exactly as received.
+        tolerance: Largest accepted distance between the timestamp and the receiver's clock.
+        clock: Current unix time (tests pass a fixed one).
+
+    Returns:
+        The delivery's timestamp (unix seconds).
+
+    Raises:
+        WebhookVerificationError: no or a malformed header, an expired timestamp, or a
+            signature that does not match (wrong secret or altered body).
     """
+    header = _header(headers, SIGNATURE_HEADER)
     if not header:
-        return False
-    return hmac.compare_digest(sign_body(secret, body), header)
+        raise WebhookVerificationError(f"no {SIGNATURE_HEADER} header", reason="missing")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)
+        elif name == "v1" and value:
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        raise WebhookVerificationError(
+            f"{SIGNATURE_HEADER} must be t=<unix seconds>,v1=<hex signature>", reason="malformed"
+        )
+    age = clock() - timestamp
+    if abs(age) > tolerance.total_seconds():
+        raise WebhookVerificationError(
+            f"webhook timestamp is {abs(int(age))} s {'old' if age > 0 else 'ahead'}, outside "
+            f"the tolerance of {int(tolerance.total_seconds())} s (a replay?)",
+            reason="expired",
+        )
+    expected = _mac(secret, timestamp, body)
+    matched = False
+    for signature in signatures:  # compare every one: the time says nothing about which
+        matched |= hmac.compare_digest(expected, signature)
+    if not matched:
+        raise WebhookVerificationError(
+            "webhook signature does not match (wrong secret or altered body)", reason="mismatch"
+        )
+    return timestamp
 
 
 class WebhookDeliveryError(EngineError):
@@ -90,7 +179,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class WebhookSink:
-    """POSTs each event as JSON, signed with HMAC-SHA256 in ``X-WFE-Signature``.
+    """POSTs each event as JSON, signed with a timestamp in ``X-WFE-Signature``.
 
     The body is :func:`event_json` of the event (UTF-8 JSON); headers also carry the event id
     (``X-WFE-Event-Id``, for deduplication) and type (``X-WFE-Event-Type``). Any answer other
@@ -100,7 +189,7 @@ class WebhookSink:
 
     Args:
         url: ``http://`` or ``https://`` endpoint.
-        secret: HMAC key shared with the receiver (check with :func:`verify_signature`).
+        secret: HMAC key shared with the receiver (check with :func:`verify_webhook`).
         timeout: Limit on the whole request.
         max_retries: Failed deliveries of an event before it is dead-lettered.
         headers: Extra request headers (an ``Authorization``, say).
@@ -140,7 +229,8 @@ class WebhookSink:
             **self._headers,
             "Content-Type": "application/json",
             "User-Agent": "workflow-engine-temporal",
-            SIGNATURE_HEADER: sign_body(self._secret, body),
+            # Signed at each attempt: a retry an hour later carries a fresh timestamp.
+            SIGNATURE_HEADER: sign_webhook(self._secret, body),
             "X-WFE-Event-Id": event.id,
             "X-WFE-Event-Type": event.event_type,
         }

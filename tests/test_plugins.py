@@ -39,8 +39,9 @@ from engine.sinks import (
     LoggingSink,
     WebhookDeliveryError,
     WebhookSink,
+    WebhookVerificationError,
     event_json,
-    verify_signature,
+    verify_webhook,
 )
 from engine.store import SqlStore
 from engine.store.models import PluginDelivery, utcnow
@@ -319,11 +320,16 @@ async def test_webhook_posts_signed_events_and_non_2xx_is_retried(env, store, re
     assert [path for path, _, _ in receiver.requests] == ["/hook"] * 3
     events = await kernel.list_outbox_events(run_id)
     for (_, headers, body), event in zip(receiver.requests[1:], events, strict=True):
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        assert headers[SIGNATURE_HEADER.lower()] == f"sha256={expected}"
-        assert verify_signature(secret, body, headers[SIGNATURE_HEADER.lower()])
-        assert not verify_signature("other", body, headers[SIGNATURE_HEADER.lower()])
-        assert not verify_signature(secret, body + b" ", headers[SIGNATURE_HEADER.lower()])
+        header = headers[SIGNATURE_HEADER.lower()]
+        stamp = header.split(",")[0].removeprefix("t=")
+        signed = stamp.encode() + b"." + body
+        expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        assert header == f"t={stamp},v1={expected}"
+        assert abs(int(stamp) - time.time()) < 60
+        assert verify_webhook(secret, headers, body) == int(stamp)
+        for key, sent_body in (("other", body), (secret, body + b" ")):
+            with pytest.raises(WebhookVerificationError):
+                verify_webhook(key, headers, sent_body)
         assert headers["content-type"] == "application/json"
         assert headers["x-wfe-event-id"] == event.id
         assert headers["x-wfe-event-type"] == event.event_type
