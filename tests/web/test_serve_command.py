@@ -37,14 +37,40 @@ def test_help_and_the_loopback_rule() -> None:
     runner = CliRunner()
     shown = runner.invoke(_app, ["serve", "--help"], env=_env(COLUMNS="200"))
     assert shown.exit_code == 0, shown.output
-    for option in ("--host", "--port", "--api-token", "--public-url", "--store-only"):
+    for option in (
+        "--host",
+        "--port",
+        "--api-token",
+        "--api-tokens-file",
+        "--public-read",
+        "--public-url",
+        "--store-only",
+    ):
         assert option in shown.output
+    # The security model, in the help itself.
+    flat = " ".join(shown.output.split())
+    for phrase in (
+        "WFE_API_TOKENS=alice:TOKEN:read+write+approve",
+        "every route, reads included, needs one",
+        "401 without, 403 without the right",
+        "listens on loopback only",
+        "constant time and never logged",
+        "on_behalf_of",
+        "TLS proxy",
+    ):
+        assert phrase in flat, phrase
     refused = runner.invoke(_app, ["serve", "--host", "0.0.0.0", "--store-only"], env=_env())
     assert refused.exit_code == 2
     assert refused.stdout == ""
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("error: without an API token the server listens on 127.0.0.1 only")
-    assert "WFE_API_TOKEN" in line
+    assert "WFE_API_TOKENS" in line and "--public-read" in line
+    malformed = runner.invoke(
+        _app, ["serve", "--store-only"], env=_env(WFE_API_TOKENS="alice:s3cr3t:read+root")
+    )
+    assert malformed.exit_code == 2 and malformed.stdout == ""
+    (line,) = malformed.stderr.strip().splitlines()
+    assert "unknown right 'root'" in line and "s3cr3t" not in line
 
 
 async def test_serves_a_store_until_interrupted(tmp_path: Path) -> None:
