@@ -74,8 +74,8 @@ def _check_id(run_id: str) -> None:
 
 
 async def _check_run(store: SqlStore, run_id: str) -> None:
-    async with store.sessions() as session:
-        found = await session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id))
+    query = select(WorkflowRun.id).where(WorkflowRun.id == run_id)
+    found = await store._read(lambda session: session.scalar(query))
     if found is None:
         raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
 
@@ -102,8 +102,7 @@ async def list_logs_page(
             or_(log.created_at > after_at, and_(log.created_at == after_at, log.id > after_id))
         )
     query = query.order_by(log.created_at, log.id).limit(limit + 1)
-    async with store.sessions() as session:
-        rows = list((await session.scalars(query)).all())
+    rows = list(await store._read(lambda session: session.scalars(query).all()))
     if not rows:
         await _check_run(store, run_id)
     more = len(rows) > limit
@@ -154,8 +153,7 @@ async def list_events_page(
     if cursor is not None:
         query = query.where(event.sequence > _decode_sequence(cursor))
     query = query.order_by(event.sequence).limit(limit + 1)
-    async with store.sessions() as session:
-        rows = list((await session.scalars(query)).all())
+    rows = list(await store._read(lambda session: session.scalars(query).all()))
     if not rows:
         await _check_run(store, run_id)
     more = len(rows) > limit
