@@ -183,10 +183,15 @@ class TokenSet:
         return len(self._entries)
 
     def __or__(self, other: TokenSet) -> TokenSet:
-        names = {p.name for _, p in self._entries}
-        for _, principal in other._entries:
+        names = {p.name: p for _, p in self._entries}
+        digests = {digest: p for digest, p in self._entries}
+        for digest, principal in other._entries:
             if principal.name in names:
                 raise TokenConfigError(f"the name {principal.name!r} is given twice")
+            if digest in digests:
+                raise TokenConfigError(
+                    f"{principal.name!r} has the same token as {digests[digest].name!r}"
+                )
         return TokenSet(self._entries + other._entries)
 
     @property

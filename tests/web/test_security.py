@@ -127,6 +127,13 @@ def test_bad_token_configuration_is_refused_without_echoing_tokens(
 def test_missing_tokens_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TokenConfigError, match="cannot read the tokens file"):
         tokens_from_env({}, tokens_file=tmp_path / "absent")
+    path = tmp_path / "tokens"
+    path.write_text("bob:shared-token-abcdef\n")
+    with pytest.raises(TokenConfigError, match="'bob' has the same token as 'alice'"):
+        tokens_from_env({"WFE_API_TOKENS": "alice:shared-token-abcdef"}, tokens_file=path)
+    path.write_text("alice:another-token-abcdef\n")
+    with pytest.raises(TokenConfigError, match="'alice' is given twice"):
+        tokens_from_env({"WFE_API_TOKENS": "alice:one-token-abcdef"}, tokens_file=path)
 
 
 def test_binding_beyond_loopback_needs_tokens_or_explicit_public_reads() -> None:
