@@ -99,6 +99,18 @@ def test_token_configuration_from_env_file_and_the_older_single_token(tmp_path: 
         for secret in (ALICE, READER, CI, "ops-token-123456", "legacy-1"):
             assert secret not in text, text
     assert tokens_from_env({}) == TokenSet() and not tokens_from_env({})
+    # What `wfe serve` and `wfe dev` say at start-up about who may do what.
+    assert AccessPolicy().describe() == (
+        "no API token: reads open to this machine only, writes disabled"
+    )
+    assert AccessPolicy(public_read=True).describe().startswith("public reads")
+    assert (
+        AccessPolicy(tokens=tokens)
+        .describe()
+        .startswith(
+            "every route needs a token; tokens: alice(approve+read+write), reader(read), ci(write)"
+        )
+    )
 
 
 @pytest.mark.parametrize(
