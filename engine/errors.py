@@ -20,6 +20,7 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
     ├── PluginDeliveryError          (engine.plugins) one or more plugins failed on an event
     ├── WebhookDeliveryError         (engine.sinks) the webhook did not take an event
+    ├── WebhookVerificationError     (engine.sinks) a delivery failed ``verify_webhook``
     ├── DevServerError               (engine.devserver) the local Temporal server failed
     └── BinaryNotFoundError          (engine.devserver) a binary is missing (a FileNotFoundError)
 
