@@ -64,15 +64,19 @@ async def test_resume_of_a_parked_stage_survives_continue_as_new(env: Any, store
         handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
         # Parked: the history is long and the polls have stopped (the slow sibling runs on).
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        previous = -1
-        while True:
+        # Parked means: no check in flight (only the slow sibling's activity is pending) and
+        # no new check for 2 s, 40 times the poll interval (a busy CI machine can make one
+        # poll take longer than a single sampling interval, so one quiet sample is not proof).
+        deadline = loop.time() + 45
+        previous, quiet = -1, 0
+        while quiet < 5:
             assert loop.time() < deadline, "the batch stage never parked"
             await asyncio.sleep(0.4)
             checks = len(await kernel.annotations.list(run_id, key="batch.checked"))
             events = len((await handle.fetch_history()).events)
-            if events >= 40 and checks == previous:
-                break
+            pending = (await handle.describe()).raw_description.pending_activities
+            parked = events >= 40 and checks == previous and len(pending) == 1
+            quiet = quiet + 1 if parked else 0
             previous = checks
         stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
         assert stages["score"].status == RunStatus.SUSPENDED
