@@ -96,6 +96,10 @@ async def test_create_rerun_cancel_through_the_api(env, store):
                     "annotations",
                 ),
                 ({**body, "annotations": [{"attributes": {"k": 1}, "x": 1}]}, "annotations.0.x"),
+                (
+                    {**body, "annotations": [{"attributes": {"deep": _nested(300)}}]},
+                    "annotations",
+                ),
                 ({"input": {}}, "workflow_id"),
                 ({**body, "priority": "high"}, "priority"),
             ]:
@@ -183,3 +187,11 @@ async def test_idempotency_conflict_is_409_and_a_failed_start_names_the_run(env,
             assert again.status_code == 201 and again.json()["workflow_run_id"] == orphan
         run = await kernel.wait_for_run(orphan, timeout=timedelta(seconds=30))
         assert run.status == RunStatus.COMPLETED
+
+
+def _nested(levels: int) -> Any:
+    """A JSON value nested ``levels`` deep (past the limit the store shares for every value)."""
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = {"next": value}
+    return value
