@@ -53,6 +53,7 @@ from engine.errors import (
     StageNotFoundError,
     WorkflowNotFoundError,
 )
+from engine.evidence import ChainVerification
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import ResumeRequest, RunPlan, RunWorkflowInput
@@ -600,6 +601,12 @@ class Kernel:
     async def _resolved(self, run: RunRecord) -> RunRecord:
         output = await resolve_outputs(self.blob_store, run.id, run.output)
         return run if output is run.output else run.model_copy(update={"output": output})
+
+    async def verify(self, run_id: str) -> ChainVerification:
+        """Check the run's tamper-evident record chain against its records: ``ok`` with the
+        number of links checked, or the first record that does not match
+        (:mod:`engine.evidence`)."""
+        return await self.store.verify_chain(run_id)
 
     async def list_stages(self, run_id: str) -> list[StageRecord]:
         """The run's stage records in execution order."""

@@ -15,6 +15,7 @@ from engine.annotations import AnnotationDraft, text_problem, typed_columns
 from engine.errors import AnnotationError
 from engine.ids import new_id
 from engine.records import Annotation
+from engine.store.chain import Link, annotation_link, append_links
 from engine.store.contract import (
     AnnotationFilters,
     CrossRunFilters,
@@ -93,9 +94,24 @@ def insert_drafts(
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
+    chain: Sequence[Link] = (),
 ) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
     """Like :func:`insert_annotations`, pairing each inserted row (its column values) with its
-    draft (whose ``emit_event`` says whether that row, and only that row, gets an event)."""
+    draft (whose ``emit_event`` says whether that row, and only that row, gets an event).
+
+    The inserted rows get their links in the run's record chain, after ``chain`` (the links of
+    what the caller wrote before them in this transaction), in one append."""
+    pairs = _insert_drafts(session, drafts, where, now)
+    append_links(session, where.run_id, [*chain, *(annotation_link(row) for _, row in pairs)])
+    return pairs
+
+
+def _insert_drafts(
+    session: Session,
+    drafts: Sequence[AnnotationDraft],
+    where: RowContext,
+    now: datetime,
+) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
     if not drafts:
         return []
     rows = draft_rows(drafts, where, now)

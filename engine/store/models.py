@@ -31,6 +31,7 @@ from engine.records import RunRecord
 __all__ = [
     "AI_CALLS",
     "ANNOTATIONS",
+    "CHAIN_LINKS",
     "IDEMPOTENCY_KEYS",
     "LOGS",
     "OUTBOX",
@@ -38,6 +39,7 @@ __all__ = [
     "STAGES",
     "AICall",
     "Base",
+    "ChainLink",
     "IdempotencyKey",
     "OutboxEvent",
     "PluginDelivery",
@@ -151,6 +153,9 @@ class WorkflowRun(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONValue)
     temporal_workflow_id: Mapped[str | None] = mapped_column(String(255))
     """Id of the Temporal workflow execution currently driving the run (changes on rerun)."""
+    chain_head: Mapped[str | None] = mapped_column(String(64))
+    """Hash of the run's last record link (:mod:`engine.store.chain`)."""
+    chain_length: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class WorkflowStage(Base):
@@ -277,6 +282,27 @@ class WorkflowAnnotation(Base):
     """The stage record that produced the row, kept when a rerun deleted that record."""
 
 
+class ChainLink(Base):
+    """One link of a run's tamper-evident record chain (:mod:`engine.store.chain`).
+
+    ``body`` is the canonical JSON the hash covers when the record it stands for changes
+    later (a stage's outcome: its record moves on) or goes (a rerun's deletions); it is NULL
+    for a record that never changes (the run's identity, an annotation), whose canonical JSON
+    is recomputed from the record itself.
+    """
+
+    __tablename__ = "workflow_chain_links"
+
+    workflow_run_id: Mapped[str] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    record_id: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str | None] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
 class OutboxEvent(Base):
     """An event written in the same transaction as the change it reports."""
 
@@ -350,6 +376,7 @@ RUNS: Table = WorkflowRun.__table__  # type: ignore[assignment]
 STAGES: Table = WorkflowStage.__table__  # type: ignore[assignment]
 LOGS: Table = WorkflowLog.__table__  # type: ignore[assignment]
 ANNOTATIONS: Table = WorkflowAnnotation.__table__  # type: ignore[assignment]
+CHAIN_LINKS: Table = ChainLink.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 IDEMPOTENCY_KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]

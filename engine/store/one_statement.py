@@ -52,8 +52,24 @@ from engine.ids import new_id
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import RunStatus
 from engine.store.annotation_rows import draft_rows
+from engine.store.chain import (
+    annotation_link,
+    chain_ctes,
+    chain_params,
+    link_rows,
+    outcome_link,
+    run_link,
+)
 from engine.store.contract import NewRun, NewStage, RowContext, StageStart
-from engine.store.models import ANNOTATIONS, IDEMPOTENCY_KEYS, LOGS, OUTBOX, RUNS, STAGES
+from engine.store.models import (
+    ANNOTATIONS,
+    CHAIN_LINKS,
+    IDEMPOTENCY_KEYS,
+    LOGS,
+    OUTBOX,
+    RUNS,
+    STAGES,
+)
 from engine.store.runs import annotation_events, run_row, stage_rows
 from engine.store.sql import LAST_SEQUENCE, event_rows
 from engine.store.stage_rows import (
@@ -165,7 +181,9 @@ def _insert(rows: _Rows, gate: CTE) -> CTE:
     )
 
 
-_TABLES: dict[str, Table] = {t.name: t for t in (RUNS, STAGES, ANNOTATIONS, LOGS, OUTBOX)}
+_TABLES: dict[str, Table] = {
+    t.name: t for t in (RUNS, STAGES, ANNOTATIONS, LOGS, OUTBOX, CHAIN_LINKS)
+}
 
 
 # -- the stage commit ---------------------------------------------------------------------------
@@ -221,6 +239,9 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     writes.add(ANNOTATIONS, "a", annotations)
     writes.add(LOGS, "l", outcome_logs(commit, record_id))
     writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now)
+    links = [outcome_link(record_id, spec.stage_id, commit.attempt, changes)]
+    links.extend(annotation_link(row) for row in annotations)
+    writes.params.update(chain_params(commit.run_id, links))
     statement = partial(_commit_statement, tuple(changes), tuple(writes.inserts))
     if writes.run(connection, statement) is None:
         return None
@@ -239,7 +260,9 @@ def _commit_statement(changes: tuple[str, ...], inserts: tuple[_Rows, ...]) -> S
         .where(STAGES.c.id == bindparam("w_record_id"))
         .cte("applied")
     )
-    return _gated(gate, inserts)
+    # The outcome's and annotations' chain links, hashed in the statement after the head
+    # it reads under the run's lock (engine.store.chain).
+    return _gated(gate, inserts).add_cte(*chain_ctes(gate))
 
 
 # -- the first stage of a run: start the run, open its first group ----------------------------
@@ -305,7 +328,8 @@ def create_in_one_statement(
             "k_result": {"workflow_run_id": run_id},
         }
     )
-    writes.add(RUNS, "r", [run_row(new, run_id, now, temporal_workflow_id)])
+    row = run_row(new, run_id, now, temporal_workflow_id)
+    links = [run_link(row)]
     annotations: list[dict[str, Any]] = []
     events: Events = [("workflow:created", {"workflow_id": new.workflow_id})]
     for drafts, _ in new.annotations:
@@ -313,7 +337,13 @@ def create_in_one_statement(
         emitting = {row["id"] for draft, row in zip(drafts, rows, strict=True) if draft.emit_event}
         annotations.extend(rows)
         events.extend(annotation_events(rows, emitting))
+    # A new run's chain starts here: every link is known, hashed in Python.
+    links.extend(annotation_link(a) for a in annotations)
+    chain, row["chain_head"] = link_rows(run_id, None, 0, links)
+    row["chain_length"] = len(chain)
+    writes.add(RUNS, "r", [row])
     writes.add(ANNOTATIONS, "a", annotations)
+    writes.add(CHAIN_LINKS, "c", chain)
     writes.add_events(run_id, events, causation_id=new.idempotency_key, now=now)
     if writes.run(connection, partial(_create_statement, tuple(writes.inserts))) is None:
         return None

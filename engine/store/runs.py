@@ -17,8 +17,10 @@ from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFou
 from engine.ids import new_id
 from engine.records import RunStatus
 from engine.store.annotation_rows import insert_drafts
+from engine.store.chain import Link, append_links, link_rows, rerun_link, run_link
 from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun
 from engine.store.models import (
+    CHAIN_LINKS,
     RUNS,
     STAGES,
     IdempotencyKey,
@@ -78,9 +80,11 @@ def write_annotations(
     drafts: Sequence[AnnotationDraft],
     where: RowContext,
     now: datetime,
+    chain: Sequence[Link] = (),
 ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
-    """Insert drafts and build the events for the inserted rows that asked for one."""
-    pairs = insert_drafts(session, drafts, where, now)
+    """Insert drafts and build the events for the inserted rows that asked for one (their
+    chain links go after ``chain``, see :func:`~engine.store.annotation_rows.insert_drafts`)."""
+    pairs = insert_drafts(session, drafts, where, now, chain)
     inserted = [row for _, row in pairs]
     # Per draft, not per (key, idempotency key): two unkeyed writes of one key are two rows,
     # and only the one that asked for an event gets it.
@@ -126,7 +130,11 @@ def create_run(
         existing_id = str(existing["workflow_run_id"])
         same_request(session, existing_id, new)
         return existing_id, False
-    session.execute(RUNS.insert(), [run_row(new, run_id, now, temporal_workflow_id)])
+    row = run_row(new, run_id, now, temporal_workflow_id)
+    links, row["chain_head"] = link_rows(run_id, None, 0, [run_link(row)])
+    row["chain_length"] = 1
+    session.execute(RUNS.insert(), [row])
+    session.execute(CHAIN_LINKS.insert(), links)
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
     ]
@@ -548,6 +556,7 @@ def rerun_from(
     # The kernel passes a template: each rerun is a new Temporal workflow, named by its attempt.
     run.temporal_workflow_id = temporal_workflow_id.format(attempt=attempt)
     run.version = run.version + 1
+    append_links(session, run_id, [rerun_link(run_id, attempt, removed_ids)])
     open_stages(session, run_id, target_stages, attempt, now)
     append_events(session, run_id, [("workflow:started", {})], causation_id=causation_id, now=now)
     if idempotency_key is not None:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.ai_calls import AICall
 from engine.annotations import AnnotationDraft
 from engine.errors import CommitRefusedError, InvalidStateError, RunNotFoundError
+from engine.evidence import ChainVerification
 from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import (
@@ -30,6 +31,7 @@ from engine.store import (
     stage_rows,
 )
 from engine.store.ai_call_rows import ai_call_rows
+from engine.store.chain_check import verify_chain
 from engine.store.contract import (
     ActiveRun,
     AnnotationFilters,
@@ -606,6 +608,19 @@ class SqlStore:
             if row is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
             return run_record(row)
+
+        return await self._read(read)
+
+    async def verify_chain(self, run_id: str) -> ChainVerification:
+        """Check the run's tamper-evident record chain (:mod:`engine.store.chain_check`)."""
+        if _unknown(run_id):
+            raise _not_found(run_id)
+
+        def read(session: Session) -> ChainVerification:
+            found = verify_chain(session, run_id)
+            if found is None:
+                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+            return found
 
         return await self._read(read)
 

@@ -23,6 +23,7 @@ from engine.ids import derived_id, new_id
 from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 from engine.records import RunStatus
 from engine.store.ai_call_rows import ai_call_rows
+from engine.store.chain import Link, outcome_link
 from engine.store.contract import NewStage, RowContext, StageStart
 from engine.store.models import AI_CALLS, LOGS, RUNS, STAGES
 from engine.store.runs import complete_run, open_stages, write_annotations
@@ -207,6 +208,7 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
     """
     outcome, spec = commit.outcome, commit.stage
     applied = None
+    changes: dict[str, Any] = {}
     if outcome.status != "skipped":
         changes = stage_changes(commit)
         params = {f"v_{name}": value for name, value in changes.items()}
@@ -237,7 +239,8 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
             )
         return CommitResult(committed=False)
     record_id, started_at, metrics = applied
-    return _write_rows(session, commit, record_id, started_at, metrics)
+    link = outcome_link(record_id, spec.stage_id, commit.attempt, changes)
+    return _write_rows(session, commit, record_id, started_at, metrics, link)
 
 
 def outcome_events(commit: StageCommit, duration: int | None) -> list[tuple[str, dict[str, Any]]]:
@@ -307,8 +310,10 @@ def _write_rows(
     record_id: str,
     started_at: datetime | None,
     stored_metrics: dict[str, Any] | None,
+    link: Link,
 ) -> CommitResult:
-    """Everything an applied outcome writes besides the stage row."""
+    """Everything an applied outcome writes besides the stage row (``link``: its chain
+    link, which goes before its annotations')."""
     outcome, spec, now = commit.outcome, commit.stage, commit.now
     logs = outcome_logs(commit, record_id)
     fixes: dict[str, Any] = {}
@@ -338,7 +343,9 @@ def _write_rows(
     where = RowContext(
         commit.run_id, "stage", spec.stage_id, stage_record_id=record_id, attempt=commit.attempt
     )
-    inserted, annotation_events = write_annotations(session, outcome.annotations, where, now)
+    inserted, annotation_events = write_annotations(
+        session, outcome.annotations, where, now, [link]
+    )
     events.extend(annotation_events)
     opened: dict[str, str] = {}
     if (

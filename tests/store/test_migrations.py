@@ -27,7 +27,8 @@ REVISION_3 = "0003"
 REVISION_4 = "0004"
 REVISION_5 = "0005"
 REVISION_6 = "0006"
-HEAD = "0009"
+REVISION_9 = "0009"
+HEAD = "0011"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -197,14 +198,24 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_6, REVISION_5, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
+    assert chain == [
+        HEAD,
+        REVISION_9,
+        REVISION_6,
+        REVISION_5,
+        REVISION_4,
+        REVISION_3,
+        REVISION_2,
+        REVISION_1,
+    ]
     assert script.get_revision(REVISION_1).down_revision is None
     assert script.get_revision(REVISION_2).down_revision == REVISION_1
     assert script.get_revision(REVISION_3).down_revision == REVISION_2
     assert script.get_revision(REVISION_4).down_revision == REVISION_3
     assert script.get_revision(REVISION_5).down_revision == REVISION_4
     assert script.get_revision(REVISION_6).down_revision == REVISION_5
-    assert script.get_revision(HEAD).down_revision == REVISION_6
+    assert script.get_revision(REVISION_9).down_revision == REVISION_6
+    assert script.get_revision(HEAD).down_revision == REVISION_9
 
 
 LOOKUP_INDEXES = {
@@ -329,5 +340,43 @@ async def test_revision_6_adds_execution_columns_and_keeps_rows_both_ways(
         assert await _count(store, "workflow_runs") == 1
         await store.upgrade("0006")
         assert added <= await current_columns()
+    finally:
+        await store.dispose()
+
+
+@on_both_backends
+async def test_revision_11_chains_existing_runs_and_reverts(empty_database_url: str) -> None:
+    store = SqlStore(empty_database_url)
+    try:
+        await store.upgrade(REVISION_1)
+        await _insert_pre_08_rows(store)
+        await store.upgrade(REVISION_9)
+        async with store.engine.begin() as connection:  # annotations written before 0011
+            for number, value in enumerate(['"ada"', "1.0"]):
+                await connection.execute(
+                    text(
+                        "INSERT INTO workflow_annotations (id, created_at, workflow_run_id,"
+                        " attempt, scope, key, value, value_number) VALUES (:id,"
+                        " '2025-01-02 03:04:05', 'run-1', 0, 'run', :key, :value, 1.0)"
+                    ),
+                    {"id": f"a-{number}", "key": f"k.{number}", "value": value},
+                )
+        await store.upgrade(HEAD)
+        found = await store.verify_chain("run-1")
+        assert found.ok, found.first_bad
+        kinds = [link["kind"] for link in found.links]
+        assert kinds == ["run", "annotation", "annotation", "stage"]
+
+        async with store.engine.begin() as connection:
+            await connection.execute(text("DELETE FROM workflow_chain_links"))
+            await connection.execute(text("UPDATE workflow_runs SET chain_length = 0"))
+        assert not (await store.verify_chain("run-1")).ok
+
+        await store.downgrade(REVISION_9)
+        assert "workflow_chain_links" not in await _tables(store)
+        assert await _count(store, "workflow_annotations") == 2
+        await store.upgrade()
+        assert (await store.verify_chain("run-1")).ok
+        assert await _diffs(store) == []
     finally:
         await store.dispose()

@@ -1,0 +1,328 @@
+"""The run's tamper-evident record chain: the links its writes append.
+
+Every record of a run that is evidence gets a link in ``workflow_chain_links``, in the order
+the run's writes committed them: the run itself (its identity and input, link 1), each
+annotation, each stage outcome (status, a digest of its output, error, attempt), and each
+rerun (which stage records it deleted). A link's hash covers the previous link's hash and the
+record's canonical JSON (:mod:`engine.evidence`), so changing, deleting or inserting a record
+or a link afterwards breaks the chain from there on (:mod:`engine.store.chain_check` finds
+where). The run row keeps the chain's head and length, so a link appended at the end is
+checked against it too.
+
+Links are appended inside the transaction that writes their records, under the run's row
+lock, which every writer of a run takes: concurrent writers to one run (parallel stages,
+attaches) append one after the other, never forking the chain. A new write path calls
+:func:`append_links` with the links of what it wrote (:func:`annotation_link`,
+:func:`stage_link`, or a :class:`Link` of its own kind with a ``body``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Text,
+    Update,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    true,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import Grouping
+from sqlalchemy.sql.expression import CTE
+
+from engine.evidence import canonical_json, digest, link_hash
+from engine.records import RunStatus
+from engine.store.models import ANNOTATIONS, CHAIN_LINKS, RUNS, STAGES
+
+__all__ = [
+    "ANNOTATION_FIELDS",
+    "Link",
+    "annotation_link",
+    "append_links",
+    "chain_ctes",
+    "chain_existing",
+    "chain_params",
+    "link_rows",
+    "outcome_link",
+    "rerun_link",
+    "run_link",
+    "stage_link",
+]
+
+ANNOTATION_FIELDS = (
+    "id",
+    "created_at",
+    "attempt",
+    "scope",
+    "scope_id",
+    "actor_kind",
+    "actor_id",
+    "actor_version",
+    "on_behalf_of_kind",
+    "on_behalf_of_id",
+    "on_behalf_of_version",
+    "key",
+    "value",
+    "value_text",
+    "value_number",
+    "value_bool",
+    "payload",
+    "idempotency_key",
+)
+"""An annotation's fields its link covers: all but its run (the chain's own) and its stage
+record id, which a rerun sets to NULL when it deletes the record (``scope_id`` and ``attempt``
+still name the stage)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A record's link, before it is numbered and hashed."""
+
+    kind: str
+    record_id: str
+    text: str
+    """The record's canonical JSON: what the hash covers."""
+    stored: bool
+    """Whether ``text`` is kept in the link (a record that changes or goes later) or
+    recomputed from the record (one that never changes)."""
+
+
+def run_link(row: Mapping[Any, Any]) -> Link:
+    """The first link of a run: its identity and a digest of its input."""
+    body = {
+        "kind": "run",
+        "id": row["id"],
+        "workflow_id": row["workflow_id"],
+        "workflow_name": row["workflow_name"],
+        "workflow_type": row["workflow_type"],
+        "input_sha256": digest(row["input"]),
+        "created_at": row["created_at"],
+    }
+    return Link("run", str(row["id"]), canonical_json(body), stored=False)
+
+
+def annotation_link(row: Mapping[Any, Any]) -> Link:
+    """The link of an annotation row (a mapping of its columns)."""
+    body = {name: row[name] for name in ANNOTATION_FIELDS}
+    body["kind"] = "annotation"
+    return Link("annotation", str(row["id"]), canonical_json(body), stored=False)
+
+
+def stage_link(
+    record_id: str, stage_id: str, attempt: int, status: str, output: Any, error: str | None
+) -> Link:
+    """The link of a stage outcome: the record's status, output digest and error after it."""
+    body = {
+        "kind": "stage",
+        "id": record_id,
+        "stage_id": stage_id,
+        "attempt": attempt,
+        "status": status,
+        "output_sha256": digest(output),
+        "error": error,
+    }
+    return Link("stage", record_id, canonical_json(body), stored=True)
+
+
+def outcome_link(record_id: str, stage_id: str, attempt: int, changes: Mapping[Any, Any]) -> Link:
+    """The link of a stage outcome that sets ``changes`` on its record (a poll that found the
+    batch unfinished leaves it SUSPENDED, with no output or error)."""
+    return stage_link(
+        record_id,
+        stage_id,
+        attempt,
+        str(changes.get("status", RunStatus.SUSPENDED)),
+        changes.get("output_data"),
+        changes.get("error_message"),
+    )
+
+
+def rerun_link(run_id: str, attempt: int, removed: Sequence[str]) -> Link:
+    """The link of a rerun: the stage records it deleted (their outcome links stay)."""
+    body = {"kind": "rerun", "attempt": attempt, "removed": sorted(removed)}
+    return Link("rerun", run_id, canonical_json(body), stored=True)
+
+
+def link_rows(
+    run_id: str, head: str | None, length: int, links: Sequence[Link]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of ``links`` appended after ``head`` (the chain's ``length``-th hash), and
+    the new head."""
+    rows = []
+    for number, link in enumerate(links, start=length + 1):
+        head = link_hash(head, link.text)
+        rows.append(
+            {
+                "workflow_run_id": run_id,
+                "sequence": number,
+                "kind": link.kind,
+                "record_id": link.record_id,
+                "body": link.text if link.stored else None,
+                "hash": head,
+            }
+        )
+    return rows, head
+
+
+_HEAD = (
+    select(RUNS.c.chain_head, RUNS.c.chain_length)
+    .where(RUNS.c.id == bindparam("run_id"))
+    .with_for_update()
+)
+_SET_HEAD = (
+    RUNS.update()
+    .where(RUNS.c.id == bindparam("run_id"))
+    # updated_at kept: the chain is bookkeeping, not a change of the run (stale-run scans
+    # order by it).
+    .values(
+        chain_head=bindparam("head"),
+        chain_length=bindparam("length"),
+        updated_at=RUNS.c.updated_at,
+    )
+)
+
+
+def append_links(session: Session | Connection, run_id: str, links: Sequence[Link]) -> None:
+    """Append ``links`` to the run's chain in the caller's transaction.
+
+    Takes the run's row lock (``FOR UPDATE``; SQLite holds the write lock already) if the
+    caller does not hold it yet, so the head it reads is the last committed one.
+    """
+    if not links:
+        return
+    connection = session.connection() if isinstance(session, Session) else session
+    found = connection.execute(_HEAD, {"run_id": run_id}).first()
+    if found is None:
+        return  # the run is gone: so are its records
+    rows, head = link_rows(run_id, found.chain_head, found.chain_length or 0, links)
+    connection.execute(CHAIN_LINKS.insert(), rows)
+    connection.execute(_SET_HEAD, {"run_id": run_id, "head": head, "length": rows[-1]["sequence"]})
+
+
+# -- in one PostgreSQL statement ----------------------------------------------------------------
+
+
+def chain_params(run_id: str, links: Sequence[Link]) -> dict[str, Any]:
+    """The bound values :func:`chain_ctes` reads."""
+    return {
+        "c_run_id": run_id,
+        "c_count": len(links),
+        "c_kinds": [link.kind for link in links],
+        "c_ids": [link.record_id for link in links],
+        "c_bodies": [link.text if link.stored else None for link in links],
+        "c_texts": [link.text for link in links],
+    }
+
+
+def _array(name: str) -> Any:
+    """A bound ``text[]``, parenthesised so that it can be subscripted."""
+    array = ARRAY(Text)
+    return type_coerce(Grouping(cast(bindparam(name, type_=array), array)), array)
+
+
+def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
+    """The links of a one-statement write (:mod:`engine.store.one_statement`), hashed by
+    PostgreSQL, appended only if ``gate`` returned its row.
+
+    The head is read ``FOR UPDATE``: after a wait for the run's lock (the gate's own run-status
+    guard takes it), that returns the row as the writer before left it, not as the
+    statement's snapshot saw it, so the links follow that writer's. A recursive query then
+    hashes each link after the one before (``sha256(previous ‖ text)``, as
+    :func:`engine.evidence.link_hash`), from canonical texts built in Python.
+    """
+    texts = _array("c_texts")
+    head = (
+        select(
+            RUNS.c.id,
+            func.coalesce(RUNS.c.chain_head, "").label("h"),
+            func.coalesce(RUNS.c.chain_length, 0).label("n"),
+        )
+        .select_from(RUNS.join(gate, true()))
+        .where(RUNS.c.id == bindparam("c_run_id"))
+        .with_for_update(of=RUNS)
+        .cte("chain_head")
+    )
+    chain = select(literal(0).label("i"), head.c.h.label("h")).cte("chain", recursive=True)
+    step = func.encode(
+        func.sha256(func.convert_to(chain.c.h.op("||")(texts[chain.c.i + 1]), "UTF8")), "hex"
+    )
+    chain = chain.union_all(
+        select((chain.c.i + 1).label("i"), step.label("h")).where(chain.c.i < bindparam("c_count"))
+    )
+
+    links = (
+        select(
+            head.c.id.label("workflow_run_id"),
+            (head.c.n + chain.c.i).label("sequence"),
+            _array("c_kinds")[chain.c.i].label("kind"),
+            _array("c_ids")[chain.c.i].label("record_id"),
+            _array("c_bodies")[chain.c.i].label("body"),
+            chain.c.h.label("hash"),
+        )
+        .select_from(chain.join(head, true()))
+        .where(chain.c.i >= 1)
+    )
+    insert = CHAIN_LINKS.insert().from_select(
+        ["workflow_run_id", "sequence", "kind", "record_id", "body", "hash"], links
+    )
+    moved: Update = (
+        RUNS.update()
+        .where(RUNS.c.id == head.c.id)
+        .values(
+            chain_head=select(chain.c.h).where(chain.c.i == bindparam("c_count")).scalar_subquery(),
+            chain_length=head.c.n + bindparam("c_count"),
+            updated_at=RUNS.c.updated_at,
+        )
+    )
+    return (insert.cte("chain_links"), moved.cte("chain_moved"))
+
+
+# -- runs written before the chain ----------------------------------------------------------
+
+SETTLED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.SUSPENDED)
+"""Stage statuses that only an outcome (with its link) sets."""
+
+
+def chain_existing(connection: Connection, run_id: str) -> None:
+    """Chain a run written before the chain existed: the run, its annotations in the order
+    they were written, and its stages' current outcomes (revision 0011 runs this)."""
+    # Only the columns the links read: a later revision's columns may not exist yet.
+    identity = [RUNS.c[name] for name in ("id", "workflow_id", "workflow_name", "workflow_type")]
+    run = (
+        connection.execute(
+            select(*identity, RUNS.c.input, RUNS.c.created_at, RUNS.c.chain_length).where(
+                RUNS.c.id == run_id
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if run is None or run["chain_length"]:
+        return
+    links = [run_link(run)]
+    annotations = connection.execute(
+        select(*(ANNOTATIONS.c[name] for name in ANNOTATION_FIELDS))
+        .where(ANNOTATIONS.c.workflow_run_id == run_id)
+        .order_by(ANNOTATIONS.c.created_at, ANNOTATIONS.c.id)
+    ).mappings()
+    links.extend(annotation_link(row) for row in annotations)
+    stage_columns = ("id", "stage_id", "attempt", "status", "output_data", "error_message")
+    stages = connection.execute(
+        select(*(STAGES.c[name] for name in stage_columns))
+        .where(STAGES.c.workflow_run_id == run_id, STAGES.c.status.in_(SETTLED))
+        .order_by(STAGES.c.stage_number, STAGES.c.id)
+    ).mappings()
+    links.extend(stage_link(*(s[name] for name in stage_columns)) for s in stages)
+    rows, head = link_rows(run_id, None, 0, links)
+    for start in range(0, len(rows), 500):
+        connection.execute(CHAIN_LINKS.insert(), rows[start : start + 500])
+    connection.execute(_SET_HEAD, {"run_id": run_id, "head": head, "length": len(rows)})

@@ -1,0 +1,163 @@
+"""Checking a run's record chain against its records (``kernel.verify``, ``wfe verify``).
+
+The check recomputes every link's hash from the records as the database holds them now,
+then checks what the links cannot: that every annotation has a link (one inserted by hand
+has none), that every stage record a link names is still there unless a rerun deleted it,
+that each settled stage record still holds the outcome its last link recorded, and that the
+run's head and length name the last link (links deleted from the end).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.evidence import BadRecord, ChainVerification, link_hash
+from engine.store.chain import (
+    ANNOTATION_FIELDS,
+    SETTLED,
+    Link,
+    annotation_link,
+    run_link,
+    stage_link,
+)
+from engine.store.models import ANNOTATIONS, CHAIN_LINKS, RUNS, STAGES
+
+__all__ = ["verify_chain"]
+
+_STAGE_COLUMNS = ("id", "stage_id", "attempt", "status", "output_data", "error_message")
+
+
+def _holds(link: Link) -> Any:
+    return json.loads(link.text)
+
+
+def verify_chain(session: Session, run_id: str) -> ChainVerification | None:
+    """Check the run's chain; ``None`` if there is no such run."""
+    run = (
+        session.execute(
+            select(
+                *(RUNS.c[n] for n in ("id", "workflow_id", "workflow_name", "workflow_type")),
+                RUNS.c.input,
+                RUNS.c.created_at,
+                RUNS.c.chain_head,
+                RUNS.c.chain_length,
+            ).where(RUNS.c.id == run_id)
+        )
+        .mappings()
+        .first()
+    )
+    if run is None:
+        return None
+    links = session.execute(
+        select(CHAIN_LINKS)
+        .where(CHAIN_LINKS.c.workflow_run_id == run_id)
+        .order_by(CHAIN_LINKS.c.sequence)
+    ).mappings()
+    annotations = {
+        row["id"]: row
+        for row in session.execute(
+            select(*(ANNOTATIONS.c[n] for n in ANNOTATION_FIELDS)).where(
+                ANNOTATIONS.c.workflow_run_id == run_id
+            )
+        ).mappings()
+    }
+    stages = {
+        row["id"]: row
+        for row in session.execute(
+            select(*(STAGES.c[n] for n in _STAGE_COLUMNS)).where(STAGES.c.workflow_run_id == run_id)
+        ).mappings()
+    }
+    return _check(run, list(links), annotations, stages)
+
+
+def _check(
+    run: Mapping[Any, Any],
+    links: list[Mapping[Any, Any]],
+    annotations: Mapping[str, Mapping[Any, Any]],
+    stages: Mapping[str, Mapping[Any, Any]],
+) -> ChainVerification:
+    run_id = str(run["id"])
+    listed = [
+        {k: link[k] for k in ("sequence", "kind", "record_id", "body", "hash")} for link in links
+    ]
+
+    def failed(bad: BadRecord, checked: int) -> ChainVerification:
+        return ChainVerification(run_id, False, checked, run["chain_head"], bad, listed)
+
+    previous: str | None = None
+    chained: set[str] = set()
+    last_outcome: dict[str, Mapping[Any, Any]] = {}
+    removed: set[str] = set()
+    for number, link in enumerate(links, start=1):
+        kind, record_id, body = link["kind"], link["record_id"], link["body"]
+        if link["sequence"] != number:
+            missing = number if link["sequence"] > number else link["sequence"]
+            return failed(
+                BadRecord(missing, kind, record_id, None, f"link {missing} is missing"), number - 1
+            )
+        label: str | None = None
+        if kind == "annotation":
+            row = annotations.get(record_id)
+            if row is None:
+                problem = "the annotation was deleted"
+                return failed(BadRecord(number, kind, record_id, None, problem), number - 1)
+            label = str(row["key"])
+            text = annotation_link(row).text
+            chained.add(record_id)
+        elif kind == "run":
+            text = run_link(run).text
+        elif body is not None:
+            text = body
+            if kind == "stage":
+                last_outcome[record_id] = json.loads(body)
+                label = last_outcome[record_id].get("stage_id")
+            elif kind == "rerun":
+                removed.update(json.loads(body).get("removed", []))
+        else:
+            problem = "the link holds no record"
+            return failed(BadRecord(number, kind, record_id, None, problem), number - 1)
+        expected = link_hash(previous, text)
+        if expected != link["hash"]:
+            problem = "its record or link was changed after it was written"
+            holds = json.loads(text)
+            return failed(BadRecord(number, kind, record_id, label, problem, holds), number - 1)
+        previous = expected
+    checked = len(links)
+    if previous != run["chain_head"] or checked != run["chain_length"]:
+        problem = (
+            f"the run's chain head names link {run['chain_length']} ({run['chain_head']}), "
+            f"the links end at {checked} ({previous}): links were deleted or added"
+        )
+        return failed(BadRecord(None, "head", run_id, None, problem), checked)
+    for annotation_id, row in annotations.items():
+        if annotation_id not in chained:
+            problem = "the annotation has no link: it was inserted afterwards"
+            holds = json.loads(annotation_link(row).text)
+            return failed(
+                BadRecord(None, "annotation", annotation_id, str(row["key"]), problem, holds),
+                checked,
+            )
+    for record_id, outcome in last_outcome.items():
+        if record_id not in stages and record_id not in removed:
+            problem = "the stage record was deleted (no rerun removed it)"
+            bad = BadRecord(None, "stage", record_id, outcome.get("stage_id"), problem, outcome)
+            return failed(bad, checked)
+    for record_id, stage in stages.items():
+        if stage["status"] not in SETTLED:
+            continue  # PENDING, RUNNING, CANCELLED: no outcome of its own to hold
+        now = stage_link(*(stage[n] for n in _STAGE_COLUMNS))
+        recorded = last_outcome.get(record_id)
+        if recorded is None or json.loads(now.text) != recorded:
+            problem = (
+                "the stage record holds an outcome no link recorded"
+                if recorded is None
+                else "the stage record no longer holds the outcome its last link recorded"
+            )
+            bad = BadRecord(None, "stage", record_id, stage["stage_id"], problem, _holds(now))
+            return failed(bad, checked)
+    return ChainVerification(run_id, True, checked, run["chain_head"], None, listed)

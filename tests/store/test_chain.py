@@ -1,0 +1,240 @@
+"""The tamper-evident record chain (engine.store.chain) on both backends, at the store level.
+
+Every write path appends its links; ``verify_chain`` passes on what the engine wrote and
+names the first record that was changed, deleted or inserted by hand in SQL afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+
+from engine.annotations import AnnotationDraft
+from engine.evidence import ChainVerification, canonical_json, link_hash
+from engine.store import SqlStore
+from engine.store.contract import NewStage, RowContext
+from engine.store.models import ChainLink, WorkflowAnnotation
+from tests.store.test_one_statement import (
+    FIRST,
+    SECOND,
+    counted,
+    running_first_stage,
+    stage_commit,
+)
+
+CREATED = 3
+"""Links of a new run: the run and its two annotations."""
+
+
+async def _sql(store: SqlStore, statement: str, **params: Any) -> None:
+    async with store.engine.begin() as connection:
+        await connection.execute(text(statement), params)
+
+
+async def committed_run(store: SqlStore) -> str:
+    """A run whose first stage committed (one statement on PostgreSQL) with 4 annotations."""
+    run_id, record_id = await running_first_stage(store)
+    result = await store.commit_stage(stage_commit(run_id, record_id))
+    assert result.committed
+    return run_id
+
+
+async def test_canonical_json_is_sorted_compact_utf8_and_numbers_normal() -> None:
+    assert canonical_json({"b": 1.0, "a": "é", "c": [1e300, 0.1, None, True]}) == (
+        '{"a":"é","b":1,"c":[1' + "0" * 300 + ",0.1,null,true]}"
+    )
+    assert link_hash(None, "{}") == link_hash("", "{}")
+
+
+async def test_every_write_adds_a_link_and_the_chain_verifies(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+    found = await store.verify_chain(run_id)
+    assert found.ok, found.first_bad
+    # run + 2 create annotations + the outcome + its 4 annotations
+    assert found.links_checked == CREATED + 1 + 4
+    assert [link["kind"] for link in found.links][:4] == [
+        "run",
+        "annotation",
+        "annotation",
+        "stage",
+    ]
+    await store.attach_annotations(
+        run_id, [AnnotationDraft(key="review.ok", value=True)], RowContext(run_id, "run"), "c1"
+    )
+    found = await store.verify_chain(run_id)
+    assert found.ok and found.links_checked == CREATED + 5 + 1
+
+
+async def test_a_failed_and_a_general_commit_verify(store: SqlStore) -> None:
+    run_id, record_id = await running_first_stage(store)
+    commit = stage_commit(run_id, record_id, "failed")
+    # An idempotency key keeps it off the one-statement path: the general commit.
+    drafts = [AnnotationDraft(key="k.keyed", value=[1, 2.5], idempotency_key="once")]
+    commit = commit.model_copy(
+        update={"outcome": commit.outcome.model_copy(update={"annotations": drafts})}
+    )
+    assert (await store.commit_stage(commit)).committed
+    found = await store.verify_chain(run_id)
+    assert found.ok and found.links_checked == CREATED + 2
+
+
+async def test_concurrent_attaches_make_one_chain(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+
+    async def attach(number: int) -> None:
+        draft = AnnotationDraft(key=f"c.k{number}", value=number)
+        await store.attach_annotations(run_id, [draft], RowContext(run_id, "run"), f"c{number}")
+
+    await asyncio.gather(*(attach(n) for n in range(20)))
+    found = await store.verify_chain(run_id)
+    assert found.ok, found.first_bad
+    assert found.links_checked == CREATED + 5 + 20
+
+
+async def test_rerun_keeps_the_chain_valid(store: SqlStore) -> None:
+    run_id, record_id = await running_first_stage(store)
+    commit = stage_commit(run_id, record_id, "failed")
+    assert (await store.commit_stage(commit)).committed
+    await store.finalize_run(
+        run_id, status="FAILED", output=None, error="boom", now=datetime.now(UTC), commit_id="f1"
+    )
+    await store.rerun_from(
+        run_id,
+        target_group=1,
+        groups_before=[],
+        target_stages=[NewStage(FIRST.stage_id, FIRST.name, 1, 1, FIRST.config)],
+        temporal_workflow_id="wfe-run-{attempt}",
+        causation_id="rerun-1",
+    )
+    found = await store.verify_chain(run_id)
+    assert found.ok, found.first_bad
+    assert found.links[-1]["kind"] == "rerun"
+
+
+def _bad(found: ChainVerification) -> Any:
+    assert not found.ok and found.first_bad is not None
+    return found.first_bad
+
+
+async def test_a_changed_annotation_is_named(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+    await _sql(
+        store,
+        "UPDATE workflow_annotations SET value_text = 'no' WHERE key = 'decision.outcome'",
+    )
+    bad = _bad(await store.verify_chain(run_id))
+    assert (bad.kind, bad.label) == ("annotation", "decision.outcome")
+    assert bad.holds["value_text"] == "no"
+    assert "decision.outcome" in bad.describe()
+
+
+async def test_a_deleted_annotation_is_named(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+    async with store.sessions() as session:
+        row_id = await session.scalar(
+            select(WorkflowAnnotation.id).where(WorkflowAnnotation.key == "quality.score")
+        )
+    await _sql(store, "DELETE FROM workflow_annotations WHERE id = :id", id=row_id)
+    bad = _bad(await store.verify_chain(run_id))
+    assert (bad.kind, bad.record_id, bad.sequence) == ("annotation", row_id, CREATED + 3)
+
+
+async def test_an_inserted_annotation_is_named(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+    await _sql(
+        store,
+        "INSERT INTO workflow_annotations (id, created_at, workflow_run_id, attempt, scope, "
+        "key, value) VALUES ('forged', :now, :run, 0, 'run', 'decision.forged', '\"x\"')",
+        now="2026-12-07 00:00:00",
+        run=run_id,
+    )
+    bad = _bad(await store.verify_chain(run_id))
+    assert (bad.kind, bad.record_id, bad.label) == ("annotation", "forged", "decision.forged")
+
+
+async def test_a_changed_stage_outcome_is_named(store: SqlStore) -> None:
+    run_id, record_id = await running_first_stage(store)
+    assert (await store.commit_stage(stage_commit(run_id, record_id, "failed"))).committed
+    await _sql(
+        store,
+        "UPDATE workflow_stages SET status = 'COMPLETED', error_message = NULL WHERE id = :id",
+        id=record_id,
+    )
+    bad = _bad(await store.verify_chain(run_id))
+    assert (bad.kind, bad.record_id, bad.label) == ("stage", record_id, FIRST.stage_id)
+    assert bad.holds["status"] == "COMPLETED"
+
+
+async def test_a_changed_input_is_named(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+    await _sql(store, "UPDATE workflow_runs SET input = '{\"x\": 2}' WHERE id = :id", id=run_id)
+    bad = _bad(await store.verify_chain(run_id))
+    assert (bad.kind, bad.sequence) == ("run", 1)
+
+
+async def test_deleted_inserted_and_rewritten_links_are_named(store: SqlStore) -> None:
+    run_id = await committed_run(store)
+    last = CREATED + 5
+    await _sql(store, "DELETE FROM workflow_chain_links WHERE sequence = :n", n=last)
+    assert _bad(await store.verify_chain(run_id)).kind == "head"
+    await _sql(store, "DELETE FROM workflow_chain_links WHERE sequence = 2")
+    assert _bad(await store.verify_chain(run_id)).sequence == 2
+    await _sql(
+        store,
+        "INSERT INTO workflow_chain_links (workflow_run_id, sequence, kind, record_id, body, "
+        "hash) VALUES (:run, 2, 'rerun', :run, '{}', 'ab')",
+        run=run_id,
+    )
+    bad = _bad(await store.verify_chain(run_id))
+    assert (bad.sequence, bad.kind) == (2, "rerun")
+
+
+async def test_a_stage_link_rewritten_with_a_fresh_hash_breaks_the_next(store: SqlStore) -> None:
+    """Rewriting a link's record and hash consistently still breaks the link after it."""
+    run_id = await committed_run(store)
+    async with store.sessions() as session:
+        links = (
+            await session.scalars(
+                select(ChainLink)
+                .where(ChainLink.workflow_run_id == run_id)
+                .order_by(ChainLink.sequence)
+            )
+        ).all()
+    stage = links[CREATED]
+    assert stage.kind == "stage" and stage.body is not None
+    forged = stage.body.replace("COMPLETED", "FAILED")
+    await _sql(
+        store,
+        "UPDATE workflow_chain_links SET body = :body, hash = :hash "
+        "WHERE workflow_run_id = :run AND sequence = :n",
+        body=forged,
+        hash=link_hash(links[CREATED - 1].hash, forged),
+        run=run_id,
+        n=stage.sequence,
+    )
+    bad = _bad(await store.verify_chain(run_id))
+    assert bad.sequence == stage.sequence + 1
+
+
+async def test_the_second_stage_links_after_the_first(store: SqlStore) -> None:
+    run_id, record_id = await running_first_stage(store)
+    first = await store.commit_stage(stage_commit(run_id, record_id))
+    commit = stage_commit(run_id, first.opened[SECOND.stage_id])
+    commit = commit.model_copy(update={"stage": SECOND, "open_next": [], "completes_run": True})
+    assert (await store.commit_stage(commit)).committed
+    found = await store.verify_chain(run_id)
+    assert found.ok, found.first_bad
+    assert [link["kind"] for link in found.links].count("stage") == 2
+
+
+async def test_the_postgresql_commit_stays_one_statement(store: SqlStore) -> None:
+    if store.is_sqlite:
+        return
+    run_id, record_id = await running_first_stage(store)
+    with counted(store) as statements:
+        assert (await store.commit_stage(stage_commit(run_id, record_id))).committed
+    assert len(statements) == 1
+    assert (await store.verify_chain(run_id)).ok
