@@ -36,11 +36,14 @@ __all__ = [
     "canonical_json",
     "digest",
     "link_hash",
+    "normal",
     "timestamp",
 ]
 
 
-def _normal(value: Any) -> Any:
+def normal(value: Any) -> Any:
+    """``value`` with its numbers and timestamps in canonical form (as JSON would read back
+    the canonical text)."""
     if isinstance(value, bool) or value is None or isinstance(value, str | int):
         return value
     if isinstance(value, float):
@@ -50,9 +53,9 @@ def _normal(value: Any) -> Any:
             return int(Decimal(repr(value)))
         return value
     if isinstance(value, dict):
-        return {str(k): _normal(v) for k, v in value.items()}
+        return {str(k): normal(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_normal(v) for v in value]
+        return [normal(v) for v in value]
     if isinstance(value, datetime):
         return timestamp(value)
     raise TypeError(f"{type(value).__name__} has no canonical JSON form")
@@ -61,7 +64,7 @@ def _normal(value: Any) -> Any:
 def canonical_json(value: Any) -> str:
     """``value`` as canonical JSON text (see the module doc)."""
     return json.dumps(
-        _normal(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        normal(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 import warnings
@@ -54,6 +55,7 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.evidence import ChainVerification
+from engine.evidence_bundle import build_bundle
 from engine.kernel_annotations import KernelAnnotations
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import ResumeRequest, RunPlan, RunWorkflowInput
@@ -607,6 +609,35 @@ class Kernel:
         number of links checked, or the first record that does not match
         (:mod:`engine.evidence`)."""
         return await self.store.verify_chain(run_id)
+
+    async def export_bundle(self, run_id: str) -> dict[str, Any]:
+        """The run's evidence bundle (:mod:`engine.evidence_bundle`), unsigned, with a digest
+        of each of its Temporal executions' histories that the server still has."""
+        records = await self.store.chain_records(run_id)
+        run = await self.store.get_run(run_id)
+        attempts = max((int(s["attempt"]) for s in records.stages.values()), default=0)
+        candidates = [temporal_workflow_id(run_id, a) for a in range(attempts + 1)]
+        current = await self.store.temporal_workflow_id(run_id)
+        if current and current not in candidates:
+            candidates.append(current)
+        histories = []
+        for workflow_id in candidates:
+            try:
+                history = await self.client.get_workflow_handle(workflow_id).fetch_history()
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    continue  # never started, or past the namespace's retention
+                raise
+            text = history.to_json()
+            histories.append(
+                {
+                    "workflow_id": workflow_id,
+                    "run_id": history.run_id,
+                    "events": len(history.events),
+                    "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                }
+            )
+        return build_bundle(records, run.model_dump(mode="json"), histories)
 
     async def list_stages(self, run_id: str) -> list[StageRecord]:
         """The run's stage records in execution order."""

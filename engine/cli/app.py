@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from engine.cli import db, dev, runs, serve
+from engine.cli import db, dev, evidence, runs, serve
 from engine.cli.annotations import app as annotations_app
 
 __all__ = ["app", "main"]
@@ -24,6 +24,9 @@ app.add_typer(runs.app, name="run")
 app.add_typer(annotations_app, name="annotations")
 app.add_typer(db.outbox_app, name="outbox")
 app.add_typer(db.db_app, name="db")
+app.command("verify")(evidence.verify)
+app.command("export")(evidence.export)
+app.add_typer(evidence.keys_app, name="keys")
 
 
 def main() -> None:

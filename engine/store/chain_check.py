@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -27,26 +28,44 @@ from engine.store.chain import (
 )
 from engine.store.models import ANNOTATIONS, CHAIN_LINKS, RUNS, STAGES
 
-__all__ = ["verify_chain"]
-
-_STAGE_COLUMNS = ("id", "stage_id", "attempt", "status", "output_data", "error_message")
+__all__ = [
+    "LINK_COLUMNS",
+    "RUN_COLUMNS",
+    "STAGE_COLUMNS",
+    "ChainRecords",
+    "check_chain",
+    "read_chain",
+    "verify_chain",
+]
 
 
 def _holds(link: Link) -> Any:
     return json.loads(link.text)
 
 
-def verify_chain(session: Session, run_id: str) -> ChainVerification | None:
-    """Check the run's chain; ``None`` if there is no such run."""
+@dataclass(frozen=True)
+class ChainRecords:
+    """What a run's chain is checked against: the run, its links, annotations and stages, as
+    column mappings (what an evidence bundle carries, too)."""
+
+    run: Mapping[Any, Any]
+    links: list[Mapping[Any, Any]]
+    annotations: dict[str, Mapping[Any, Any]]
+    stages: dict[str, Mapping[Any, Any]]
+
+
+RUN_COLUMNS = ("id", "workflow_id", "workflow_name", "workflow_type", "input", "created_at")
+STAGE_COLUMNS = ("id", "stage_id", "attempt", "status", "output_data", "error_message")
+LINK_COLUMNS = ("sequence", "kind", "record_id", "body", "hash")
+
+
+def read_chain(session: Session, run_id: str) -> ChainRecords | None:
+    """The run's chain and the records it covers; ``None`` if there is no such run."""
     run = (
         session.execute(
-            select(
-                *(RUNS.c[n] for n in ("id", "workflow_id", "workflow_name", "workflow_type")),
-                RUNS.c.input,
-                RUNS.c.created_at,
-                RUNS.c.chain_head,
-                RUNS.c.chain_length,
-            ).where(RUNS.c.id == run_id)
+            select(*(RUNS.c[n] for n in RUN_COLUMNS), RUNS.c.chain_head, RUNS.c.chain_length).where(
+                RUNS.c.id == run_id
+            )
         )
         .mappings()
         .first()
@@ -54,37 +73,38 @@ def verify_chain(session: Session, run_id: str) -> ChainVerification | None:
     if run is None:
         return None
     links = session.execute(
-        select(CHAIN_LINKS)
+        select(*(CHAIN_LINKS.c[n] for n in LINK_COLUMNS))
         .where(CHAIN_LINKS.c.workflow_run_id == run_id)
         .order_by(CHAIN_LINKS.c.sequence)
     ).mappings()
-    annotations = {
-        row["id"]: row
-        for row in session.execute(
-            select(*(ANNOTATIONS.c[n] for n in ANNOTATION_FIELDS)).where(
-                ANNOTATIONS.c.workflow_run_id == run_id
-            )
-        ).mappings()
-    }
-    stages = {
-        row["id"]: row
-        for row in session.execute(
-            select(*(STAGES.c[n] for n in _STAGE_COLUMNS)).where(STAGES.c.workflow_run_id == run_id)
-        ).mappings()
-    }
-    return _check(run, list(links), annotations, stages)
+    annotations = session.execute(
+        select(*(ANNOTATIONS.c[n] for n in ANNOTATION_FIELDS)).where(
+            ANNOTATIONS.c.workflow_run_id == run_id
+        )
+    ).mappings()
+    stages = session.execute(
+        select(*(STAGES.c[n] for n in STAGE_COLUMNS)).where(STAGES.c.workflow_run_id == run_id)
+    ).mappings()
+    return ChainRecords(
+        run,
+        list(links),
+        {row["id"]: row for row in annotations},
+        {row["id"]: row for row in stages},
+    )
 
 
-def _check(
-    run: Mapping[Any, Any],
-    links: list[Mapping[Any, Any]],
-    annotations: Mapping[str, Mapping[Any, Any]],
-    stages: Mapping[str, Mapping[Any, Any]],
-) -> ChainVerification:
+def verify_chain(session: Session, run_id: str) -> ChainVerification | None:
+    """Check the run's chain; ``None`` if there is no such run."""
+    records = read_chain(session, run_id)
+    return None if records is None else check_chain(records)
+
+
+def check_chain(records: ChainRecords) -> ChainVerification:
+    """Recompute the chain from ``records`` (see the module doc); no database needed."""
+    run, links = records.run, records.links
+    annotations, stages = records.annotations, records.stages
     run_id = str(run["id"])
-    listed = [
-        {k: link[k] for k in ("sequence", "kind", "record_id", "body", "hash")} for link in links
-    ]
+    listed = [{k: link[k] for k in LINK_COLUMNS} for link in links]
 
     def failed(bad: BadRecord, checked: int) -> ChainVerification:
         return ChainVerification(run_id, False, checked, run["chain_head"], bad, listed)
@@ -150,7 +170,7 @@ def _check(
     for record_id, stage in stages.items():
         if stage["status"] not in SETTLED:
             continue  # PENDING, RUNNING, CANCELLED: no outcome of its own to hold
-        now = stage_link(*(stage[n] for n in _STAGE_COLUMNS))
+        now = stage_link(*(stage[n] for n in STAGE_COLUMNS))
         recorded = last_outcome.get(record_id)
         if recorded is None or json.loads(now.text) != recorded:
             problem = (

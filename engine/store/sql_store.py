@@ -31,7 +31,7 @@ from engine.store import (
     stage_rows,
 )
 from engine.store.ai_call_rows import ai_call_rows
-from engine.store.chain_check import verify_chain
+from engine.store.chain_check import ChainRecords, read_chain, verify_chain
 from engine.store.contract import (
     ActiveRun,
     AnnotationFilters,
@@ -618,6 +618,19 @@ class SqlStore:
 
         def read(session: Session) -> ChainVerification:
             found = verify_chain(session, run_id)
+            if found is None:
+                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
+            return found
+
+        return await self._read(read)
+
+    async def chain_records(self, run_id: str) -> ChainRecords:
+        """The run's chain and the records it covers (what an evidence bundle holds)."""
+        if _unknown(run_id):
+            raise _not_found(run_id)
+
+        def read(session: Session) -> ChainRecords:
+            found = read_chain(session, run_id)
             if found is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
             return found
