@@ -34,6 +34,7 @@ __all__ = [
     "BadRecord",
     "ChainVerification",
     "canonical_json",
+    "canonical_record",
     "digest",
     "link_hash",
     "normal",
@@ -44,27 +45,53 @@ __all__ = [
 def normal(value: Any) -> Any:
     """``value`` with its numbers and timestamps in canonical form (as JSON would read back
     the canonical text)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+    # Dispatch on the exact type first: this runs for every field of every link a commit
+    # writes (engine.store.chain), so the common cases return at once.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
         return value
-    if isinstance(value, float):
+    if kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value} has no JSON form")
-        if value.is_integer():
-            return int(Decimal(repr(value)))
-        return value
-    if isinstance(value, dict):
-        return {str(k): normal(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+        return int(Decimal(repr(value))) if value.is_integer() else value
+    if kind is dict:
+        return {k if type(k) is str else str(k): normal(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
         return [normal(v) for v in value]
     if isinstance(value, datetime):
         return timestamp(value)
+    if isinstance(value, bool | int | str):  # subclasses (enums)
+        return value
+    if isinstance(value, float):
+        return normal(float(value))
+    if isinstance(value, dict):
+        return normal(dict(value))
+    if isinstance(value, list | tuple):
+        return [normal(v) for v in value]
     raise TypeError(f"{type(value).__name__} has no canonical JSON form")
 
 
 def canonical_json(value: Any) -> str:
     """``value`` as canonical JSON text (see the module doc)."""
-    return json.dumps(
-        normal(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    return _ENCODER.encode(normal(value))
+
+
+# One encoder: json.dumps with options builds a new one per call, which cost more than the
+# encoding of a link's record.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+_FLAT = frozenset((str, int, bool, type(None)))
+
+
+def canonical_record(fields: dict[str, Any]) -> str:
+    """``canonical_json(fields)`` for a record's fields (a flat object with string keys),
+    normalizing only the values that need it: this runs for every link a commit writes."""
+    flat = _FLAT
+    return _ENCODER.encode(
+        {name: v if type(v) in flat else normal(v) for name, v in fields.items()}
     )
 
 
@@ -82,7 +109,12 @@ def timestamp(value: datetime) -> str:
     """A record timestamp in its canonical form (UTC, microseconds, ``Z``)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif value.utcoffset():
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
 
 
 @dataclass(frozen=True)
