@@ -238,3 +238,29 @@ async def test_the_postgresql_commit_stays_one_statement(store: SqlStore) -> Non
         assert (await store.commit_stage(stage_commit(run_id, record_id))).committed
     assert len(statements) == 1
     assert (await store.verify_chain(run_id)).ok
+
+
+async def test_a_one_statement_commit_racing_attaches_makes_one_chain(store: SqlStore) -> None:
+    """The commit's head, read under the run's lock after waiting for an attach, is the
+    attach's: the links follow it (or the statement collides and the general commit runs)."""
+    for _ in range(3):
+        run_id, record_id = await running_first_stage(store)
+
+        async def attach(number: int, run_id: str = run_id) -> None:
+            draft = AnnotationDraft(key=f"c.k{number}", value=number)
+            await store.attach_annotations(run_id, [draft], RowContext(run_id, "run"), f"c{number}")
+
+        commit = store.commit_stage(stage_commit(run_id, record_id))
+        results = await asyncio.gather(attach(0), attach(1), commit, attach(2), attach(3))
+        assert results[2].committed
+        found = await store.verify_chain(run_id)
+        assert found.ok, found.first_bad
+        assert found.links_checked == CREATED + 5 + 4
+
+
+async def test_the_legacy_migration_is_chained(store: SqlStore) -> None:
+    run_id, _ = await running_first_stage(store)  # its run has metadata {"legacy": True}
+    assert await store.migrate_legacy_metadata() >= 1
+    found = await store.verify_chain(run_id)
+    assert found.ok, found.first_bad
+    assert found.links_checked == CREATED + 1
