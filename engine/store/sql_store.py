@@ -637,6 +637,19 @@ class SqlStore:
 
         return await self._read(read)
 
+    async def list_ai_calls(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's recorded AI calls, oldest first, as column mappings (exporters read them)."""
+
+        def read(session: Session) -> list[dict[str, Any]]:
+            rows = session.execute(
+                select(AI_CALLS)
+                .where(AI_CALLS.c.workflow_run_id == run_id)
+                .order_by(AI_CALLS.c.created_at, AI_CALLS.c.id)
+            ).mappings()
+            return [dict(row) for row in rows]
+
+        return await self._read(read)
+
     async def _read_run_rows(self, run_id: str, query: Any) -> list[Any]:
         """The rows ``query`` selects for a run that must exist (else RunNotFoundError)."""
         if _unknown(run_id):

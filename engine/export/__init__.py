@@ -1,0 +1,1 @@
+"""Exporters of committed run records to other tools, as outbox plugins."""
