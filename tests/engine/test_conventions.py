@@ -37,6 +37,8 @@ SPEC: list[tuple[TypedKey[Any], str, Any, str]] = [
     (Approval.approvers, "approval.approvers", list[str], "stable"),
     (Approval.timestamp, "approval.timestamp", str, "stable"),
     (Approval.policy_version, "approval.policy.version", str, "experimental"),
+    (Approval.outcome, "approval.outcome", str, "experimental"),
+    (Approval.comment, "approval.comment", str, "experimental"),
     (Revision.previous_run_id, "revision.previous_run_id", str, "stable"),
     (Revision.reason, "revision.reason", str, "stable"),
 ]
