@@ -27,7 +27,8 @@ REVISION_3 = "0003"
 REVISION_4 = "0004"
 REVISION_5 = "0005"
 REVISION_6 = "0006"
-HEAD = "0009"
+REVISION_9 = "0009"
+HEAD = "0007"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -197,14 +198,17 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_heads() == [HEAD]
     assert migrate.head_revision() == HEAD
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
-    assert chain == [HEAD, REVISION_6, REVISION_5, REVISION_4, REVISION_3, REVISION_2, REVISION_1]
+    assert chain == [
+        HEAD, REVISION_9, REVISION_6, REVISION_5, REVISION_4, REVISION_3, REVISION_2, REVISION_1
+    ]  # fmt: skip
     assert script.get_revision(REVISION_1).down_revision is None
     assert script.get_revision(REVISION_2).down_revision == REVISION_1
     assert script.get_revision(REVISION_3).down_revision == REVISION_2
     assert script.get_revision(REVISION_4).down_revision == REVISION_3
     assert script.get_revision(REVISION_5).down_revision == REVISION_4
     assert script.get_revision(REVISION_6).down_revision == REVISION_5
-    assert script.get_revision(HEAD).down_revision == REVISION_6
+    assert script.get_revision(REVISION_9).down_revision == REVISION_6
+    assert script.get_revision(HEAD).down_revision == REVISION_9
 
 
 LOOKUP_INDEXES = {
@@ -329,5 +333,47 @@ async def test_revision_6_adds_execution_columns_and_keeps_rows_both_ways(
         assert await _count(store, "workflow_runs") == 1
         await store.upgrade("0006")
         assert added <= await current_columns()
+    finally:
+        await store.dispose()
+
+
+def _stage_columns(connection: Connection) -> set[str]:
+    return {c["name"] for c in inspect(connection).get_columns("workflow_stages")}
+
+
+@on_both_backends
+async def test_revision_0007_adds_the_approval_and_fork_columns_and_drops_them(
+    empty_database_url: str,
+) -> None:
+    store = SqlStore(empty_database_url)
+    added = {"waiting_for", "waiting_since", "copied_from"}
+    try:
+        await store.upgrade(REVISION_1)
+        await _insert_pre_08_rows(store)
+        await store.upgrade(REVISION_9)
+        await store.upgrade(HEAD)
+        async with store.engine.connect() as connection:
+            assert added <= await connection.run_sync(_stage_columns)
+            row = (
+                await connection.execute(
+                    select(
+                        WorkflowStage.stage_id,
+                        WorkflowStage.waiting_for,
+                        WorkflowStage.waiting_since,
+                        WorkflowStage.copied_from,
+                    )
+                )
+            ).one()
+        assert tuple(row) == ("extract", None, None, None)
+        assert await _diffs(store) == []
+
+        await store.downgrade(REVISION_9)
+        assert await migrate.current_revision(store.engine) == REVISION_9
+        async with store.engine.connect() as connection:
+            assert not added & await connection.run_sync(_stage_columns)
+        for table in ("workflow_runs", "workflow_stages", "workflow_logs"):
+            assert await _count(store, table) == 1, table
+        await store.upgrade()
+        assert await _diffs(store) == []
     finally:
         await store.dispose()

@@ -5,7 +5,7 @@ A stage record says whom an approval stage waits for (``waiting_for``) and since
 into a forked run names the record it was copied from (``copied_from``).
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0009
 Create Date: 2026-12-07 00:00:07.000000+00:00
 
 """
@@ -17,8 +17,8 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0007"
-# The lead re-chains this after "0005" (and the other helpers' revisions) when merging.
-down_revision: str | Sequence[str] | None = "0004"
+# The lead re-chains this after "0009" (and the other helpers' revisions) when merging.
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
