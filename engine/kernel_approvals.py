@@ -67,7 +67,7 @@ class KernelApprovals:
         store: SqlStore,
         limits: AnnotationLimits,
         workflows: Mapping[str, Workflow],
-        handle: Callable[[str], WorkflowHandle[Any, Any]],
+        handle: Callable[[str], WorkflowHandle[Any, Any]] | None,
     ) -> None:
         self._store = store
         self._limits = limits
@@ -193,6 +193,8 @@ class KernelApprovals:
             error = _rejection(actor, comment)
         drafts = build_drafts(attributes, actor=actor, limits=self._limits)
         temporal_id = await self._store.temporal_workflow_id(run_id)
+        if self._handle is None:
+            raise RuntimeError("these approvals read the side-store only: decide through a kernel")
         if temporal_id is None:
             raise InvalidStateError(
                 f"Run {run_id} has no workflow execution", workflow_run_id=run_id
