@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.kernel import Kernel
 from engine.settings import Settings
 from engine.store import SqlStore
-from engine.web import api, approvals_api, views
+from engine.web import api, approvals_api, inbox, views
 from engine.web.auth import (
     API_TOKEN_ENV,
     API_TOKENS_ENV,
@@ -103,6 +103,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(approvals_api.router)
     app.include_router(views.router)
+    app.include_router(inbox.router)
     reader = [Depends(require(Right.READ))]
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=reader)
