@@ -616,6 +616,10 @@ class RunWorkflow:
             raise ValueError(f"stage {request.stage_id!r} is not SUSPENDED in this run")
         if request.decision and request.stage_id in self._decisions:
             raise ValueError(f"stage {request.stage_id!r} was already decided")
+        if request.decision and self._history_is_long():
+            # The stage is about to be handed to the next execution (continue-as-new); a
+            # decision accepted now could not be answered once committed there.
+            raise ValueError("the run is continuing as new: send the decision again shortly")
 
     @workflow.query(name="wfe.suspended_stages")
     def suspended_stages(self) -> list[str]:

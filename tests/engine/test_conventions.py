@@ -63,7 +63,7 @@ def test_catalog_is_exactly_the_spec() -> None:
     assert public == {
         "Trigger": ["actor_id", "actor_kind", "parent_run_id", "reason", "source"],
         "Decision": ["alternatives", "confidence", "outcome", "rationale", "used_fallback"],
-        "Approval": ["approvers", "policy_version", "timestamp"],
+        "Approval": ["approvers", "comment", "outcome", "policy_version", "timestamp"],
         "Revision": ["previous_run_id", "reason"],
     }
 
