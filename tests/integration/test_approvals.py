@@ -266,3 +266,53 @@ async def test_pending_filters_by_workflow_and_requester(env, store):
         for run_id in refunds + payouts:
             await kernel.approvals.decide(run_id, "review", approved=True, actor=ALICE)
         assert (await kernel.approvals.pending()).items == []
+
+
+def _poller(ready_after: int) -> Any:
+    from engine import CompletionCheck, Suspend, define_async_batch_stage
+
+    async def submit(ctx: Any) -> Suspend:
+        return Suspend(state={}, poll_interval=timedelta(milliseconds=20))
+
+    async def check(state: Any, ctx: Any) -> CompletionCheck:
+        return CompletionCheck(ready=ctx.poll_count + 1 >= ready_after, output={"polls": 1})
+
+    return define_async_batch_stage(id="poll", input=None, execute=submit, check_completion=check)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+async def test_a_waiting_approval_is_carried_across_continue_as_new(env, store):
+    gate = define_approval_stage("gate", requested_from="ops")
+    workflow = (
+        define_workflow(id="gated").parallel([gate, _poller(15)]).pipe(act_after_gate).build()
+    )
+    async with running_kernel(env, store, workflow, continue_as_new_after_events=60) as kernel:
+        run_id = (await kernel.dispatch(RunCreate(workflow_id="gated", input={}))).workflow_run_id
+        waiting = await _waiting(kernel, run_id, "gate")
+        for _ in range(500):  # the sibling's polls grow the history past the limit
+            stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
+            if stages["poll"].status == RunStatus.COMPLETED:
+                break
+            await asyncio.sleep(0.05)
+        handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
+        info = (await handle.describe()).raw_description.workflow_execution_info
+        assert info.first_run_id != info.execution.run_id  # it did continue as new
+        # still waiting, since the same moment, and decidable in the new execution
+        page = await kernel.approvals.pending(requested_from="ops")
+        assert [(i.workflow_run_id, i.waiting_since) for i in page.items] == [
+            (run_id, waiting.waiting_since)
+        ]
+        for _ in range(100):
+            try:
+                await kernel.approvals.decide(run_id, "gate", approved=True, actor=ALICE)
+                break
+            except InvalidStateError:  # refused while the run was continuing as new
+                await asyncio.sleep(0.1)
+        run = await kernel.wait_for_run(run_id)
+        assert run.status == RunStatus.COMPLETED
+        assert run.output == {"gate": {"approved": True, "approver": ALICE.id, "comment": None}}
+
+
+@define_stage(id="after")
+async def act_after_gate(ctx: StageContext[Any, None]) -> dict[str, Any]:
+    return {"gate": ctx.require("gate")}
