@@ -20,7 +20,7 @@ from engine.conventions import Revision
 from engine.errors import InvalidInputError, StageNotFoundError
 from engine.records import RunStatus
 from engine.store import SqlStore
-from engine.store.runs import NewRun
+from engine.store.contract import NewRun
 from engine.workflows import Workflow
 
 __all__ = ["fork_run", "fork_idempotency_key"]

@@ -20,7 +20,8 @@ from engine.errors import InvalidStateError, RunNotFoundError
 from engine.ids import new_id
 from engine.records import TERMINAL_STATUSES, RunStatus
 from engine.store.models import ANNOTATIONS, WorkflowArtifact, WorkflowRun, WorkflowStage
-from engine.store.runs import NewRun, create_run
+from engine.store.contract import NewRun
+from engine.store.runs import create_run
 
 __all__ = ["Fork", "fork_run", "forks_of"]
 

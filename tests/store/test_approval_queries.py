@@ -15,7 +15,7 @@ from engine.annotations import AnnotationDraft, AnnotationLimits
 from engine.errors import InvalidInputError
 from engine.kernel_approvals import KernelApprovals
 from engine.store import SqlStore
-from engine.store.runs import NewRun, NewStage
+from engine.store.contract import NewRun, NewStage
 from temporal_workflows.payloads import StageCommit, StageOutcome
 from tests.helpers import stage_spec
 
