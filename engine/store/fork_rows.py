@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from engine.errors import InvalidStateError, RunNotFoundError
 from engine.ids import new_id
 from engine.records import TERMINAL_STATUSES, RunStatus
-from engine.store.models import ANNOTATIONS, WorkflowArtifact, WorkflowRun, WorkflowStage
 from engine.store.contract import NewRun
+from engine.store.models import ANNOTATIONS, WorkflowArtifact, WorkflowRun, WorkflowStage
 from engine.store.runs import create_run
 
 __all__ = ["Fork", "fork_run", "forks_of"]
