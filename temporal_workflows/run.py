@@ -137,6 +137,8 @@ class RunWorkflow:
         self._cancelled = False
         self._decisions: dict[str, bool] = {}
         """Approval stage id → whether its accepted decision is committed yet."""
+        self._handed_over: set[str] = set()
+        """Approval stages parked for the next execution (continue-as-new)."""
 
     @workflow.run
     async def run(self, input: RunWorkflowInput) -> str:
@@ -442,6 +444,7 @@ class RunWorkflow:
         resume = self._resumes.pop(stage_id, None)
         if resume is None and self._history_is_long():  # a sibling's polls made it long
             group.parked[stage_id] = wait
+            self._handed_over.add(stage_id)
             await workflow.wait_condition(lambda: False)  # ends by continue-as-new
         if resume is None:
             asked = (wait.state or {}).get("approval", {}).get("requested_from") or "anyone"
@@ -616,9 +619,9 @@ class RunWorkflow:
             raise ValueError(f"stage {request.stage_id!r} is not SUSPENDED in this run")
         if request.decision and request.stage_id in self._decisions:
             raise ValueError(f"stage {request.stage_id!r} was already decided")
-        if request.decision and self._history_is_long():
-            # The stage is about to be handed to the next execution (continue-as-new); a
-            # decision accepted now could not be answered once committed there.
+        if request.decision and request.stage_id in self._handed_over:
+            # The stage is parked for the next execution (continue-as-new); a decision
+            # accepted now could not be answered once committed there.
             raise ValueError("the run is continuing as new: send the decision again shortly")
 
     @workflow.query(name="wfe.suspended_stages")

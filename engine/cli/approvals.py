@@ -99,7 +99,9 @@ async def _list(
         approvals = KernelApprovals(store, AnnotationLimits(), {}, None)
         page = await approvals.pending(limit=limit, cursor=cursor, **filters)
     if options.json:
-        emit_json(page)
+        emit_json(page.items)  # a list prints as an array, as every --json list does
+        if page.next_cursor:
+            typer.echo(f"More: --cursor {page.next_cursor}", err=True)
         return
     options.echo(_inbox_table(page.items))
     if page.next_cursor:

@@ -133,7 +133,7 @@ async def approve_waiting_review(wfe: Wfe, opts: list[str], *, timeout: float = 
     while time.monotonic() < deadline:
         listed = await wfe("approvals", "list", "--workflow", "ticket-triage", "--json", *opts)
         assert listed.exit_code == 0, listed.stderr
-        items = json.loads(listed.stdout)["items"]
+        items = json.loads(listed.stdout)
         if items:
             run_id = str(items[0]["workflow_run_id"])
             approved = await wfe(

@@ -302,12 +302,16 @@ async def test_a_waiting_approval_is_carried_across_continue_as_new(env, store):
         assert [(i.workflow_run_id, i.waiting_since) for i in page.items] == [
             (run_id, waiting.waiting_since)
         ]
+        refusals: list[str] = []
         for _ in range(100):
             try:
                 await kernel.approvals.decide(run_id, "gate", approved=True, actor=ALICE)
                 break
-            except InvalidStateError:  # refused while the run was continuing as new
+            except InvalidStateError as refused:  # while the run was continuing as new
+                refusals.append(refused.message)
                 await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"never decided: {refusals[-3:]}")
         run = await kernel.wait_for_run(run_id)
         assert run.status == RunStatus.COMPLETED
         assert run.output == {"gate": {"approved": True, "approver": ALICE.id, "comment": None}}
