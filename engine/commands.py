@@ -194,6 +194,7 @@ CommandResult = (
     RunCreateResult
     | RunCancelResult
     | RunRerunFromResult
+    | RunForkResult
     | RunClaimPendingResult
     | OutboxFlushResult
     | PluginReplayDLQResult

@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from activities.run import plan_of
 from engine.annotations import AnnotationLimits, build_drafts, json_problem
 from engine.commands import RunFork, RunForkResult
 from engine.conventions import Revision
 from engine.errors import InvalidInputError, StageNotFoundError
+from engine.plans import plan_of
 from engine.records import RunStatus
 from engine.store import SqlStore
 from engine.store.contract import NewRun
@@ -25,8 +25,8 @@ from engine.workflows import Workflow
 
 __all__ = ["fork_run", "fork_idempotency_key"]
 
-Starter = Callable[[str, str, int, str], Coroutine[Any, Any, bool]]
-"""Starts a run's workflow: (run id, workflow id, start group, note) → started."""
+Starter = Callable[[str, str, int, int, str], Coroutine[Any, Any, None]]
+"""Starts a run's workflow: (run id, workflow id, start group, priority, note)."""
 
 
 def fork_idempotency_key(source_run_id: str, key: str | None) -> str:
@@ -109,7 +109,7 @@ async def fork_run(
     if status == RunStatus.PENDING:
         # Also on a repeat: the first caller may have crashed before starting it.
         note = f"Fork of run `{source.id}` from stage `{command.from_stage_id}`: {reason}"
-        await start(fork.run_id, workflow.id, group, note)
+        await start(fork.run_id, workflow.id, group, source.priority, note)
     return RunForkResult(
         workflow_run_id=fork.run_id, source_run_id=source.id, from_stage_id=command.from_stage_id
     )

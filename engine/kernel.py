@@ -244,6 +244,8 @@ class Kernel:
     @overload
     async def dispatch(self, command: RunRerunFrom) -> RunRerunFromResult: ...
     @overload
+    async def dispatch(self, command: RunFork) -> RunForkResult: ...
+    @overload
     async def dispatch(self, command: RunClaimPending) -> RunClaimPendingResult: ...
     @overload
     async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult: ...
@@ -505,8 +507,12 @@ class Kernel:
         return result
 
     async def _fork(self, command: RunFork) -> RunForkResult:
-        async def start(run_id: str, workflow_id: str, group: int, note: str) -> bool:
-            return await self._start(run_id, workflow_id, start_group=group, note=note)
+        async def start(
+            run_id: str, workflow_id: str, group: int, priority: int, note: str
+        ) -> None:
+            await self._start_or_report(
+                run_id, workflow_id, start_group=group, priority=priority, note=note
+            )
 
         return await fork_run(
             command,
