@@ -1,9 +1,9 @@
 """The approvals and fork endpoints of the JSON API.
 
-``GET /api/approvals`` lists the approval stages waiting for a decision across runs;
-``POST /api/runs/{run_id}/stages/{stage_id}/decision`` decides one, and
-``POST /api/runs/{run_id}/fork`` starts a fork. The approver is the caller
-(:func:`caller_actor`), never a field of the body: a body naming an actor is refused.
+``GET /api/approvals`` lists the approval stages waiting for a decision across runs (``read``);
+``POST /api/runs/{run_id}/stages/{stage_id}/decision`` decides one (``approve``), and
+``POST /api/runs/{run_id}/fork`` starts a fork (``write``). The approver is the caller's
+principal, never a field of the body: a body naming an actor is refused.
 """
 
 from __future__ import annotations
@@ -11,57 +11,26 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
-from engine.annotations import Actor, AnnotationLimits
+from engine.annotations import AnnotationLimits
 from engine.commands import RunForkResult
 from engine.errors import EngineError
 from engine.kernel_approvals import ApprovalsPage, KernelApprovals
 from engine.records import StageRecord
 from engine.web.api import _WRITE_ERRORS, RunId, State, _Body, _dispatch, _existing, _kernel
-from engine.web.state import ApiError, ErrorBody, WebState, engine_error, require_token
+from engine.web.auth import Principal, Right, require
+from engine.web.state import ErrorBody, WebState, engine_error
 
-__all__ = ["DecisionBody", "ForkBody", "approvals_of", "caller_actor", "router"]
+__all__ = ["DecisionBody", "ForkBody", "approvals_of", "router"]
 
 router = APIRouter(prefix="/api")
 
-PRINCIPAL_HEADER = "X-WFE-Principal"
-"""Who the holder of the shared API token says they are (``kind:id``), until per-caller
-credentials replace the token: then the authenticated principal wins and this is ignored."""
+Approver = Annotated[Principal, Depends(require(Right.APPROVE))]
+"""The caller of a decision: a principal holding the ``approve`` right, recorded as the
+approver (its actor); the body never names one."""
 
-
-def caller_actor(
-    request: Request,
-    principal: Annotated[
-        str | None,
-        Header(
-            alias=PRINCIPAL_HEADER,
-            description="Who decides (kind:id), e.g. user:alice@example.com.",
-        ),
-    ] = None,
-) -> Actor:
-    """The caller as an annotation actor (a FastAPI dependency).
-
-    An authenticated principal (``request.state.principal``, set by an auth layer) comes
-    first; else the ``X-WFE-Principal`` header of the token holder; else the token itself.
-    """
-    authenticated = getattr(request.state, "principal", None)
-    if isinstance(authenticated, Actor):
-        return authenticated
-    if principal is None or not principal.strip():
-        return Actor(kind="token", id="api")
-    kind, _, ident = principal.strip().rpartition(":")
-    if not ident or len(ident) > 255 or len(kind) > 64:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"{PRINCIPAL_HEADER} must be kind:id (or id), got {principal!r}",
-            field=PRINCIPAL_HEADER,
-        )
-    return Actor(kind=kind or "user", id=ident)
-
-
-Caller = Annotated[Actor, Depends(caller_actor)]
+_READ = [Depends(require(Right.READ))]
 
 
 class DecisionBody(_Body):
@@ -83,7 +52,12 @@ class ForkBody(_Body):
     idempotency_key: str | None = None
 
 
-@router.get("/approvals", response_model=ApprovalsPage, summary="Approvals waiting, oldest first")
+@router.get(
+    "/approvals",
+    response_model=ApprovalsPage,
+    dependencies=_READ,
+    summary="Approvals waiting, oldest first",
+)
 async def get_approvals(
     state: State,
     workflow_id: Annotated[str | None, Query(description="Only runs of this workflow.")] = None,
@@ -120,7 +94,6 @@ def approvals_of(state: WebState) -> KernelApprovals:
 @router.post(
     "/runs/{run_id}/stages/{stage_id}/decision",
     response_model=StageRecord,
-    dependencies=[Depends(require_token)],
     responses={**_WRITE_ERRORS, 409: {"model": ErrorBody, "description": "Not waiting"}},
     summary="Approve or reject a waiting approval stage",
 )
@@ -129,9 +102,10 @@ async def decide(
     run_id: RunId,
     stage_id: Annotated[str, Path(description="The approval stage's id.", max_length=128)],
     body: DecisionBody,
-    actor: Caller,
+    principal: Approver,
 ) -> StageRecord:
-    """Decide as the caller; answers the stage record once the outcome is committed."""
+    """Decide as the caller's principal (it needs the ``approve`` right); answers the stage
+    record once the outcome is committed."""
     kernel = _kernel(state)
     await _existing(state, run_id)
     try:
@@ -139,7 +113,7 @@ async def decide(
             run_id,
             stage_id,
             approved=body.approved,
-            actor=actor,
+            actor=principal.actor,
             comment=body.comment,
             output=body.output,
         )
@@ -152,7 +126,7 @@ async def decide(
     "/runs/{run_id}/fork",
     response_model=RunForkResult,
     response_model_by_alias=False,
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(require(Right.WRITE))],
     responses={**_WRITE_ERRORS, 409: {"model": ErrorBody, "description": "Source not final"}},
     summary="Fork a finished run from a stage",
 )

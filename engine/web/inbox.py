@@ -1,11 +1,14 @@
 """The viewer's approvals inbox: the decisions waiting across runs, decided from the page.
 
-The forms are plain HTML (the pages allow no script). Deciding needs a viewer session: the
-holder of the API token signs in once (``/login``), saying who they are, and gets an HttpOnly,
-``SameSite=Strict`` cookie signed with a key derived from the token. Every decision form carries
-a CSRF token bound to that session (an HMAC of it), and a POST whose ``Origin`` is another site
-is refused, so a page elsewhere cannot make a signed-in reviewer's browser decide. The session's
-principal is the approver; when per-caller credentials arrive they replace :func:`_session`.
+The forms are plain HTML (the pages allow no script). Deciding needs a viewer session: a
+reviewer signs in once (``/login``) with their API token, whose principal must hold the
+``approve`` right, and gets an HttpOnly, ``SameSite=Strict`` cookie naming that principal,
+signed with a key the app draws at random (sessions end when the server restarts). Browsers
+resend HTTP Basic credentials by themselves, so those never admit a decision. Every decision
+form carries a CSRF token bound to the session (an HMAC of it), and a POST from another site
+is refused, so a page elsewhere cannot make a signed-in reviewer's browser decide. The
+principal is looked up again at each decision: a token removed or stripped of ``approve``
+since sign-in decides nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -21,9 +25,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from engine.annotations import Actor
 from engine.errors import EngineError
 from engine.web.approvals_api import approvals_of
+from engine.web.auth import AccessPolicy, Principal, Right, require
 from engine.web.state import WebState, get_state
 from engine.web.views import html_error, render, run_path
 
@@ -35,42 +39,55 @@ INBOX_PAGE = 100
 
 router = APIRouter(include_in_schema=False)
 State = Annotated[WebState, Depends(get_state)]
+_READ = [Depends(require(Right.READ))]
+"""The pages need the read right, like every viewer page; the POSTs check the session."""
 
 
-def _key(token: str) -> bytes:
-    return hashlib.sha256(b"wfe-viewer-session\0" + token.encode()).digest()
+def _policy(request: Request) -> AccessPolicy:
+    policy: AccessPolicy = request.app.state.wfe_access
+    return policy
 
 
-def _sign(token: str, payload: str) -> str:
-    return hmac.new(_key(token), payload.encode(), hashlib.sha256).hexdigest()
+def _key(request: Request) -> bytes:
+    """The app's session-signing key, drawn on first use."""
+    key: bytes | None = getattr(request.app.state, "wfe_inbox_key", None)
+    if key is None:
+        key = secrets.token_bytes(32)
+        request.app.state.wfe_inbox_key = key
+    return key
 
 
-def _new_session(token: str, actor: Actor) -> str:
-    raw = f"{actor.kind}\0{actor.id}\0{int(time.time()) + SESSION_SECONDS}"
+def _sign(request: Request, payload: str) -> str:
+    return hmac.new(_key(request), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def _new_session(request: Request, principal: Principal) -> str:
+    raw = f"{principal.name}\0{int(time.time()) + SESSION_SECONDS}"
     payload = base64.urlsafe_b64encode(raw.encode()).decode()
-    return f"{payload}.{_sign(token, payload)}"
+    return f"{payload}.{_sign(request, payload)}"
 
 
-def _session(state: WebState, request: Request) -> tuple[Actor, str] | None:
-    """The signed-in reviewer and their cookie, or ``None``."""
+def _session(request: Request) -> tuple[Principal, str] | None:
+    """The signed-in reviewer (as the tokens say now) and their cookie, or ``None``."""
     cookie = request.cookies.get(SESSION_COOKIE)
-    if state.api_token is None or not cookie or "." not in cookie:
+    if not cookie or "." not in cookie:
         return None
     payload, _, signature = cookie.rpartition(".")
-    if not hmac.compare_digest(signature, _sign(state.api_token, payload)):
+    if not hmac.compare_digest(signature, _sign(request, payload)):
         return None
     try:
-        kind, ident, expires = base64.urlsafe_b64decode(payload).decode().split("\0")
+        name, expires = base64.urlsafe_b64decode(payload).decode().split("\0")
         if int(expires) < time.time():
             return None
     except ValueError:
         return None
-    return Actor(kind=kind, id=ident), cookie
+    principal = next((p for p in _policy(request).tokens.principals if p.name == name), None)
+    return (principal, cookie) if principal is not None else None
 
 
-def csrf_token(token: str, cookie: str) -> str:
+def csrf_token(request: Request, cookie: str) -> str:
     """The CSRF token of a session: forms carry it, the POST must send it back."""
-    return _sign(token, f"csrf\0{cookie}")
+    return _sign(request, f"csrf\0{cookie}")
 
 
 def _same_origin(request: Request) -> bool:
@@ -107,7 +124,7 @@ def _age(since: datetime) -> str:
     return f"{seconds} s"
 
 
-@router.get("/approvals", response_class=HTMLResponse)
+@router.get("/approvals", response_class=HTMLResponse, dependencies=_READ)
 async def inbox_page(
     state: State,
     request: Request,
@@ -126,7 +143,7 @@ async def inbox_page(
         )
     except EngineError as exc:
         return html_error(state, 400, "Bad request", exc.message)
-    session = _session(state, request)
+    session = _session(request)
     next_url = None
     if page.next_cursor:
         query = {"workflow": workflow, "requested_from": requested_from, "cursor": page.next_cursor}
@@ -144,8 +161,10 @@ async def inbox_page(
             for item in page.items
         ],
         reviewer=session[0] if session else None,
-        csrf=csrf_token(state.api_token, session[1]) if session and state.api_token else "",
-        can_decide=state.kernel is not None,
+        csrf=csrf_token(request, session[1]) if session else "",
+        can_decide=state.kernel is not None
+        and session is not None
+        and session[0].can(Right.APPROVE),
         filters={"workflow": workflow, "requested_from": requested_from},
         next_url=next_url,
         done=done,
@@ -153,16 +172,18 @@ async def inbox_page(
     )
 
 
-@router.get("/login", response_class=HTMLResponse)
-async def login_page(state: State, next: str = "/approvals", error: str = "") -> HTMLResponse:
-    """Sign in to decide: the API token, and who you are."""
+@router.get("/login", response_class=HTMLResponse, dependencies=_READ)
+async def login_page(
+    state: State, request: Request, next: str = "/approvals", error: str = ""
+) -> HTMLResponse:
+    """Sign in to decide, with an API token whose principal holds ``approve``."""
     return render(
         "login.html",
         state=state,
         page="login",
         next=_local(next),
         error=error,
-        writes_enabled=state.api_token is not None,
+        writes_enabled=bool(_policy(request).tokens),
     )
 
 
@@ -171,21 +192,20 @@ async def login(state: State, request: Request) -> Response:
     """Check the token and start a session for the principal named in the form."""
     form = await _form(request)
     target = _local(form.get("next", "/approvals"))
-    if state.api_token is None:
-        return html_error(state, 403, "Forbidden", "decisions are disabled: no API token")
+    tokens = _policy(request).tokens
+    if not tokens:
+        return html_error(state, 403, "Forbidden", "decisions are disabled: no API tokens")
     if not _same_origin(request):
         return html_error(state, 403, "Forbidden", "sign-in from another site refused")
-    given = form.get("token", "")
-    who = form.get("principal", "").strip()
-    if not hmac.compare_digest(given.encode(), state.api_token.encode()) or not who:
-        query = urlencode({"next": target, "error": "wrong token, or no name given"})
+    principal = tokens.authenticate(form.get("token", ""))
+    if principal is None or not principal.can(Right.APPROVE):
+        error = "wrong token" if principal is None else f"{principal.name} may not approve"
+        query = urlencode({"next": target, "error": error})
         return RedirectResponse(f"/login?{query}", status_code=303)
-    kind, _, ident = who.rpartition(":")
-    actor = Actor(kind=kind or "user", id=ident[:255])
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        _new_session(state.api_token, actor),
+        _new_session(request, principal),
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="strict",
@@ -206,13 +226,15 @@ async def logout(state: State, request: Request) -> Response:
 async def decide(state: State, request: Request) -> Response:
     """Approve or reject from the inbox (or a run page), as the signed-in reviewer."""
     form = await _form(request)
-    session = _session(state, request)
-    if session is None or state.api_token is None:
+    session = _session(request)
+    if session is None:
         return html_error(state, 401, "Unauthorized", "sign in (/login) to decide")
     if not _same_origin(request) or not hmac.compare_digest(
-        form.get("csrf", ""), csrf_token(state.api_token, session[1])
+        form.get("csrf", ""), csrf_token(request, session[1])
     ):
         return html_error(state, 403, "Forbidden", "the form's CSRF token is missing or wrong")
+    if not session[0].can(Right.APPROVE):
+        return html_error(state, 403, "Forbidden", f"{session[0].name} may not approve")
     if state.kernel is None:
         return html_error(state, 503, "Unavailable", "this server has no Temporal client")
     run_id, stage_id = form.get("run_id", ""), form.get("stage_id", "")
@@ -224,7 +246,11 @@ async def decide(state: State, request: Request) -> Response:
         return html_error(state, 422, "Bad request", "say why the stage is rejected")
     try:
         await state.kernel.approvals.decide(
-            run_id, stage_id, approved=decision == "approve", actor=session[0], comment=comment
+            run_id,
+            stage_id,
+            approved=decision == "approve",
+            actor=session[0].actor,
+            comment=comment,
         )
     except EngineError as exc:
         return html_error(state, 409, "Not decided", exc.message)

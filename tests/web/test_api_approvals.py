@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from engine import Actor, RunCreate, RunStatus
 from engine.web import create_app
+from engine.web.auth import tokens_from_env
 from tests.helpers import running_kernel
 from tests.integration.test_approvals import _waiting, approval_workflow
 from tests.web.support import api_client
 
-TOKEN = "approvals-token"
-LEAD = {"X-WFE-Principal": "user:lead@acme.example"}
+LEAD_TOKEN, CI_TOKEN = "lead-token-1", "ci-token-1"
+TOKENS = f"lead:{LEAD_TOKEN}:read+write+approve, ci:{CI_TOKEN}:read+write"
 
 
 async def test_inbox_decide_and_fork_over_http(env, store):
     async with running_kernel(env, store, approval_workflow()) as kernel:
-        app = create_app(kernel, api_token=TOKEN)
+        app = create_app(kernel, tokens=tokens_from_env({"WFE_API_TOKENS": TOKENS}))
         first = (await kernel.dispatch(RunCreate(workflow_id="refund", input={}))).workflow_run_id
         second = (await kernel.dispatch(RunCreate(workflow_id="refund", input={}))).workflow_run_id
         await _waiting(kernel, first)
         await _waiting(kernel, second)
-        async with api_client(app, TOKEN) as api, api_client(app) as anonymous:
+        async with (
+            api_client(app, LEAD_TOKEN) as api,
+            api_client(app, CI_TOKEN) as ci,
+            api_client(app) as anonymous,
+        ):
             inbox = (
                 await api.get("/api/approvals", params={"requested_from": "support-leads"})
             ).json()
@@ -36,19 +41,22 @@ async def test_inbox_decide_and_fork_over_http(env, store):
 
             url = f"/api/runs/{first}/stages/review/decision"
             assert (await anonymous.post(url, json={"approved": True})).status_code == 401
+            # a principal without the approve right cannot decide
+            refused = await ci.post(url, json={"approved": True})
+            assert refused.status_code == 403 and "approve" in refused.json()["message"]
             # the approver is never a body field
             smuggled = await api.post(
                 url, json={"approved": True, "actor": {"kind": "u", "id": "x"}}
             )
             assert smuggled.status_code == 422
-            decided = await api.post(url, json={"approved": True, "comment": "ok"}, headers=LEAD)
+            decided = await api.post(url, json={"approved": True, "comment": "ok"})
             assert decided.status_code == 200, decided.text
             assert decided.json()["status"] == "COMPLETED"
-            again = await api.post(url, json={"approved": False}, headers=LEAD)
+            again = await api.post(url, json={"approved": False})
             assert again.status_code == 409 and again.json()["error"] == "invalid_state"
             approvers = await kernel.annotations.list(first, key="approval.approvers")
             assert [(a.value, a.actor_kind, a.actor_id) for a in approvers] == [
-                (["lead@acme.example"], "user", "lead@acme.example")
+                (["lead"], "principal", "lead")
             ]
 
             rejected = await api.post(
@@ -56,10 +64,10 @@ async def test_inbox_decide_and_fork_over_http(env, store):
                 json={"approved": False, "comment": "no"},
             )
             assert rejected.status_code == 200 and rejected.json()["status"] == "FAILED"
-            assert "Rejected by token api: no" in rejected.json()["error_message"]
+            assert "Rejected by principal lead: no" in rejected.json()["error_message"]
             assert (await kernel.wait_for_run(second)).status == RunStatus.FAILED
 
-            fork = await api.post(
+            fork = await ci.post(
                 f"/api/runs/{second}/fork",
                 json={"from_stage_id": "review", "reason": "appeal", "idempotency_key": "a-1"},
             )

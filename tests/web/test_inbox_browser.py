@@ -13,11 +13,13 @@ import pytest
 from engine import RunCreate, RunFork, RunStatus
 from engine.settings import Settings
 from engine.web import create_app, start_server
+from engine.web.auth import tokens_from_env
 from tests.helpers import running_kernel
 from tests.integration.test_approvals import _waiting, approval_workflow
 from tests.web.test_viewer_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _require_chromium
 
-TOKEN = "inbox-token"
+LEAD_TOKEN, READER_TOKEN = "lead-token-1", "reader-token-1"
+TOKENS = f"lead:{LEAD_TOKEN}:read+write+approve, reader:{READER_TOKEN}:read"
 UI = "http://localhost:8233"
 
 
@@ -38,7 +40,7 @@ async def test_inbox_approve_reject_and_lineage_in_chromium(env: Any, store: Any
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     async with running_kernel(env, store, approval_workflow()) as kernel:
         settings = Settings(temporal_ui_url=UI, namespace=kernel.client.namespace)
-        app = create_app(kernel, settings, api_token=TOKEN)
+        app = create_app(kernel, settings, tokens=tokens_from_env({"WFE_API_TOKENS": TOKENS}))
         first = (await kernel.dispatch(RunCreate(workflow_id="refund", input={}))).workflow_run_id
         second = (await kernel.dispatch(RunCreate(workflow_id="refund", input={}))).workflow_run_id
         await _waiting(kernel, first)
@@ -48,7 +50,12 @@ async def test_inbox_approve_reject_and_lineage_in_chromium(env: Any, store: Any
                 executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
             )
             try:
-                context = await browser.new_context(viewport={"width": 1400, "height": 900})
+                # The viewer's pages need the read right: the browser sends Basic credentials,
+                # which never admit a decision (only the signed-in session does).
+                context = await browser.new_context(
+                    viewport={"width": 1400, "height": 900},
+                    http_credentials={"username": "reader", "password": READER_TOKEN},
+                )
                 page = await context.new_page()
                 problems: list[str] = []
                 page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -60,11 +67,14 @@ async def test_inbox_approve_reject_and_lineage_in_chromium(env: Any, store: Any
                 assert await rows.count() == 2
                 assert await page.locator("form.decide").count() == 0
                 await page.locator("#sign-in").click()
-                await page.locator('#login input[name="principal"]').fill("user:lead@acme.example")
-                await page.locator('#login input[name="token"]').fill(TOKEN)
+                # A token without the approve right is turned away.
+                await page.locator('#login input[name="token"]').fill(READER_TOKEN)
+                await page.locator("#login").get_by_role("button", name="Sign in").click()
+                assert "reader may not approve" in await page.locator(".error").inner_text()
+                await page.locator('#login input[name="token"]').fill(LEAD_TOKEN)
                 await page.locator("#login").get_by_role("button", name="Sign in").click()
                 await page.wait_for_url(f"{server.url}/approvals")
-                assert await page.locator("#reviewer").inner_text() == "user:lead@acme.example"
+                assert await page.locator("#reviewer").inner_text() == "lead"
                 row = page.locator(f'#approvals tr[data-run-id="{first}"]')
                 assert "decision.outcome" in await row.inner_text()
                 assert "support-leads" in await row.inner_text()
@@ -74,6 +84,11 @@ async def test_inbox_approve_reject_and_lineage_in_chromium(env: Any, store: Any
                 cookie = {c["name"]: c["value"] for c in await context.cookies()}
                 form = {"run_id": first, "stage_id": "review", "decision": "approve"}
                 async with httpx.AsyncClient(base_url=server.url, cookies=cookie) as http:
+                    # The lead's token as Basic credentials, without the session: refused.
+                    basic = await httpx.AsyncClient(base_url=server.url).post(
+                        "/approvals/decide", data=form, auth=("lead", LEAD_TOKEN)
+                    )
+                    assert basic.status_code == 401
                     assert (await http.post("/approvals/decide", data=form)).status_code == 403
                     csrf = await row.locator('input[name="csrf"]').get_attribute("value")
                     foreign = await http.post(
@@ -95,7 +110,7 @@ async def test_inbox_approve_reject_and_lineage_in_chromium(env: Any, store: Any
                 await _status_shown(page, "COMPLETED")
                 approvers = page.locator('tr[data-key="approval.approvers"]')
                 assert await approvers.count() == 1
-                assert "lead@acme.example" in await approvers.inner_text()
+                assert "principal:lead" in await approvers.inner_text()
                 comment = page.locator('tr[data-key="approval.comment"] td.value')
                 assert await comment.inner_text() == "refund is right"
                 await page.screenshot(
