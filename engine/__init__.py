@@ -6,6 +6,7 @@ Define stages and workflows, run them through a :class:`Kernel` and a worker fro
 
 from engine.ai_calls import AICall, AICallLogger
 from engine.annotations import Actor, AnnotationLimits, RunCreateAnnotation
+from engine.approval_stages import define_approval_stage
 from engine.commands import (
     OutboxFlush,
     OutboxFlushResult,
@@ -17,6 +18,8 @@ from engine.commands import (
     RunClaimPendingResult,
     RunCreate,
     RunCreateResult,
+    RunFork,
+    RunForkResult,
     RunRerunFrom,
     RunRerunFromResult,
 )
@@ -40,6 +43,7 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.kernel import Kernel
+from engine.kernel_approvals import ApprovalsPage, KernelApprovals, PendingApproval
 from engine.outbox import EventSink
 from engine.plugins import Plugin, PluginRunner, define_plugin
 from engine.records import (
@@ -70,6 +74,7 @@ __all__ = [
     "Annotation",
     "AnnotationError",
     "AnnotationLimits",
+    "ApprovalsPage",
     "ArtifactNotFoundError",
     "CommitRefusedError",
     "CompletionCheck",
@@ -85,10 +90,12 @@ __all__ = [
     "InvalidInputError",
     "InvalidStateError",
     "Kernel",
+    "KernelApprovals",
     "LogRecord",
     "OutboxEventRecord",
     "OutboxFlush",
     "OutboxFlushResult",
+    "PendingApproval",
     "Plugin",
     "PluginReplayDLQ",
     "PluginReplayDLQResult",
@@ -100,6 +107,8 @@ __all__ = [
     "RunCreate",
     "RunCreateAnnotation",
     "RunCreateResult",
+    "RunFork",
+    "RunForkResult",
     "RunNotFoundError",
     "RunStartError",
     "RunRecord",
@@ -118,6 +127,7 @@ __all__ = [
     "WorkflowDefinitionError",
     "WorkflowNotFoundError",
     "create_worker",
+    "define_approval_stage",
     "define_async_batch_stage",
     "define_plugin",
     "define_stage",

@@ -27,6 +27,8 @@ __all__ = [
     "RunClaimPendingResult",
     "RunCreate",
     "RunCreateResult",
+    "RunFork",
+    "RunForkResult",
     "RunRerunFrom",
     "RunRerunFromResult",
     "parse_command",
@@ -105,6 +107,36 @@ class RunRerunFromResult(_Message):
     deleted_stages: list[str]
 
 
+class RunFork(_Message):
+    """Create a new run of a terminal run's workflow that starts at one stage's group.
+
+    The groups before it are not run again: their records are copied from the source
+    (COMPLETED, with their outputs, each naming the record it was copied from). The source is
+    not changed in any way.
+    """
+
+    type: Literal["run.fork"] = "run.fork"
+    workflow_run_id: str
+    """The source run (COMPLETED, FAILED or CANCELLED)."""
+    from_stage_id: str
+    input: Any = None
+    """The fork's run input; the source's when ``None``."""
+    config: dict[str, Any] | None = None
+    """Merged over the source's config, stage by stage."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """Stored as ``revision.reason``; ``fork from <stage>`` when ``None``."""
+    idempotency_key: IdempotencyKey | None = None
+    """Repeats with the same key return the same fork."""
+
+
+class RunForkResult(_Message):
+    """The fork a ``RunFork`` made (or found through its idempotency key)."""
+
+    workflow_run_id: str
+    source_run_id: str
+    from_stage_id: str
+
+
 class RunClaimPending(_Message):
     """Start the Temporal workflow of PENDING runs whose start was lost, and restart RUNNING
     runs whose Temporal execution is gone (terminated by an operator, timed out, deleted)."""
@@ -147,7 +179,13 @@ class PluginReplayDLQResult(_Message):
 
 
 Command = Annotated[
-    RunCreate | RunCancel | RunRerunFrom | RunClaimPending | OutboxFlush | PluginReplayDLQ,
+    RunCreate
+    | RunCancel
+    | RunRerunFrom
+    | RunFork
+    | RunClaimPending
+    | OutboxFlush
+    | PluginReplayDLQ,
     Field(discriminator="type"),
 ]
 _command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
@@ -156,6 +194,7 @@ CommandResult = (
     RunCreateResult
     | RunCancelResult
     | RunRerunFromResult
+    | RunForkResult
     | RunClaimPendingResult
     | OutboxFlushResult
     | PluginReplayDLQResult
@@ -167,7 +206,7 @@ def parse_command(raw: Any) -> Command:
     """A command model from a model or a dict; raises pydantic's ValidationError naming fields."""
     if isinstance(raw, RunCreate | RunCancel | RunRerunFrom | RunClaimPending | OutboxFlush):
         return raw
-    if isinstance(raw, PluginReplayDLQ):
+    if isinstance(raw, PluginReplayDLQ | RunFork):
         return raw
     if isinstance(raw, BaseModel):
         raw = raw.model_dump()

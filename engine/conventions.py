@@ -269,6 +269,18 @@ class Approval:
         stability="experimental",
         description="Version of the approval policy that applied.",
     )
+    outcome: Final[TypedKey[str]] = typed_key(
+        "approval.outcome",
+        str,
+        stability="experimental",
+        description="What the approver decided: 'approved' or 'rejected'.",
+    )
+    comment: Final[TypedKey[str]] = typed_key(
+        "approval.comment",
+        str,
+        stability="experimental",
+        description="The approver's comment, e.g. why a request was rejected.",
+    )
 
 
 class Revision:

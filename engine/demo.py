@@ -6,13 +6,15 @@ The workflow is what ``wfe run create``, ``wfe worker`` and ``wfe dev`` register
     group 1  classify          an "agent" classifies the ticket; annotates decision.*
     group 2  notify | enrich   in parallel: page the on-call queue, look the customer up
     group 3  similar-tickets   async batch: submits a search, suspends, polled every second
-    group 4  human-review      waits for a person: resumed from outside (kernel.resume_stage)
-                               with approval.* annotations; policy-approved if nobody answers
+    group 4  human-review      an approval stage: waits (durably, no polling) for a support
+                               lead's decision (kernel.approvals.decide, ``wfe approvals``,
+                               the viewer's inbox), recorded as approval.* annotations
     group 5  route             picks the queue; annotates routing.*
 
 :func:`run_demo` starts a Temporal dev server (with its Web UI), a SQLite side-store and a
-worker in this process, runs one ticket through, has a reviewer approve it while it waits,
-reruns the last stage, and hands back everything the side-store recorded.
+worker in this process, runs one ticket through, has a reviewer approve it from outside while
+it waits, reruns the last stage, forks the run from that stage (the original left as it was),
+and hands back everything the side-store recorded.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from engine.annotations import Actor, RunCreateAnnotation
+from engine.approval_stages import define_approval_stage
 from engine.cli.render import (
     Echo,
     annotation_table,
@@ -39,9 +42,9 @@ from engine.cli.render import (
     table,
     temporal_ui_url,
 )
-from engine.commands import RunCreate, RunRerunFrom, RunRerunFromResult
+from engine.commands import RunCreate, RunFork, RunForkResult, RunRerunFrom, RunRerunFromResult
 from engine.context import CompletionContext, StageContext
-from engine.conventions import Approval, Decision, Trigger
+from engine.conventions import Decision, Trigger
 from engine.errors import InvalidStateError
 from engine.kernel import Kernel, temporal_workflow_id
 from engine.records import (
@@ -126,22 +129,6 @@ class SimilarTickets(BaseModel):
     matches: list[str]
 
 
-class ReviewConfig(BaseModel):
-    """How the human-review step waits."""
-
-    poll_interval: timedelta = timedelta(seconds=1)
-    auto_approve_after_polls: int | None = 5
-    """Checks without an answer before the policy approves on its own (``None``: wait)."""
-
-
-class Review(BaseModel):
-    """A reviewer's verdict."""
-
-    approved: bool
-    reviewer: str
-    note: str = ""
-
-
 class Routing(BaseModel):
     """Where the ticket goes."""
 
@@ -165,8 +152,6 @@ CRM_LATENCY = timedelta(milliseconds=40)
 
 TRIAGE_AGENT = Actor(kind="agent", id="triage-agent", version="v3")
 ROUTER = Actor(kind="system", id="routing-rules", version="2026.11")
-POLICY_VERSION = "triage-policy-7"
-POLICY = Actor(kind="system", id="review-policy", version=POLICY_VERSION)
 REVIEWER = Actor(kind="user", id="alice@acme.example")
 
 
@@ -275,46 +260,13 @@ similar_tickets = define_async_batch_stage(
 )
 
 
-def _approval(approver: Actor) -> dict[str, Any]:
-    """The ``approval.*`` attributes of an approval given now by ``approver``."""
-    return {
-        Approval.approvers.key: [approver.id],
-        Approval.timestamp.key: datetime.now(UTC).isoformat(timespec="seconds"),
-        Approval.policy_version.key: POLICY_VERSION,
-    }
-
-
-async def _request_review(ctx: StageContext[None, ReviewConfig]) -> Suspend:
-    triage = ctx.require("classify")
-    ctx.annotate("review.requested_from", "support-leads")
-    ctx.log("INFO", f"review of {triage['ticket_id']} requested from support-leads")
-    return Suspend(
-        state={"ticket_id": triage["ticket_id"]},
-        poll_interval=ctx.config.poll_interval,
-        max_wait=timedelta(hours=24),
-    )
-
-
-async def _check_review(state: dict[str, Any], ctx: CompletionContext[ReviewConfig]) -> Any:
-    # A reviewer answers through kernel.resume_stage(output=...), which completes the stage
-    # without a check; a check only finds whether the policy may approve on its own.
-    limit = ctx.config.auto_approve_after_polls
-    if limit is None or ctx.poll_count + 1 < limit:
-        return CompletionCheck(ready=False)
-    ctx.annotate(actor=POLICY, attributes=_approval(POLICY))
-    return CompletionCheck(ready=True, output=Review(approved=True, reviewer=POLICY.id))
-
-
-human_review = define_async_batch_stage(
-    id="human-review",
+human_review = define_approval_stage(
+    "human-review",
     name="Human review",
-    input=None,
-    output=Review,
-    config=ReviewConfig,
-    execute=_request_review,
-    check_completion=_check_review,
-    description="Waits for a support lead's verdict (an external resume); the policy approves "
-    "after a few checks without one.",
+    requested_from="support-leads",
+    timeout=timedelta(hours=24),
+    description="Waits for a support lead to approve the triage (the approvals inbox, "
+    "`wfe approvals`, or kernel.approvals.decide); undecided after 24 h, it fails.",
 )
 
 
@@ -385,6 +337,10 @@ class DemoResult:
     """A provenance question asked across runs: (key, value, how many runs carry it)."""
     viewer_url: str | None = None
     """The run's page in the provenance viewer (served while the demo runs)."""
+    fork: RunForkResult | None = None
+    """The fork of the run from ``route`` (the demo's last step), when it got that far."""
+    fork_run: RunRecord | None = None
+    """The fork as it ended."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``wfe demo --json`` document."""
@@ -395,6 +351,8 @@ class DemoResult:
             "logs": dump(self.logs),
             "approval": dump(self.approval),
             "rerun": dump(self.rerun) if self.rerun is not None else None,
+            "fork": dump(self.fork) if self.fork is not None else None,
+            "fork_run": dump(self.fork_run) if self.fork_run is not None else None,
             "temporal_ui_urls": self.temporal_ui_urls,
             "database_url": self.database_url,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
@@ -409,8 +367,8 @@ WaitFor = Callable[[Kernel, str], Awaitable[RunRecord]]
 async def run_triage_demo(
     kernel: Kernel, *, ui_url: str, namespace: str, wait_for: WaitFor, echo: Echo
 ) -> DemoResult:
-    """Create a triage run, approve it while it waits, rerun its last stage; return what was
-    recorded.
+    """Create a triage run, approve it while it waits, rerun its last stage, fork the run from
+    that stage; return what was recorded.
 
     Args:
         kernel: A kernel whose worker runs :data:`TRIAGE`.
@@ -453,41 +411,54 @@ async def run_triage_demo(
     run = await wait_for(kernel, run_id)
     echo(f"Rerun {run.status.value}")
 
-    return await _result(kernel, run, approval, rerun, ui_url, namespace, started)
+    # A fork starts a new run at `route`, reusing every earlier stage's output, and leaves
+    # this run (its records, annotations and Temporal history) exactly as it is.
+    fork = await kernel.dispatch(
+        RunFork(
+            workflow_run_id=run_id,
+            from_stage_id="route",
+            reason="route again with the current rules, keeping the original run",
+        )
+    )
+    echo(f"Forked run {run_id} from stage route: new run {fork.workflow_run_id}")
+    forked = await wait_for(kernel, fork.workflow_run_id)
+    echo(f"Fork {forked.status.value}")
+    result = await _result(kernel, run, approval, rerun, ui_url, namespace, started)
+    return dataclasses.replace(result, fork=fork, fork_run=forked)
 
 
 async def _review_when_asked(kernel: Kernel, run_id: str, echo: Echo) -> list[Annotation]:
-    """Play the support lead: once the review stage waits, approve it from outside.
+    """Play the support lead: find the review in the approvals inbox and approve it.
 
-    The verdict and its ``approval.*`` annotations go in with ``kernel.resume_stage`` (a
-    Temporal Update that wakes the waiting workflow at once), attributed to the reviewer.
+    ``kernel.approvals.decide`` sends the decision as a Temporal Update that ends the stage's
+    wait at once; its ``approval.*`` annotations, attributed to the reviewer, are committed
+    with the stage's outcome.
     """
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        stages = {s.stage_id: s for s in await kernel.list_stages(run_id)}
-        review = stages.get(human_review.id)
-        if review is not None and review.status == RunStatus.SUSPENDED:
+        waiting = await kernel.approvals.pending(
+            workflow_id=TRIAGE.id, requested_from="support-leads"
+        )
+        if any(item.workflow_run_id == run_id for item in waiting.items):
             break
         if (await kernel.get_run(run_id)).status in TERMINAL_STATUSES:
             return []
         await asyncio.sleep(0.1)
+    else:
+        return []
+    echo(f"Review waits for support-leads (wfe approvals list); {REVIEWER.id} approves it")
     await asyncio.sleep(0.3)  # the reviewer reads the ticket
-    verdict = Review(approved=True, reviewer=REVIEWER.id, note="Berlin VPN outage: page on-call")
-    while True:
-        try:
-            await kernel.resume_stage(
-                run_id,
-                human_review.id,
-                output=verdict.model_dump(),
-                attributes=_approval(REVIEWER),
-                actor=REVIEWER,
-            )
-            break
-        except InvalidStateError:  # not waiting (yet, or any more: the policy approved)
-            if time.monotonic() > deadline:
-                return []
-            await asyncio.sleep(0.1)
-    echo(f"Approved by {REVIEWER.kind} {REVIEWER.id} while the run waited (kernel.resume_stage)")
+    try:
+        await kernel.approvals.decide(
+            run_id,
+            human_review.id,
+            approved=True,
+            actor=REVIEWER,
+            comment="Berlin VPN outage: page on-call",
+        )
+    except InvalidStateError:  # decided meanwhile (or the run ended): nothing to add
+        return []
+    echo(f"Approved by {REVIEWER.kind} {REVIEWER.id} while the run waited (kernel.approvals)")
     return await kernel.annotations.list(run_id, key_prefix="approval.")
 
 
@@ -560,6 +531,14 @@ def render_demo(result: DemoResult) -> str:
     if result.viewer_url is not None:
         lines += ["", "Provenance viewer (while the demo runs; --keep-running keeps it up)"]
         lines += [f"  {result.viewer_url}"]
+    if result.fork is not None:
+        status = result.fork_run.status.value if result.fork_run is not None else "?"
+        lines += [
+            "",
+            "Fork (RunFork; the original run is unchanged)",
+            f"  {result.fork.source_run_id} --route--> {result.fork.workflow_run_id}  {status}",
+            f"  wfe run show {result.fork.workflow_run_id}",
+        ]
     if result.cross_run is not None:
         key, value, count = result.cross_run
         lines += [

@@ -42,6 +42,8 @@ from engine.commands import (
     RunClaimPendingResult,
     RunCreate,
     RunCreateResult,
+    RunFork,
+    RunForkResult,
     RunRerunFrom,
     RunRerunFromResult,
     parse_command,
@@ -56,7 +58,9 @@ from engine.errors import (
 )
 from engine.evidence import ChainVerification
 from engine.evidence_bundle import build_bundle
+from engine.forks import fork_run
 from engine.kernel_annotations import KernelAnnotations
+from engine.kernel_approvals import KernelApprovals
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import ResumeRequest, RunPlan, RunWorkflowInput
 from engine.plans import plan_of
@@ -185,6 +189,10 @@ class Kernel:
         """Stage outputs larger than this (JSON bytes) travel to Temporal by reference."""
         self._search_attributes: bool | None = None
         self._owns: list[Any] = []
+        self.approvals = KernelApprovals(
+            store, self.annotation_limits, self.workflows, self._handle
+        )
+        """The approvals inbox and decisions (see :class:`KernelApprovals`)."""
 
     @classmethod
     async def connect(
@@ -239,6 +247,8 @@ class Kernel:
     @overload
     async def dispatch(self, command: RunRerunFrom) -> RunRerunFromResult: ...
     @overload
+    async def dispatch(self, command: RunFork) -> RunForkResult: ...
+    @overload
     async def dispatch(self, command: RunClaimPending) -> RunClaimPendingResult: ...
     @overload
     async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult: ...
@@ -260,6 +270,8 @@ class Kernel:
             return await self._cancel(parsed)
         if isinstance(parsed, RunRerunFrom):
             return await self._rerun(parsed)
+        if isinstance(parsed, RunFork):
+            return await self._fork(parsed)
         if isinstance(parsed, RunClaimPending):
             return await self._claim_pending(parsed)
         if isinstance(parsed, OutboxFlush):
@@ -497,6 +509,23 @@ class Kernel:
         )
         return result
 
+    async def _fork(self, command: RunFork) -> RunForkResult:
+        async def start(
+            run_id: str, workflow_id: str, group: int, priority: int, note: str
+        ) -> None:
+            await self._start_or_report(
+                run_id, workflow_id, start_group=group, priority=priority, note=note
+            )
+
+        return await fork_run(
+            command,
+            store=self.store,
+            workflow_of=self.workflow,
+            limits=self.annotation_limits,
+            temporal_id_template=temporal_workflow_id("{run_id}"),
+            start=start,
+        )
+
     async def _claim_pending(self, command: RunClaimPending) -> RunClaimPendingResult:
         started = []
         for pending in await self.store.pending_runs(command.max_claims):
@@ -568,6 +597,12 @@ class Kernel:
         if stage_id not in stages:
             raise StageNotFoundError(
                 f"Stage {stage_id} not found in run {run_id}",
+                workflow_run_id=run_id,
+                stage_id=stage_id,
+            )
+        if stages[stage_id].waiting_since is not None:
+            raise InvalidStateError(
+                f"Stage {stage_id} is an approval stage: decide it with kernel.approvals.decide",
                 workflow_run_id=run_id,
                 stage_id=stage_id,
             )

@@ -51,7 +51,7 @@ class StageSpec(BaseModel):
     name: str
     number: int
     group: int
-    kind: Literal["sync", "async_batch"]
+    kind: Literal["sync", "async_batch", "approval"]
     config: dict[str, Any] = Field(default_factory=dict)
     start_to_close_timeout: timedelta
     heartbeat_timeout: timedelta | None = None
@@ -331,6 +331,11 @@ class ResumeRequest(BaseModel):
     output: Any = None
     data: Any = None
     annotations: list[AnnotationDraft] = Field(default_factory=list)
+    decision: bool = False
+    """A person's decision on an approval stage: it completes the stage with ``output`` (or
+    fails it with ``error``) and the Update returns once that outcome is committed."""
+    error: str | None = None
+    """With ``decision``: fail the stage with this message (a rejection)."""
 
 
 RunWorkflowInput.model_rebuild()

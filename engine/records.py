@@ -119,6 +119,12 @@ class StageRecord(_Record):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: int | None = None
+    waiting_for: str | None = None
+    """Approval stages: whom the stage waits for (``None``: anyone with the right)."""
+    waiting_since: datetime | None = None
+    """Approval stages: when the stage began waiting for a decision."""
+    copied_from: str | None = None
+    """Forked runs: the id of the source run's stage record this record was copied from."""
 
 
 class LogRecord(_Record):

@@ -19,6 +19,7 @@ from engine.errors import WorkflowDefinitionError
 __all__ = [
     "ID_PATTERN",
     "CompletionCheck",
+    "OnReject",
     "Stage",
     "StageKind",
     "StageResult",
@@ -37,8 +38,13 @@ separators such as ``/`` and whitespace.
 DEFAULT_START_TO_CLOSE_TIMEOUT = timedelta(minutes=10)
 """How long one execution of a stage's code may take when the stage does not say."""
 
-StageKind = Literal["sync", "async_batch"]
-"""``sync``: ``execute`` produces the output. ``async_batch``: it may suspend and be polled."""
+StageKind = Literal["sync", "async_batch", "approval"]
+"""``sync``: ``execute`` produces the output. ``async_batch``: it may suspend and be polled.
+``approval``: it suspends at once and waits for a person's decision (no polling)."""
+
+OnReject = Literal["fail", "continue"]
+"""What a rejected approval does: fail the stage (and the run), or complete it with
+``approved: false`` so later stages decide."""
 
 # Defaults keep ``Stage`` usable unparameterised, and let mypy settle a parameter that an
 # argument left as ``None`` cannot determine.
@@ -154,6 +160,12 @@ class Stage(Generic[InT, OutT, CfgT]):
     """Limit on one execution of ``execute`` or ``check_completion``."""
     heartbeat_timeout: timedelta | None = None
     """Fail an execution that has not called ``ctx.heartbeat`` for this long; ``None``: no limit."""
+    requested_from: str | None = None
+    """Approval stages: whom the decision is asked of (``None``: anyone allowed to approve)."""
+    timeout: timedelta | None = None
+    """Approval stages: how long to wait for a decision before failing; ``None``: no limit."""
+    on_reject: OnReject = "fail"
+    """Approval stages: what a rejection does (see :data:`OnReject`)."""
 
     def __post_init__(self) -> None:
         # Validating here rather than only in define_stage also covers dataclasses.replace().
@@ -176,8 +188,10 @@ class Stage(Generic[InT, OutT, CfgT]):
                 )
         if not callable(self.execute):
             raise self._error(f"execute must be callable, got {self.execute!r}")
-        if self.kind not in ("sync", "async_batch"):
-            raise self._error(f"kind must be 'sync' or 'async_batch', got {self.kind!r}")
+        if self.kind not in ("sync", "async_batch", "approval"):
+            raise self._error(
+                f"kind must be 'sync', 'async_batch' or 'approval', got {self.kind!r}"
+            )
         if self.kind == "async_batch" and self.check_completion is None:
             raise self._error("an async batch stage needs check_completion")
         if self.check_completion is not None and not callable(self.check_completion):
@@ -202,6 +216,19 @@ class Stage(Generic[InT, OutT, CfgT]):
                 continue
             if not isinstance(duration, timedelta) or duration <= timedelta(0):
                 raise self._error(f"{argument} must be a positive timedelta, got {duration!r}")
+        if self.timeout is not None and (
+            not isinstance(self.timeout, timedelta) or self.timeout <= timedelta(0)
+        ):
+            raise self._error(f"timeout must be a positive timedelta or None, got {self.timeout!r}")
+        if self.on_reject not in ("fail", "continue"):
+            raise self._error(f"on_reject must be 'fail' or 'continue', got {self.on_reject!r}")
+        if self.requested_from is not None and (
+            not isinstance(self.requested_from, str) or not 0 < len(self.requested_from) <= 255
+        ):
+            raise self._error(
+                f"requested_from must be a string of 1-255 characters or None, "
+                f"got {self.requested_from!r}"
+            )
 
     def _error(self, problem: str) -> WorkflowDefinitionError:
         return WorkflowDefinitionError(f"stage {self.id!r}: {problem}", stage_id=self.id)
@@ -302,6 +329,9 @@ def _build(
     retry_policy: temporalio.common.RetryPolicy | None,
     start_to_close_timeout: timedelta | None,
     heartbeat_timeout: timedelta | None,
+    requested_from: str | None = None,
+    timeout: timedelta | None = None,
+    on_reject: OnReject = "fail",
 ) -> Stage[Any, Any, Any]:
     # Re-checked in Stage.__post_init__; checked here first so the message names the keyword
     # the caller used rather than the field name.
@@ -330,6 +360,9 @@ def _build(
             else start_to_close_timeout
         ),
         heartbeat_timeout=heartbeat_timeout,
+        requested_from=requested_from,
+        timeout=timeout,
+        on_reject=on_reject,
     )
 
 

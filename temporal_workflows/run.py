@@ -31,7 +31,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from engine.payloads import (
@@ -135,6 +135,10 @@ class RunWorkflow:
         """Stage id → record id of the stages that commits opened RUNNING."""
         self._stage_tasks: list[asyncio.Task[None]] = []
         self._cancelled = False
+        self._decisions: dict[str, bool] = {}
+        """Approval stage id → whether its accepted decision is committed yet."""
+        self._handed_over: set[str] = set()
+        """Approval stages parked for the next execution (continue-as-new)."""
 
     @workflow.run
     async def run(self, input: RunWorkflowInput) -> str:
@@ -328,7 +332,11 @@ class RunWorkflow:
         # before it sends the Update): a resume that lands during this commit waits its turn.
         self._suspended.add(spec.stage_id)
         result = await self._commit(
-            spec, outcome, next_poll_at=parked.next_poll_at, max_wait_until=max_wait_until
+            spec,
+            outcome,
+            # An approval is never polled: its record shows no poll time.
+            next_poll_at=None if spec.kind == "approval" else parked.next_poll_at,
+            max_wait_until=max_wait_until,
         )
         if result.failed_with is not None:  # committed FAILED instead (see CommitResult)
             self._suspended.discard(spec.stage_id)
@@ -340,6 +348,9 @@ class RunWorkflow:
         """Sleep on durable timers (or until resumed) and check the batch until it settles."""
         assert self._plan is not None
         self._suspended.add(spec.stage_id)
+        if spec.kind == "approval":  # (a kind no history before it carries: no patch needed)
+            await self._await_decision(spec, wait, group)
+            return
         while True:
             if self._history_is_long() and not self._resume_pending(spec.stage_id):
                 group.parked[spec.stage_id] = wait
@@ -412,6 +423,51 @@ class RunWorkflow:
         park where they did.
         """
         return stage_id in self._resumes and workflow.patched(RESUME_BEFORE_PARK)
+
+    async def _await_decision(self, spec: StageSpec, wait: ParkedStage, group: _Group) -> None:
+        """Wait for a person's decision (an Update) or the timeout; nothing polls meanwhile,
+        so the history does not grow while the stage waits."""
+        stage_id = spec.stage_id
+        timeout = None
+        if wait.max_wait_until is not None:
+            timeout = max((wait.max_wait_until - workflow.now()).total_seconds(), 0.0)
+        if stage_id not in self._resumes and timeout != 0.0:
+            try:
+                await workflow.wait_condition(
+                    lambda: stage_id in self._resumes or self._cancelled or self._history_is_long(),
+                    timeout=timeout,
+                )
+            except TimeoutError:
+                pass
+        if self._cancelled:
+            return
+        resume = self._resumes.pop(stage_id, None)
+        if resume is None and self._history_is_long():  # a sibling's polls made it long
+            group.parked[stage_id] = wait
+            self._handed_over.add(stage_id)
+            await workflow.wait_condition(lambda: False)  # ends by continue-as-new
+        if resume is None:
+            asked = (wait.state or {}).get("approval", {}).get("requested_from") or "anyone"
+            outcome = StageOutcome(
+                status="failed",
+                stage_record_id=wait.stage_record_id,
+                error=f"Stage {stage_id} was not decided within its timeout of {wait.max_wait} "
+                f"(requested from {asked}; timed out at {wait.max_wait_until})",
+            )
+        else:
+            outcome = StageOutcome(
+                status="failed" if resume.error is not None else "completed",
+                stage_record_id=wait.stage_record_id,
+                output=resume.output,
+                error=resume.error,
+                annotations=resume.annotations,
+            )
+        self._suspended.discard(stage_id)
+        try:
+            await self._settle(spec, outcome, group, after_suspend=True, poll_count=wait.polls)
+        finally:
+            if stage_id in self._decisions:
+                self._decisions[stage_id] = True  # the decision's Update may return now
 
     def _history_is_long(self) -> bool:
         assert self._input is not None
@@ -538,14 +594,35 @@ class RunWorkflow:
 
     @workflow.update(name="wfe.resume_stage")
     async def resume_stage(self, request: ResumeRequest) -> str:
-        """Wake a suspended stage now: complete it with ``output`` or check it with ``data``."""
-        self._resumes[request.stage_id] = request
-        return "accepted"
+        """Wake a suspended stage now: complete it with ``output`` or check it with ``data``.
+
+        A decision (``request.decision``) returns once the stage's outcome is committed.
+        """
+        if not request.decision:
+            self._resumes[request.stage_id] = request
+            return "accepted"
+        stage_id = request.stage_id
+        # Two decisions may both pass the validator before either handler runs: the first
+        # handler to run takes the stage, the other fails (the caller sees who won).
+        if stage_id in self._decisions or stage_id not in self._suspended:
+            raise ApplicationError(
+                f"stage {stage_id!r} was already decided", type="AlreadyDecided", non_retryable=True
+            )
+        self._decisions[stage_id] = False
+        self._resumes[stage_id] = request
+        await workflow.wait_condition(lambda: self._decisions[stage_id] or self._cancelled)
+        return "decided"
 
     @resume_stage.validator
     def _validate_resume(self, request: ResumeRequest) -> None:
         if request.stage_id not in self._suspended or request.stage_id in self._resumes:
             raise ValueError(f"stage {request.stage_id!r} is not SUSPENDED in this run")
+        if request.decision and request.stage_id in self._decisions:
+            raise ValueError(f"stage {request.stage_id!r} was already decided")
+        if request.decision and request.stage_id in self._handed_over:
+            # The stage is parked for the next execution (continue-as-new); a decision
+            # accepted now could not be answered once committed there.
+            raise ValueError("the run is continuing as new: send the decision again shortly")
 
     @workflow.query(name="wfe.suspended_stages")
     def suspended_stages(self) -> list[str]:

@@ -6,6 +6,7 @@ import typer
 
 from engine.cli import db, dev, evidence, runs, serve
 from engine.cli.annotations import app as annotations_app
+from engine.cli.approvals import app as approvals_app
 
 __all__ = ["app", "main"]
 
@@ -22,6 +23,7 @@ app.command("worker")(dev.worker)
 app.command("serve")(serve.serve)
 app.add_typer(runs.app, name="run")
 app.add_typer(annotations_app, name="annotations")
+app.add_typer(approvals_app, name="approvals")
 app.add_typer(db.outbox_app, name="outbox")
 app.add_typer(db.db_app, name="db")
 app.command("verify")(evidence.verify)

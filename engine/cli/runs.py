@@ -25,7 +25,7 @@ from engine.cli.common import (
     with_common,
 )
 from engine.cli.render import emit_json, run_document, run_summary, stage_table, temporal_ui_url
-from engine.commands import RunCancel, RunCreate, RunCreateResult, RunRerunFrom
+from engine.commands import RunCancel, RunCreate, RunCreateResult, RunFork, RunRerunFrom
 from engine.errors import WorkflowNotFoundError
 from engine.kernel import Kernel
 from engine.records import RunStatus
@@ -285,6 +285,81 @@ def recover(
     """One recovery pass: start runs left PENDING, restart RUNNING runs whose Temporal
     execution is gone (the worker does this every --recovery-interval)."""
     execute(_recover(options, max_claims))
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+
+async def _fork(
+    options: CommonOptions, command: RunFork, workflows_spec: str, wait: bool, timeout: float
+) -> None:
+    workflows = load_workflows(workflows_spec)
+    async with open_kernel(options, workflows) as kernel:
+        result = await kernel.dispatch(command)
+        if not wait:
+            if options.json:
+                emit_json(result)
+            else:
+                options.echo(
+                    f"Forked run {result.source_run_id} from {result.from_stage_id}: "
+                    f"new run {result.workflow_run_id}"
+                )
+            return
+        progress_echo(options)(
+            f"Forked run {result.source_run_id} from {result.from_stage_id}: "
+            f"new run {result.workflow_run_id}"
+        )
+        copied = await kernel.list_stages(result.workflow_run_id)
+        seen = {stage.stage_id: (stage.status.value, stage.attempt) for stage in copied}
+        await _wait_and_show(options, kernel, result.workflow_run_id, timeout, seen=seen)
+
+
+@app.command("fork")
+@with_common
+def fork(
+    options: CommonOptions,
+    run_id: RunId,
+    from_stage: Annotated[
+        str,
+        typer.Option(
+            "--from-stage", help="Stage id whose group the fork starts at.", show_default=False
+        ),
+    ],
+    input: Annotated[
+        str | None,
+        typer.Option("--input", help="The fork's run input as JSON (default: the source's)."),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", help="Config merged over the source's, as JSON: {stage_id: {...}}."
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Stored as revision.reason.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Repeats with this key return the same fork."),
+    ] = None,
+    wait: Wait = False,
+    timeout: Timeout = 300.0,
+    workflows: WorkflowsOption = DEFAULT_WORKFLOWS,
+) -> None:
+    """Start a new run from a finished run's stage; the source run is left as it is.
+
+    The stages before the stage's group are copied from the source (COMPLETED, with their
+    outputs); the fork records revision.previous_run_id and revision.reason.
+    """
+    command = RunFork(
+        workflow_run_id=run_id,
+        from_stage_id=from_stage,
+        input=parse_json(input, "--input") if input is not None else None,
+        config=parse_json(config, "--config") if config is not None else None,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+    execute(_fork(options, command, workflows, wait, timeout))
 
 
 # -- show -------------------------------------------------------------------------------------

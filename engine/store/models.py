@@ -165,6 +165,7 @@ class WorkflowStage(Base):
     __table_args__ = (
         UniqueConstraint("workflow_run_id", "stage_id"),
         Index(None, "next_poll_at"),
+        Index(None, "status", "waiting_since"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -195,6 +196,12 @@ class WorkflowStage(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
     embedding_info: Mapped[Any | None] = mapped_column(JSONValue)
     error_message: Mapped[str | None] = mapped_column(Text)
+    waiting_for: Mapped[str | None] = mapped_column(String(255))
+    """Whom a waiting approval stage asked (``requested_from``; ``None``: anyone)."""
+    waiting_since: Mapped[datetime | None]
+    """When an approval stage began waiting; the approvals inbox orders by it."""
+    copied_from: Mapped[str | None] = mapped_column(String(64))
+    """In a forked run: the id of the source run's record this one was copied from."""
 
 
 class WorkflowLog(Base):

@@ -23,8 +23,10 @@ from engine.payloads import CommitResult, StageCommit, StageSpec
 from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import (
     annotation_rows,
+    approval_rows,
     artifact_rows,
     delivery_rows,
+    fork_rows,
     migrate,
     outbox_rows,
     runs,
@@ -596,7 +598,42 @@ class SqlStore:
             )
         )
 
+    async def fork_run(
+        self,
+        source_id: str,
+        new: NewRun,
+        *,
+        target_group: int,
+        groups_before: Sequence[str],
+        temporal_workflow_id: str,
+    ) -> fork_rows.Fork:
+        """Create a fork of a terminal run (see :func:`engine.store.fork_rows.fork_run`)."""
+        if _unknown(source_id):
+            raise _not_found(source_id)
+        now = utcnow()
+        return await self._write(
+            lambda session: fork_rows.fork_run(
+                session,
+                source_id,
+                new,
+                target_group=target_group,
+                groups_before=groups_before,
+                temporal_workflow_id=temporal_workflow_id,
+                now=now,
+            )
+        )
+
+    async def forks_of(self, run_id: str) -> list[str]:
+        """Ids of the runs forked from ``run_id`` (``revision.previous_run_id``), oldest first."""
+        return await self._read(lambda session: fork_rows.forks_of(session, run_id))
+
     # -- reads --------------------------------------------------------------------------------
+
+    async def pending_approvals(
+        self, filters: approval_rows.PendingFilters
+    ) -> list[approval_rows.PendingRow]:
+        """Approval stages waiting for a decision, oldest first (the approvals inbox)."""
+        return await self._read(lambda session: approval_rows.pending_rows(session, filters))
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`RunNotFoundError`."""

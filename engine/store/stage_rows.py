@@ -98,6 +98,11 @@ def stage_changes(commit: StageCommit) -> dict[str, Any]:
             max_wait_until=commit.max_wait_until,
             metrics=outcome.metrics or None,
         )
+        if commit.stage.kind == "approval":
+            # Whom the approvals inbox shows it to, and its age there.
+            state = outcome.suspended_state if isinstance(outcome.suspended_state, dict) else {}
+            asked = state.get("approval", {}).get("requested_from")
+            values.update(waiting_for=asked, waiting_since=now)
     else:  # not_ready: a poll that found the batch unfinished
         values.update(next_poll_at=commit.next_poll_at, poll_count=commit.poll_count + 1)
     return values

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.kernel import Kernel
 from engine.settings import Settings
 from engine.store import SqlStore
-from engine.web import api, views
+from engine.web import api, approvals_api, inbox, views
 from engine.web.auth import (
     API_TOKEN_ENV,
     API_TOKENS_ENV,
@@ -101,7 +101,9 @@ def create_app(
     app.state.wfe = build_state(source, settings or Settings())
     app.state.wfe_access = access
     app.include_router(api.router)
+    app.include_router(approvals_api.router)
     app.include_router(views.router)
+    app.include_router(inbox.router)
     reader = [Depends(require(Right.READ))]
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=reader)

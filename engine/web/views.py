@@ -337,6 +337,7 @@ async def run_page(
     actor: str = "",
     annotations_cursor: str | None = None,
     logs_cursor: str | None = None,
+    decided: str = "",
 ) -> HTMLResponse:
     """One run: header, stage timeline, annotations by stage and attempt, logs (the last two
     a page at a time)."""
@@ -406,7 +407,25 @@ async def run_page(
         filtered=filtered,
         logs=logs,
         stage_counts=counts_by_status(stages),
+        lineage=await lineage(state, run_id, every),
+        decided=decided,
     )
+
+
+async def lineage(state: WebState, run_id: str, annotations: Iterable[Annotation]) -> Any:
+    """Where the run was forked from (and why), and the runs forked from it."""
+    revision = {
+        a.key: a.value
+        for a in annotations
+        if a.scope == "run" and a.key in ("revision.previous_run_id", "revision.reason")
+    }
+    previous = revision.get("revision.previous_run_id")
+    forks = await state.store.forks_of(run_id)
+    return {
+        "source": (previous, run_path(previous)) if isinstance(previous, str) else None,
+        "reason": revision.get("revision.reason"),
+        "forks": [(fork, run_path(fork)) for fork in forks],
+    }
 
 
 def counts_by_status(stages: Iterable[StageRecord]) -> Mapping[str, int]:

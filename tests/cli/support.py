@@ -122,3 +122,40 @@ class Background:
 def temporal_address(env: Any) -> str:
     """``host:port`` of a temporalio test environment's server."""
     return str(env.client.service_client.config.target_host)
+
+
+async def approve_waiting_review(wfe: Wfe, opts: list[str], *, timeout: float = 60.0) -> str:
+    """Play the support lead: find the demo run's review in ``wfe approvals list`` and approve
+    it with ``wfe approvals approve``; returns the run id."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = await wfe("approvals", "list", "--workflow", "ticket-triage", "--json", *opts)
+        assert listed.exit_code == 0, listed.stderr
+        items = json.loads(listed.stdout)
+        if items:
+            run_id = str(items[0]["workflow_run_id"])
+            approved = await wfe(
+                "approvals", "approve", run_id, "human-review", "--comment", "looks right", *opts,
+                env=clean_env(WFE_PRINCIPAL="user:lead@acme.example"),
+            )  # fmt: skip
+            assert approved.exit_code == 0, approved.stderr
+            return run_id
+        await asyncio.sleep(0.1)
+    raise AssertionError("no review waited for a decision")
+
+
+async def wfe_process(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``wfe`` as a subprocess, for a command that must run beside in-process invocations
+    (CliRunner swaps the process-wide stdout, so two at once would mix their output)."""
+    process = await asyncio.create_subprocess_exec(
+        WFE_BINARY,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env if env is not None else clean_env(),
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -14,9 +15,11 @@ from tests.cli.support import (
     WFE_BINARY,
     Background,
     Wfe,
+    approve_waiting_review,
     clean_env,
     free_port_pair,
     servers_on_port,
+    wfe_process,
 )
 
 UI_LINK = re.compile(r"http://127\.0\.0\.1:(\d+)/namespaces/default/workflows/wfe-run-(\w+)")
@@ -48,6 +51,8 @@ async def test_demo_from_a_fresh_checkout(wfe: Wfe, tmp_path: Path) -> None:
     ):
         assert key in out, key
     assert "agent:triage-agent@triage-model-v3" in out
+    assert "Fork (RunFork; the original run is unchanged)" in out
+    assert "Review waits for support-leads" in out
     assert "user:alice@acme.example" in out
     assert re.search(r"similar-tickets\s+SUSPENDED", out)  # progress while it was parked
     links = UI_LINK.findall(out)
@@ -114,17 +119,18 @@ async def test_dev_serves_until_ctrl_c(
     with urllib.request.urlopen(viewer_url + "/", timeout=10) as page:  # noqa: S310
         assert page.status == 200
 
-    result = await wfe(
-        "run", "create", "ticket-triage", "--input", json.dumps(DEMO_TICKET), "--wait",
+    opts = [
         "--temporal-address", address,
         "--database-url", f"sqlite+aiosqlite:///{tmp_path / '.wfe' / 'engine.db'}",
-        "--config", json.dumps({
-            "similar-tickets": {"poll_interval": 0.1},
-            "human-review": {"poll_interval": 0.1, "auto_approve_after_polls": 1},
-        }),
-    )  # fmt: skip
-    assert result.exit_code == 0, result.stderr
-    assert "Status          COMPLETED" in result.stdout
+    ]  # fmt: skip
+    creating = asyncio.ensure_future(wfe_process(
+        "run", "create", "ticket-triage", "--input", json.dumps(DEMO_TICKET), "--wait", *opts,
+        "--config", json.dumps({"similar-tickets": {"poll_interval": 0.1}}),
+    ))  # fmt: skip
+    await approve_waiting_review(wfe, opts)
+    code, stdout, stderr = await creating
+    assert code == 0, stderr
+    assert "Status          COMPLETED" in stdout
 
     code, out, err = dev.interrupt()
     assert code == 0, err

@@ -17,16 +17,18 @@ from engine.demo import DEMO_TICKET
 from engine.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.store.runs import NewRun
-from tests.cli.support import Background, Wfe, assert_one_line_error, clean_env, temporal_address
-
-# The demo workflow's waits made short: nobody answers the review, the policy approves at once;
-# the search stays SUSPENDED about a second, long enough for --wait's progress to show it.
-REVIEWED_QUICKLY = json.dumps(
-    {
-        "similar-tickets": {"poll_interval": 0.5},
-        "human-review": {"poll_interval": 0.1, "auto_approve_after_polls": 1},
-    }
+from tests.cli.support import (
+    Background,
+    Wfe,
+    approve_waiting_review,
+    assert_one_line_error,
+    clean_env,
+    temporal_address,
+    wfe_process,
 )
+
+# The search stays SUSPENDED about a second, long enough for --wait's progress to show it.
+SEARCH_QUICKLY = json.dumps({"similar-tickets": {"poll_interval": 0.5}})
 
 
 async def test_worker_and_run_lifecycle(
@@ -46,23 +48,27 @@ async def test_worker_and_run_lifecycle(
     await worker.wait_for_line("Worker polling task queue")
     ticket = json.dumps(DEMO_TICKET)
 
-    # create --wait: progress on stderr, the finished run (run show's JSON) on stdout.
-    result = await wfe(
+    # create --wait: progress on stderr, the finished run (run show's JSON) on stdout, once a
+    # lead approves the review from another shell (wfe approvals approve).
+    creating = asyncio.ensure_future(wfe_process(
         "run", "create", "ticket-triage", "--input", ticket, *opts, "--json", "--wait",
         "--idempotency-key", "ticket-1042", "-a", "trigger.source=cli", "-a", "batch.size=3",
         "--actor-kind", "user", "--actor-id", "ops@acme.example",
-        "--config", REVIEWED_QUICKLY,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.stderr
-    run = json.loads(result.stdout)
+        "--config", SEARCH_QUICKLY,
+    ))  # fmt: skip
+    approved_run = await approve_waiting_review(wfe, opts)
+    code, stdout, stderr = await creating
+    assert code == 0, stderr
+    run = json.loads(stdout)
     run_id = run["id"]
+    assert run_id == approved_run
     assert run["status"] == "COMPLETED"
     assert run["output"]["queue"] == "outage-oncall"
     assert [(s["stage_id"], s["attempt"]) for s in run["stages"]] == [
         ("classify", 0), ("notify", 0), ("enrich", 0), ("similar-tickets", 0),
         ("human-review", 0), ("route", 0),
     ]  # fmt: skip
-    assert "similar-tickets" in result.stderr and "SUSPENDED" in result.stderr
+    assert "similar-tickets" in stderr and "SUSPENDED" in stderr
     result = await wfe("annotations", "list", run_id, *opts, "--json", "--scope", "run")
     created_with = {
         row["key"]: (row["value"], row["actor_id"]) for row in json.loads(result.stdout)
@@ -75,14 +81,14 @@ async def test_worker_and_run_lifecycle(
     # The same request with its idempotency key gives the same run back, without waiting.
     result = await wfe(
         "run", "create", "ticket-triage", "--input", ticket, *opts, "--json",
-        "--idempotency-key", "ticket-1042", "--config", REVIEWED_QUICKLY,
+        "--idempotency-key", "ticket-1042", "--config", SEARCH_QUICKLY,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == {"workflow_run_id": run_id, "status": "COMPLETED"}
     # The same key with another input: a conflict, one line naming the key and the run.
     result = await wfe(
         "run", "create", "ticket-triage", "--input", json.dumps({**DEMO_TICKET, "x": 1}),
-        *opts, "--idempotency-key", "ticket-1042", "--config", REVIEWED_QUICKLY,
+        *opts, "--idempotency-key", "ticket-1042", "--config", SEARCH_QUICKLY,
     )  # fmt: skip
     assert_one_line_error(result, "'ticket-1042'", run_id, "another input")
 
@@ -92,7 +98,7 @@ async def test_worker_and_run_lifecycle(
             workflow_id="ticket-triage",
             workflow_name="Ticket triage",
             input=DEMO_TICKET,
-            config=json.loads(REVIEWED_QUICKLY),
+            config=json.loads(SEARCH_QUICKLY),
             priority=5,
             metadata=None,
             idempotency_key=f"orphan-{uuid.uuid4()}",
@@ -131,6 +137,7 @@ async def test_worker_and_run_lifecycle(
     assert json.loads(result.stdout) == {"cancelled": True}
     result = await wfe("run", "show", second, *opts, "--json")
     assert json.loads(result.stdout)["status"] == "CANCELLED"
+    assert await approve_waiting_review(wfe, opts) == orphan  # its review waits for a lead
     for _ in range(300):  # the worker runs the recovered orphan to its end
         if (await store.get_run(orphan)).status == "COMPLETED":
             break

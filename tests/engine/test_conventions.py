@@ -37,6 +37,8 @@ SPEC: list[tuple[TypedKey[Any], str, Any, str]] = [
     (Approval.approvers, "approval.approvers", list[str], "stable"),
     (Approval.timestamp, "approval.timestamp", str, "stable"),
     (Approval.policy_version, "approval.policy.version", str, "experimental"),
+    (Approval.outcome, "approval.outcome", str, "experimental"),
+    (Approval.comment, "approval.comment", str, "experimental"),
     (Revision.previous_run_id, "revision.previous_run_id", str, "stable"),
     (Revision.reason, "revision.reason", str, "stable"),
 ]
@@ -61,7 +63,7 @@ def test_catalog_is_exactly_the_spec() -> None:
     assert public == {
         "Trigger": ["actor_id", "actor_kind", "parent_run_id", "reason", "source"],
         "Decision": ["alternatives", "confidence", "outcome", "rationale", "used_fallback"],
-        "Approval": ["approvers", "policy_version", "timestamp"],
+        "Approval": ["approvers", "comment", "outcome", "policy_version", "timestamp"],
         "Revision": ["previous_run_id", "reason"],
     }
 

@@ -28,6 +28,7 @@ REVISION_4 = "0004"
 REVISION_5 = "0005"
 REVISION_6 = "0006"
 REVISION_9 = "0009"
+REVISION_7 = "0007"
 HEAD = "0011"
 MODEL_TABLES = set(Base.metadata.tables)
 
@@ -200,6 +201,7 @@ def test_migrations_have_a_single_linear_head() -> None:
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
     assert chain == [
         HEAD,
+        REVISION_7,
         REVISION_9,
         REVISION_6,
         REVISION_5,
@@ -215,7 +217,8 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_revision(REVISION_5).down_revision == REVISION_4
     assert script.get_revision(REVISION_6).down_revision == REVISION_5
     assert script.get_revision(REVISION_9).down_revision == REVISION_6
-    assert script.get_revision(HEAD).down_revision == REVISION_9
+    assert script.get_revision(REVISION_7).down_revision == REVISION_9
+    assert script.get_revision(HEAD).down_revision == REVISION_7
 
 
 LOOKUP_INDEXES = {
@@ -344,13 +347,55 @@ async def test_revision_6_adds_execution_columns_and_keeps_rows_both_ways(
         await store.dispose()
 
 
+def _stage_columns(connection: Connection) -> set[str]:
+    return {c["name"] for c in inspect(connection).get_columns("workflow_stages")}
+
+
+@on_both_backends
+async def test_revision_0007_adds_the_approval_and_fork_columns_and_drops_them(
+    empty_database_url: str,
+) -> None:
+    store = SqlStore(empty_database_url)
+    added = {"waiting_for", "waiting_since", "copied_from"}
+    try:
+        await store.upgrade(REVISION_1)
+        await _insert_pre_08_rows(store)
+        await store.upgrade(REVISION_9)
+        await store.upgrade(HEAD)
+        async with store.engine.connect() as connection:
+            assert added <= await connection.run_sync(_stage_columns)
+            row = (
+                await connection.execute(
+                    select(
+                        WorkflowStage.stage_id,
+                        WorkflowStage.waiting_for,
+                        WorkflowStage.waiting_since,
+                        WorkflowStage.copied_from,
+                    )
+                )
+            ).one()
+        assert tuple(row) == ("extract", None, None, None)
+        assert await _diffs(store) == []
+
+        await store.downgrade(REVISION_9)
+        assert await migrate.current_revision(store.engine) == REVISION_9
+        async with store.engine.connect() as connection:
+            assert not added & await connection.run_sync(_stage_columns)
+        for table in ("workflow_runs", "workflow_stages", "workflow_logs"):
+            assert await _count(store, table) == 1, table
+        await store.upgrade()
+        assert await _diffs(store) == []
+    finally:
+        await store.dispose()
+
+
 @on_both_backends
 async def test_revision_11_chains_existing_runs_and_reverts(empty_database_url: str) -> None:
     store = SqlStore(empty_database_url)
     try:
         await store.upgrade(REVISION_1)
         await _insert_pre_08_rows(store)
-        await store.upgrade(REVISION_9)
+        await store.upgrade(REVISION_7)
         async with store.engine.begin() as connection:  # annotations written before 0011
             for number, value in enumerate(['"ada"', "1.0"]):
                 await connection.execute(
@@ -372,7 +417,7 @@ async def test_revision_11_chains_existing_runs_and_reverts(empty_database_url: 
             await connection.execute(text("UPDATE workflow_runs SET chain_length = 0"))
         assert not (await store.verify_chain("run-1")).ok
 
-        await store.downgrade(REVISION_9)
+        await store.downgrade(REVISION_7)
         assert "workflow_chain_links" not in await _tables(store)
         assert await _count(store, "workflow_annotations") == 2
         await store.upgrade()

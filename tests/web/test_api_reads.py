@@ -335,6 +335,9 @@ async def test_openapi_document(store):
             "/api/runs/{run_id}/annotations",
             "/api/runs/{run_id}/cancel",
             "/api/runs/{run_id}/rerun",
+            "/api/runs/{run_id}/fork",
+            "/api/runs/{run_id}/stages/{stage_id}/decision",
+            "/api/approvals",
             "/api/annotations",
         }
         for method in ("get", "post"):  # reads need a token too, once the server has tokens

@@ -6,7 +6,7 @@ run (its identity, its annotations in the order they were written, its stages' c
 outcomes), so ``wfe verify`` checks runs written before it too.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0007
 Create Date: 2026-12-07 04:30:00.000000+00:00
 
 """
@@ -18,7 +18,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0009"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
