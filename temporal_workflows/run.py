@@ -135,6 +135,10 @@ class RunWorkflow:
         """Stage id → record id of the stages that commits opened RUNNING."""
         self._stage_tasks: list[asyncio.Task[None]] = []
         self._cancelled = False
+        self._output: Any = None
+        """The run's output (or its reference), once the run completed."""
+        self._error: str | None = None
+        """Why the run failed, once it did."""
 
     @workflow.run
     async def run(self, input: RunWorkflowInput) -> str:
@@ -237,7 +241,7 @@ class RunWorkflow:
     def _continue_as_new(
         self, input: RunWorkflowInput, group_number: int, outputs: dict[str, Any], group: _Group
     ) -> None:
-        workflow.continue_as_new(
+        self._continue_with(
             input.model_copy(
                 update={
                     "start_group": group_number,
@@ -252,6 +256,10 @@ class RunWorkflow:
                 }
             )
         )
+
+    def _continue_with(self, next_input: RunWorkflowInput) -> None:
+        """Continue as new with ``next_input`` (a subclass may pass more arguments)."""
+        workflow.continue_as_new(next_input)
 
     def _task(self, spec: StageSpec, **fields: Any) -> StageTask:
         assert self._input is not None and self._plan is not None
@@ -501,6 +509,7 @@ class RunWorkflow:
 
     async def _finalize(self, status: str, *, output: Any = None, error: str | None = None) -> None:
         assert self._input is not None
+        self._output, self._error = output, error
         if status == "COMPLETED" and self._run_completed:  # the last commit completed the run
             self._set_status(status)
             return
