@@ -377,8 +377,10 @@ class Kernel:
 
     def projection(self, workflow_id: str) -> dict[str, str]:
         """Annotation key → Keyword search attribute, for runs of ``workflow_id``: what the
-        workflow declares, else the kernel's ``projected_keys``."""
-        declared = self.workflows[workflow_id].search_attributes
+        workflow declares, else (also for a workflow this kernel does not register, as when
+        ``wfe run recover`` restarts runs) the kernel's ``projected_keys``."""
+        workflow = self.workflows.get(workflow_id)
+        declared = workflow.search_attributes if workflow is not None else None
         return dict(self.projected_keys if declared is None else declared)
 
     def wanted_search_attributes(self) -> dict[str, str]:
