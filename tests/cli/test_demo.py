@@ -152,7 +152,7 @@ async def test_dev_serves_until_ctrl_c(
     # It suggests a workflow that is registered, and says how HTTP writes are turned on.
     (suggestion,) = [line for line in dev.lines if line.startswith("Try")]
     assert 'wfe run create triage --input \'{"text": "..."}\' --wait' in suggestion
-    (api,) = [line for line in dev.lines if line.startswith("HTTP API")]
+    (api,) = [line for line in dev.lines if line.startswith("HTTP writes")]
     assert "writes_disabled" in api and "WFE_API_TOKEN" in api
 
     # The README's next command, from another terminal with the same environment.

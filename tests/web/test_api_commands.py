@@ -219,10 +219,12 @@ async def test_api_shapes_match_the_cli_and_repeats_return_stored_rows(env, stor
             run_id = created.json()["workflow_run_id"]
             await kernel.wait_for_run(run_id, timeout=timedelta(seconds=30))
             triggers = await kernel.annotations.list(run_id, key_prefix="trigger.")
-            assert {(a.key, a.value, a.actor_id) for a in triggers} == {
+            # By the caller's principal; the body's actor is whom it acted for.
+            assert {(a.key, a.value, a.on_behalf_of_id) for a in triggers} == {
                 ("trigger.source", "api", "helpdesk"),
                 ("trigger.reason", "test", None),
             }
+            assert len({a.actor_id for a in triggers}) == 1
 
             # Rerun takes the CLI's name (--from-stage) as well as from_stage_id.
             for field in ("from_stage", "from_stage_id"):
