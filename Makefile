@@ -25,7 +25,10 @@ lint: $(INSTALLED)
 	$(BIN)/lint-imports
 
 # lint is a prerequisite, so it finishes before pytest starts even under make -j.
+# Needs nothing set: the tests find the local PostgreSQL (or Docker, or WFE_TEST_POSTGRES_URL)
+# and ensure-chromium gets the browser as .ci/run does (or says in one line why not).
 test: $(INSTALLED) lint
+	.ci/ensure-chromium
 	$(BIN)/pytest -q -m 'not reliability'
 
 test-reliability: $(INSTALLED)

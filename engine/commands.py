@@ -85,9 +85,12 @@ class RunCancel(_Message):
 
 
 class RunCancelResult(_Message):
-    """Whether the run was cancelled (False for unknown or terminal runs)."""
+    """Whether the run was cancelled (False for unknown or terminal runs), and why not."""
 
     cancelled: bool
+    reason: str | None = None
+    """Why nothing was cancelled, e.g. ``run R is COMPLETED: only PENDING or RUNNING runs can
+    be cancelled`` (``None`` when ``cancelled``)."""
 
 
 class RunRerunFrom(_Message):

@@ -55,10 +55,12 @@ from engine.records import (
     RunStatus,
     StageRecord,
 )
+from engine.settings import DEFAULT_DATABASE_URL
 from engine.stages import CompletionCheck, Suspend, define_async_batch_stage, define_stage
 from engine.workflows import Workflow, define_workflow
 
 __all__ = [
+    "DEMO_DATABASE_URL",
     "DEMO_TICKET",
     "TRIAGE",
     "WORKFLOWS",
@@ -306,6 +308,10 @@ TRIAGE = build_triage_workflow()
 WORKFLOWS: list[Workflow] = [TRIAGE]
 """What ``--workflows`` defaults to."""
 
+DEMO_DATABASE_URL = "sqlite+aiosqlite:///.wfe/demo.db"
+"""The demo's side-store by default: apart from ``wfe dev``'s ``.wfe/engine.db``, since the
+demo's Temporal server (and with it the run's history) is gone when the demo ends."""
+
 DEMO_TICKET: dict[str, Any] = {
     "ticket_id": "TCK-1042",
     "subject": "VPN down for the whole Berlin office",
@@ -547,11 +553,12 @@ def render_demo(result: DemoResult) -> str:
             f"  runs where {key} = {format_value(value, width=40)}: {count}",
         ]
     where = masked_url(result.database_url)
+    database = "" if result.database_url == DEFAULT_DATABASE_URL else f" --database-url {where}"
     lines += [
         "",
         f"The side-store keeps it all ({where}):",
-        f"  wfe run show {run.id}",
-        f"  wfe annotations list {run.id} --key-prefix decision.",
+        f"  wfe run show {run.id}{database}",
+        f"  wfe annotations list {run.id} --key-prefix decision.{database}",
     ]
     return "\n".join(lines)
 
@@ -599,6 +606,7 @@ async def run_demo(
         settings = Settings(temporal_ui_url=stack.server.ui_url, namespace=namespace)
         async with start_server(create_app(stack.kernel, settings)) as viewer:
             stack.kernel.viewer_url = viewer.url  # Temporal's run details link back here
+            echo(f"Viewer at {viewer.url} while the demo runs (--keep-running keeps it up)")
             result = await run_triage_demo(
                 stack.kernel,
                 ui_url=stack.server.ui_url,

@@ -24,6 +24,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
 from engine.errors import EngineError
+from engine.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
 
 __all__ = [
     "DEFAULT_DYNAMIC_CONFIG",
@@ -35,9 +36,7 @@ __all__ = [
     "find_binary",
 ]
 
-DEFAULT_SEARCH_ATTRIBUTES: Mapping[str, str] = MappingProxyType(
-    {"WfeRunStatus": "Keyword", "WfeWorkflowId": "Keyword", "DecisionOutcome": "Keyword"}
-)
+DEFAULT_SEARCH_ATTRIBUTES: Mapping[str, str] = MappingProxyType(dict(ENGINE_SEARCH_ATTRIBUTE_TYPES))
 """Search attributes the engine's workflows upsert; registered at launch."""
 
 DEFAULT_DYNAMIC_CONFIG: Mapping[str, object] = MappingProxyType(

@@ -18,6 +18,7 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── ArtifactNotFoundError        ``ctx.storage.load`` of a missing key
     ├── CommitRefusedError           the database refused even a stage's bare FAILED outcome
     ├── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
+    ├── SearchAttributesError        Temporal's search attributes do not fit the workflows
     ├── PluginDeliveryError          (engine.plugins) one or more plugins failed on an event
     ├── WebhookDeliveryError         (engine.sinks) the webhook did not take an event
     ├── WebhookVerificationError     (engine.sinks) a delivery failed ``verify_webhook``
@@ -43,6 +44,7 @@ __all__ = [
     "RunNotFoundError",
     "RunStartError",
     "SchemaOutOfDateError",
+    "SearchAttributesError",
     "StageNotFoundError",
     "WorkflowDefinitionError",
     "WorkflowNotFoundError",
@@ -134,3 +136,8 @@ class InvalidCursorError(EngineError, ValueError):
 
 class SchemaOutOfDateError(EngineError):
     """The side-store schema is behind the code; run ``wfe db upgrade``."""
+
+
+class SearchAttributesError(EngineError):
+    """The Temporal server lacks search attributes a workflow declares, has one of another
+    type, or the engine would need more of one type than Temporal allows."""

@@ -52,7 +52,9 @@ from engine.errors import (
     InvalidConfigError,
     InvalidInputError,
     InvalidStateError,
+    RunNotFoundError,
     RunStartError,
+    SearchAttributesError,
     StageNotFoundError,
     WorkflowNotFoundError,
 )
@@ -62,7 +64,7 @@ from engine.forks import fork_run
 from engine.kernel_annotations import KernelAnnotations
 from engine.kernel_approvals import KernelApprovals
 from engine.outbox import EventSink, OutboxRelay
-from engine.payloads import ResumeRequest, RunPlan, RunWorkflowInput
+from engine.payloads import LEGACY_WORKFLOW_TYPE, ResumeRequest, RunPlan, RunWorkflowInput
 from engine.plans import plan_of
 from engine.plugins import Plugin, PluginRunner
 from engine.records import (
@@ -74,10 +76,13 @@ from engine.records import (
     StageRecord,
 )
 from engine.search_attributes import (
+    ATTEMPT_ATTRIBUTE,
     DEFAULT_PROJECTED_KEYS,
-    ENGINE_SEARCH_ATTRIBUTES,
+    ENGINE_SEARCH_ATTRIBUTE_TYPES,
+    RUN_ID_ATTRIBUTE,
     RUN_STATUS_ATTRIBUTE,
     WORKFLOW_ID_ATTRIBUTE,
+    projection_problems,
 )
 from engine.settings import Settings
 from engine.storage import resolve_outputs
@@ -163,6 +168,11 @@ class Kernel:
         self.task_queue = task_queue
         self.workflows: dict[str, Workflow] = {}
         for workflow in workflows:
+            if workflow.id == LEGACY_WORKFLOW_TYPE:
+                raise ValueError(
+                    f"workflow id {workflow.id!r} is the engine's legacy Workflow Type; "
+                    "choose another id"
+                )
             if workflow.id in self.workflows:
                 raise ValueError(f"workflow {workflow.id!r} is registered twice")
             self.workflows[workflow.id] = workflow
@@ -187,7 +197,8 @@ class Kernel:
         self.blob_store = blob_store or SqlBlobStore(store)
         """Where stage artifacts and large outputs live (default: the side-store's table)."""
         """Stage outputs larger than this (JSON bytes) travel to Temporal by reference."""
-        self._search_attributes: bool | None = None
+        self._registered: dict[str, str] | None = None
+        self._warned_missing = False
         self._owns: list[Any] = []
         self.approvals = KernelApprovals(
             store, self.annotation_limits, self.workflows, self._handle
@@ -207,6 +218,9 @@ class Kernel:
     ) -> Kernel:
         """Connect to Temporal and the side-store (settings default to ``WFE_*`` variables).
 
+        ``viewer_url`` defaults to ``WFE_VIEWER_URL``, else to where ``wfe dev`` serves the
+        viewer for a local ``temporal_address`` (its port + 1001), so every run links to it.
+
         Raises:
             SchemaOutOfDateError: the side-store schema is behind; run ``wfe db upgrade``.
         """
@@ -222,6 +236,8 @@ class Kernel:
         except BaseException:
             await store.dispose()
             raise
+        address = temporal_address or settings.temporal_address
+        kwargs.setdefault("viewer_url", Settings(temporal_address=address).viewer_url or None)
         kernel = cls(
             client=client,
             store=store,
@@ -347,9 +363,15 @@ class Kernel:
             # Also on a repeat: the first caller may have crashed before starting. The
             # workflow id is derived from the run id and never reused, so this starts at
             # most one workflow.
-            plan = RunPlan(status="ok", groups=plan_of(workflow, config), run_input=command.input)
+            # The run input travels once, as the execution's first argument (see _start).
+            plan = RunPlan(status="ok", groups=plan_of(workflow, config))
             await self._start_or_report(
-                run_id, workflow.id, start_group=1, priority=command.priority, plan=plan
+                run_id,
+                workflow.id,
+                start_group=1,
+                priority=command.priority,
+                plan=plan,
+                run_input=command.input,
             )
         return RunCreateResult(workflow_run_id=run_id, status=status)
 
@@ -368,27 +390,96 @@ class Kernel:
                 workflow_run_id=run_id,
             ) from err
 
-    async def _search_attributes_enabled(self) -> bool:
-        """Whether the engine's search attributes exist on the server (checked once)."""
-        if self._search_attributes is None:
-            try:
-                from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+    def projection(self, workflow_id: str) -> dict[str, str]:
+        """Annotation key → Keyword search attribute, for runs of ``workflow_id``: what the
+        workflow declares, else (also for a workflow this kernel does not register, as when
+        ``wfe run recover`` restarts runs) the kernel's ``projected_keys``."""
+        workflow = self.workflows.get(workflow_id)
+        declared = workflow.search_attributes if workflow is not None else None
+        return dict(self.projected_keys if declared is None else declared)
 
+    def wanted_search_attributes(self) -> dict[str, str]:
+        """Every custom search attribute the registered workflows use, name → type."""
+        wanted = dict(ENGINE_SEARCH_ATTRIBUTE_TYPES)
+        for workflow_id in self.workflows:
+            wanted.update({name: "Keyword" for name in self.projection(workflow_id).values()})
+        wanted.update({name: "Keyword" for name in self.projected_keys.values()})
+        return wanted
+
+    async def _registered_search_attributes(self) -> dict[str, str]:
+        """The server's custom search attributes, name → type (asked once)."""
+        if self._registered is None:
+            from temporalio.api.enums.v1 import IndexedValueType
+            from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+
+            try:
                 response = await self.client.operator_service.list_search_attributes(
                     ListSearchAttributesRequest(namespace=self.client.namespace)
                 )
-                known = set(response.custom_attributes)
-                wanted = {*ENGINE_SEARCH_ATTRIBUTES, *self.projected_keys.values()}
-                self._search_attributes = all(a in known for a in wanted)
-            except RPCError:
-                self._search_attributes = False
-            if not self._search_attributes:
-                log.warning(
-                    "Temporal server lacks the search attributes %s: runs will not be "
-                    "filterable by them in the Temporal UI (wfe dev registers them)",
-                    ", ".join(sorted({*ENGINE_SEARCH_ATTRIBUTES, *self.projected_keys.values()})),
-                )
-        return self._search_attributes
+            except RPCError as err:
+                log.warning("cannot list the server's search attributes: %s", err)
+                self._registered = {}
+            else:
+                self._registered = {
+                    name: IndexedValueType.Name(kind)
+                    .removeprefix("INDEXED_VALUE_TYPE_")
+                    .title()
+                    .replace("_", "")
+                    .replace("Keywordlist", "KeywordList")
+                    for name, kind in response.custom_attributes.items()
+                }
+        return self._registered
+
+    async def check_search_attributes(self) -> None:
+        """Check the server against the search attributes the workflows use (the worker does
+        this when it starts).
+
+        Raises:
+            SearchAttributesError: one is registered with another type, more of one type are
+                wanted than Temporal allows, or a workflow that declares its own projection
+                finds an attribute missing. Missing engine defaults only warn: runs then go
+                without those attributes.
+        """
+        registered = await self._registered_search_attributes()
+        wanted = self.wanted_search_attributes()
+        missing, problems = projection_problems(wanted, registered)
+        declared = {
+            name
+            for workflow in self.workflows.values()
+            if workflow.search_attributes is not None
+            for name in workflow.search_attributes.values()
+        }
+        needed = sorted(set(missing) & declared)
+        if needed:
+            problems.append(
+                f"not registered on the server: {', '.join(needed)} (register each with "
+                "`temporal operator search-attribute create --name NAME --type Keyword`)"
+            )
+        if problems:
+            raise SearchAttributesError(
+                "Temporal search attributes of namespace "
+                f"{self.client.namespace!r} do not fit the workflows: " + "; ".join(problems)
+            )
+        if missing and not self._warned_missing:
+            self._warned_missing = True
+            log.warning(
+                "Temporal server lacks the search attributes %s: runs go without them "
+                "(wfe dev registers them; see docker/scripts/temporal-namespace.sh)",
+                ", ".join(missing),
+            )
+
+    async def _usable_search_attributes(self) -> set[str]:
+        """The wanted attributes the server has, with the right type."""
+        registered = await self._registered_search_attributes()
+        return {
+            name
+            for name, kind in self.wanted_search_attributes().items()
+            if registered.get(name) == kind
+        }
+
+    async def _search_attributes_enabled(self) -> bool:
+        """Whether the run status attribute exists on the server (checked once)."""
+        return RUN_STATUS_ATTRIBUTE.name in await self._usable_search_attributes()
 
     async def _start(
         self,
@@ -401,19 +492,23 @@ class Kernel:
         temporal_id: str | None = None,
         note: str | None = None,
         plan: RunPlan | None = None,
+        run_input: Any = None,
     ) -> bool:
-        """Start the run's Temporal workflow; False if it was already started."""
-        enabled = await self._search_attributes_enabled()
-        search = (
-            TypedSearchAttributes(
-                [
-                    SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING"),
-                    SearchAttributePair(WORKFLOW_ID_ATTRIBUTE, workflow_id),
-                ]
-            )
-            if enabled
-            else None
-        )
+        """Start the run's Temporal workflow; False if it was already started.
+
+        It executes as Workflow Type ``workflow_id`` (:class:`PipelineWorkflow`), with the
+        run's input as its first argument, so the Temporal UI shows the user's input first.
+        """
+        usable = await self._usable_search_attributes()
+        enabled = RUN_STATUS_ATTRIBUTE.name in usable
+        pairs: list[SearchAttributePair[Any]] = [
+            SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING"),
+            SearchAttributePair(WORKFLOW_ID_ATTRIBUTE, workflow_id),
+            SearchAttributePair(RUN_ID_ATTRIBUTE, run_id),
+            SearchAttributePair(ATTEMPT_ATTRIBUTE, attempt),
+        ]
+        search = TypedSearchAttributes([p for p in pairs if p.key.name in usable]) or None
+        projected = {k: a for k, a in self.projection(workflow_id).items() if a in usable}
         lines = []
         if attempt > 0:
             # The Temporal UI shows each rerun as its own execution: say what it continues.
@@ -428,16 +523,19 @@ class Kernel:
         details = "\n\n".join(lines) or None
         try:
             await self.client.start_workflow(
-                "wfe.run",
-                RunWorkflowInput(
-                    run_id=run_id,
-                    workflow_id=workflow_id,
-                    start_group=start_group,
-                    search_attributes=enabled,
-                    projected_keys=self.projected_keys,
-                    continue_as_new_after_events=self.continue_as_new_after_events,
-                    plan=plan,
-                ),
+                workflow_id,
+                args=[
+                    run_input,
+                    RunWorkflowInput(
+                        run_id=run_id,
+                        workflow_id=workflow_id,
+                        start_group=start_group,
+                        search_attributes=enabled,
+                        projected_keys=projected,
+                        continue_as_new_after_events=self.continue_as_new_after_events,
+                        plan=plan,
+                    ),
+                ],
                 id=temporal_id or temporal_workflow_id(run_id, attempt),
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -465,7 +563,18 @@ class Kernel:
                     await self._handle(temporal_id).cancel()
                 except RPCError as err:  # already closed or never started: SQL decides
                     log.info("cancel of %s: %s", temporal_id, err)
-        return RunCancelResult(cancelled=cancelled)
+            return RunCancelResult(cancelled=True)
+        try:
+            status = (await self.store.get_run(command.workflow_run_id)).status.value
+        except RunNotFoundError:
+            return RunCancelResult(
+                cancelled=False, reason=f"run {command.workflow_run_id} does not exist"
+            )
+        return RunCancelResult(
+            cancelled=False,
+            reason=f"run {command.workflow_run_id} is {status}: only PENDING or RUNNING runs "
+            "can be cancelled",
+        )
 
     async def _rerun(self, command: RunRerunFrom) -> RunRerunFromResult:
         run = await self.store.get_run(command.workflow_run_id)
@@ -505,7 +614,12 @@ class Kernel:
                 except Exception as err:  # cleanup only: a leftover blob is harmless
                     log.warning("rerun cleanup of %s/%s: %s", run.id, stage_id, err)
         await self._start_or_report(
-            run.id, workflow.id, start_group=group, priority=run.priority, attempt=rerun.attempt
+            run.id,
+            workflow.id,
+            start_group=group,
+            priority=run.priority,
+            attempt=rerun.attempt,
+            run_input=run.input,
         )
         return result
 
@@ -530,8 +644,13 @@ class Kernel:
         started = []
         for pending in await self.store.pending_runs(command.max_claims):
             # The id is derived from the run: of several claimers (or the creator), one starts.
+            run_input = (await self.store.get_run(pending.run_id)).input
             if await self._start(
-                pending.run_id, pending.workflow_id, start_group=1, priority=pending.priority
+                pending.run_id,
+                pending.workflow_id,
+                start_group=1,
+                priority=pending.priority,
+                run_input=run_input,
             ):
                 started.append(pending.run_id)
         restarted: list[str] = []
@@ -554,13 +673,17 @@ class Kernel:
                 continue
             ended = "never started" if state == "missing" else "ended"
             note = f"Restart of run `{run_id}` at group {group}: execution `{temporal_id}` {ended}"
+            run_input = (await self.store.get_run(run_id)).input
+            attempt = max((s.attempt for s in await self.store.list_stages(run_id)), default=0)
             if await self._start(
                 run_id,
                 running.workflow_id,
                 start_group=group,
                 priority=running.priority,
+                attempt=attempt,
                 temporal_id=new_id,
                 note=note,
+                run_input=run_input,
             ):
                 log.warning("restarted run %s as %s (%s)", run_id, new_id, note)
                 restarted.append(run_id)

@@ -16,6 +16,7 @@ from engine.annotations import AnnotationDraft
 from engine.values import json_problem, locate_problem
 
 __all__ = [
+    "LEGACY_WORKFLOW_TYPE",
     "CarriedGroup",
     "CommitResult",
     "FinalizeRun",
@@ -32,6 +33,11 @@ __all__ = [
     "StageTask",
     "StartRun",
 ]
+
+
+LEGACY_WORKFLOW_TYPE = "wfe.run"
+"""The one Workflow Type of every run started before each engine workflow got its own
+(``temporal_workflows.pipeline``); workers still run and replay it."""
 
 
 class RetrySpec(BaseModel):

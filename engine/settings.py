@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATABASE_URL", "Settings"]
+__all__ = ["DEFAULT_DATABASE_URL", "VIEWER_PORT_OFFSET", "Settings", "local_port_of"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.wfe/engine.db"
 
@@ -36,10 +36,36 @@ class Settings:
         default_factory=lambda: _env("WFE_DATABASE_URL", DEFAULT_DATABASE_URL)
     )
     """SQLAlchemy URL of the side-store (``sqlite+aiosqlite://`` or ``postgresql+psycopg://``)."""
-    temporal_ui_url: str = field(
-        default_factory=lambda: _env("WFE_TEMPORAL_UI_URL", "http://localhost:8233")
-    )
-    """Base URL of the Temporal Web UI, for links to a run's workflow."""
+    temporal_ui_url: str = field(default_factory=lambda: _env("WFE_TEMPORAL_UI_URL", ""))
+    """Base URL of the Temporal Web UI, for links to a run's workflow. Default: where a local
+    dev server at ``temporal_address`` serves it (its port + 1000: ``localhost:7233`` →
+    ``http://localhost:8233``), else ``http://localhost:8233``."""
+    viewer_url: str = field(default_factory=lambda: _env("WFE_VIEWER_URL", ""))
+    """Base URL of the provenance viewer, linked from every run's Temporal workflow (its
+    static details), whoever starts the run. Default: where ``wfe dev`` serves it for a local
+    ``temporal_address`` (its port + 1001: ``localhost:7233`` → ``http://localhost:8234``);
+    empty for a remote server unless ``WFE_VIEWER_URL`` says where the viewer runs."""
+
+    def __post_init__(self) -> None:
+        port = local_port_of(self.temporal_address)
+        if not self.temporal_ui_url:
+            ui = f"http://localhost:{port + 1000}" if port else "http://localhost:8233"
+            object.__setattr__(self, "temporal_ui_url", ui)
+        if not self.viewer_url and port:
+            object.__setattr__(self, "viewer_url", f"http://localhost:{port + VIEWER_PORT_OFFSET}")
+        object.__setattr__(self, "viewer_url", self.viewer_url.rstrip("/"))
+
+
+VIEWER_PORT_OFFSET = 1001
+"""``wfe dev`` serves the viewer at its Temporal port + this (7233 → 8234, beside the UI)."""
+
+
+def local_port_of(address: str) -> int | None:
+    """The port of a ``localhost:PORT`` / ``127.0.0.1:PORT`` address, else ``None``."""
+    host, _, port = address.rpartition(":")
+    if host in ("localhost", "127.0.0.1") and port.isdigit() and 0 < int(port) < 64535:
+        return int(port)
+    return None
 
 
 def ensure_sqlite_parent(url: str) -> None:

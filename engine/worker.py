@@ -24,7 +24,7 @@ from activities.stage import StageActivities
 from engine.kernel import Kernel
 from engine.workflow_code import cache_workflow_code
 
-__all__ = ["create_worker", "sandboxed_runner"]
+__all__ = ["EngineWorker", "create_worker", "sandboxed_runner"]
 
 
 def sandboxed_runner() -> WorkflowRunner:
@@ -40,15 +40,18 @@ def sandboxed_runner() -> WorkflowRunner:
     )
 
 
-def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
+def create_worker(kernel: Kernel, **worker_options: Any) -> EngineWorker:
     """A worker running the run workflow and the engine's activities on the kernel's queue.
 
-    Use it as ``async with create_worker(kernel): ...``; ``worker_options`` go to
+    Starting it checks the server's search attributes against what the workflows project
+    (raising :class:`SearchAttributesError` with what to fix). Use it as
+    ``async with create_worker(kernel): ...``; ``worker_options`` go to
     :class:`temporalio.worker.Worker` (e.g. ``max_concurrent_activities``, or
     ``workflow_runner=sandboxed_runner()``).
     """
     # Imported here: the workflow module imports engine modules, so importing it at the top
     # of a module that ``engine/__init__`` loads would be circular.
+    from temporal_workflows.pipeline import PipelineWorkflow
     from temporal_workflows.run import RunWorkflow
 
     stages = StageActivities(
@@ -61,7 +64,9 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
     runs = RunActivities(kernel.store, kernel.workflows)
     options: dict[str, Any] = {
         "task_queue": kernel.task_queue,
-        "workflows": [RunWorkflow],
+        # Runs execute as PipelineWorkflow, under their engine workflow's id as Workflow Type;
+        # RunWorkflow (type ``wfe.run``) keeps running the executions started before that.
+        "workflows": [PipelineWorkflow, RunWorkflow],
         "activities": [
             stages.execute_stage,
             stages.check_completion,
@@ -74,4 +79,46 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> Worker:
         "workflow_runner": UnsandboxedWorkflowRunner(),
     }
     options.update(worker_options)
-    return Worker(kernel.client, **options)
+    return EngineWorker(kernel, options)
+
+
+class EngineWorker:
+    """The engine's :class:`temporalio.worker.Worker`, made once the server's search
+    attributes are checked against what the workflows project (a Worker registers with the
+    SDK core as soon as it exists, so a failed check must come first).
+
+    ``async with`` gives the running Worker; :meth:`run` and :meth:`shutdown` work as
+    the Worker's, and other attributes are the Worker's once it exists.
+    """
+
+    def __init__(self, kernel: Kernel, options: dict[str, Any]) -> None:
+        self._kernel = kernel
+        self._options = options
+        self._worker: Worker | None = None
+
+    async def _start(self) -> Worker:
+        if self._worker is None:
+            await self._kernel.check_search_attributes()
+            self._worker = Worker(self._kernel.client, **self._options)
+        return self._worker
+
+    async def __aenter__(self) -> Worker:
+        return await (await self._start()).__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._worker is not None
+        await self._worker.__aexit__(*exc_info)
+
+    async def run(self) -> None:
+        """Check the search attributes, then run until shut down (see ``Worker.run``)."""
+        await (await self._start()).run()
+
+    async def shutdown(self) -> None:
+        """Shut the worker down (nothing to do if it never started)."""
+        if self._worker is not None:
+            await self._worker.shutdown()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._worker is None:
+            raise AttributeError(f"{name!r}: the worker has not started yet")
+        return getattr(self._worker, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,6 +213,10 @@ class Workflow:
     """Declared model of the final output (documentation only, as in the original)."""
     groups: tuple[tuple[Stage[Any, Any, Any], ...], ...]
     """Stages per execution group, in order."""
+    search_attributes: Mapping[str, str] | None = None
+    """Annotation keys projected into Keyword search attributes of the run's executions
+    (``{"decision.outcome": "DecisionOutcome"}``); ``None``: the kernel's ``projected_keys``.
+    The worker checks at start that the server has them (see :mod:`engine.search_attributes`)."""
     _slots: dict[str, _Slot] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -230,6 +235,10 @@ class Workflow:
                 slots[stage.id] = _Slot(stage=stage, group=number, index=len(slots))
         object.__setattr__(self, "groups", checked)
         object.__setattr__(self, "_slots", slots)
+        if self.search_attributes is not None:
+            object.__setattr__(
+                self, "search_attributes", _check_projection(self.id, self.search_attributes)
+            )
 
     @property
     def stages(self) -> tuple[Stage[Any, Any, Any], ...]:
@@ -420,8 +429,10 @@ class WorkflowBuilder:
         input_model: type[BaseModel] | None,
         output_model: type[BaseModel] | None,
         groups: tuple[tuple[Stage[Any, Any, Any], ...], ...] = (),
+        search_attributes: Mapping[str, str] | None = None,
     ) -> None:
         """Create a builder; use :func:`define_workflow` instead of calling this directly."""
+        self._search_attributes = search_attributes
         self._id = id
         self._name = name
         self._description = description
@@ -471,6 +482,7 @@ class WorkflowBuilder:
             input_model=self._input_model,
             output_model=self._output_model,
             groups=self._groups,
+            search_attributes=self._search_attributes,
         )
 
     def _with_group(self, group: tuple[object, ...]) -> WorkflowBuilder:
@@ -482,6 +494,7 @@ class WorkflowBuilder:
             input_model=self._input_model,
             output_model=self._output_model,
             groups=(*self._groups, checked),
+            search_attributes=self._search_attributes,
         )
 
 
@@ -491,6 +504,7 @@ def define_workflow(
     description: str | None = None,
     input: type[BaseModel] | None = None,
     output: type[BaseModel] | None = None,
+    search_attributes: Mapping[str, str] | None = None,
 ) -> WorkflowBuilder:
     """Start defining a workflow; chain ``.pipe``/``.parallel`` and finish with ``.build()``.
 
@@ -503,6 +517,9 @@ def define_workflow(
         description: Optional longer description.
         input: Model the run input must fit; ``None`` accepts any input.
         output: Declared model of the final output.
+        search_attributes: Annotation key → Keyword search attribute its latest value is
+            projected to in Temporal (default: the kernel's, ``decision.outcome`` →
+            ``DecisionOutcome``); ``{}`` projects nothing.
 
     Returns:
         An empty :class:`WorkflowBuilder`.
@@ -517,4 +534,37 @@ def define_workflow(
         description=description,
         input_model=_check_model(workflow_id, "input", input),
         output_model=_check_model(workflow_id, "output", output),
+        search_attributes=(
+            None if search_attributes is None else _check_projection(workflow_id, search_attributes)
+        ),
     )
+
+
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_RESERVED_ATTRIBUTES = ("WfeRunStatus", "WfeWorkflowId", "WfeRunId", "WfeAttempt")
+
+
+def _check_projection(workflow_id: str, projection: Mapping[str, str]) -> dict[str, str]:
+    """A copy of a declared projection, or the error naming its first bad entry."""
+    if not isinstance(projection, Mapping):
+        raise WorkflowDefinitionError(
+            f"workflow {workflow_id!r}: search_attributes must map annotation keys to "
+            f"attribute names, got {projection!r}"
+        )
+    checked: dict[str, str] = {}
+    for key, attribute in projection.items():
+        if not isinstance(key, str) or not key:
+            raise WorkflowDefinitionError(
+                f"workflow {workflow_id!r}: search_attributes key {key!r} is not an annotation key"
+            )
+        if not isinstance(attribute, str) or not _ATTRIBUTE_NAME.fullmatch(attribute):
+            raise WorkflowDefinitionError(
+                f"workflow {workflow_id!r}: search attribute name {attribute!r} for {key!r} must "
+                "be a letter then up to 63 letters, digits or _"
+            )
+        if attribute in _RESERVED_ATTRIBUTES:
+            raise WorkflowDefinitionError(
+                f"workflow {workflow_id!r}: search attribute {attribute!r} is the engine's own"
+            )
+        checked[key] = attribute
+    return checked

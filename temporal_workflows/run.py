@@ -139,6 +139,10 @@ class RunWorkflow:
         """Approval stage id → whether its accepted decision is committed yet."""
         self._handed_over: set[str] = set()
         """Approval stages parked for the next execution (continue-as-new)."""
+        self._output: Any = None
+        """The run's output (or its reference), once the run completed."""
+        self._error: str | None = None
+        """Why the run failed, once it did."""
 
     @workflow.run
     async def run(self, input: RunWorkflowInput) -> str:
@@ -241,7 +245,7 @@ class RunWorkflow:
     def _continue_as_new(
         self, input: RunWorkflowInput, group_number: int, outputs: dict[str, Any], group: _Group
     ) -> None:
-        workflow.continue_as_new(
+        self._continue_with(
             input.model_copy(
                 update={
                     "start_group": group_number,
@@ -256,6 +260,10 @@ class RunWorkflow:
                 }
             )
         )
+
+    def _continue_with(self, next_input: RunWorkflowInput) -> None:
+        """Continue as new with ``next_input`` (a subclass may pass more arguments)."""
+        workflow.continue_as_new(next_input)
 
     def _task(self, spec: StageSpec, **fields: Any) -> StageTask:
         assert self._input is not None and self._plan is not None
@@ -557,6 +565,7 @@ class RunWorkflow:
 
     async def _finalize(self, status: str, *, output: Any = None, error: str | None = None) -> None:
         assert self._input is not None
+        self._output, self._error = output, error
         if status == "COMPLETED" and self._run_completed:  # the last commit completed the run
             self._set_status(status)
             return

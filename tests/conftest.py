@@ -15,15 +15,36 @@ from sqlalchemy.engine import make_url
 BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
 
 
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+"""Where a machine's own PostgreSQL answers (Debian's cluster, trust for local TCP)."""
+
+
+def _local_postgres_answers() -> str | None:
+    """``None`` when the local server takes a connection as ``postgres``, else why not."""
+    import psycopg
+
+    url = make_url(LOCAL_POSTGRES_URL).set(drivername="postgresql")
+    try:
+        with psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=3):
+            return None
+    except Exception as exc:
+        return " ".join(str(exc).split())[:200]
+
+
 def _postgres_server_url() -> str:
     """URL of a PostgreSQL server the tests may create databases on.
 
-    ``WFE_TEST_POSTGRES_URL`` wins; else a testcontainers PostgreSQL when a Docker engine answers;
-    else the test fails with how to provide one (CI always has PostgreSQL: never skip silently).
+    ``WFE_TEST_POSTGRES_URL`` wins; else the machine's own server at 127.0.0.1:5432 when it
+    answers (as ``.ci/run`` uses it); else a testcontainers PostgreSQL when a Docker engine
+    answers; else the test fails saying what is missing, in one line (never skip silently).
+    The tests make their own throwaway databases on it and drop them afterwards.
     """
     url = os.environ.get("WFE_TEST_POSTGRES_URL")
     if url:
         return url
+    local_problem = _local_postgres_answers()
+    if local_problem is None:
+        return LOCAL_POSTGRES_URL
     try:
         try:
             from testcontainers.community.postgres import PostgresContainer
@@ -32,11 +53,12 @@ def _postgres_server_url() -> str:
 
         container = PostgresContainer("postgres:16-alpine", driver="psycopg")
         container.start()
-    except Exception as exc:  # no Docker engine: say how to run the PostgreSQL half
+    except Exception as exc:  # neither: say exactly what is missing
+        docker_problem = " ".join(str(exc).split())[:200]
         pytest.fail(
-            "PostgreSQL tests need a server: set WFE_TEST_POSTGRES_URL="
-            "postgresql+psycopg://postgres@127.0.0.1:5432/wfe_test (as .ci/run does) "
-            f"or run a Docker engine for testcontainers ({exc})",
+            "PostgreSQL tests need a server: none answers at 127.0.0.1:5432 as user postgres "
+            f"({local_problem}), no Docker engine for testcontainers ({docker_problem}), and "
+            "WFE_TEST_POSTGRES_URL is not set",
             pytrace=False,
         )
     _containers.append(container)
@@ -182,6 +204,8 @@ async def local_env() -> AsyncIterator[object]:
             SearchAttributeKey.for_keyword("WfeRunStatus"),
             SearchAttributeKey.for_keyword("WfeWorkflowId"),
             SearchAttributeKey.for_keyword("DecisionOutcome"),
+            SearchAttributeKey.for_keyword("WfeRunId"),
+            SearchAttributeKey.for_int("WfeAttempt"),
         ],
         dev_server_extra_args=[
             "--dynamic-config-value",

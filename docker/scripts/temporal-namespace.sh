@@ -20,7 +20,9 @@ done
 temporal operator namespace describe --namespace "$NAMESPACE" --address "$ADDRESS" >/dev/null 2>&1 ||
     temporal operator namespace create --namespace "$NAMESPACE" --retention 7d --address "$ADDRESS"
 
-for attribute in WfeRunStatus WfeWorkflowId DecisionOutcome; do
+for pair in WfeRunStatus:Keyword WfeWorkflowId:Keyword WfeRunId:Keyword WfeAttempt:Int DecisionOutcome:Keyword; do
+    attribute="${pair%%:*}"
+    kind="${pair#*:}"
     attempt=0
     # A new namespace takes a few seconds to reach every service: retry.
     until temporal operator search-attribute list --namespace "$NAMESPACE" --address "$ADDRESS" |
@@ -28,7 +30,7 @@ for attribute in WfeRunStatus WfeWorkflowId DecisionOutcome; do
         attempt=$((attempt + 1))
         [ "$attempt" -lt 30 ] || { echo "could not register $attribute"; exit 1; }
         temporal operator search-attribute create --namespace "$NAMESPACE" --name "$attribute" \
-            --type Keyword --address "$ADDRESS" || sleep 2
+            --type "$kind" --address "$ADDRESS" || sleep 2
     done
 done
 echo "Namespace $NAMESPACE is ready"

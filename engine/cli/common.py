@@ -182,9 +182,13 @@ def with_common(fn: Callable[Concatenate[CommonOptions, P], R]) -> Callable[P, R
             value = kwargs.pop(name, None)
             return value if isinstance(value, str) and value else default
 
+        address = pick("temporal_address", settings.temporal_address)
+        namespace = pick("namespace", settings.namespace)
+        # Derived links (Temporal UI, viewer) follow --temporal-address, not just the variable.
+        settings = Settings(temporal_address=address, namespace=namespace)
         options = CommonOptions(
-            temporal_address=pick("temporal_address", settings.temporal_address),
-            namespace=pick("namespace", settings.namespace),
+            temporal_address=address,
+            namespace=namespace,
             task_queue=pick("task_queue", settings.task_queue),
             database_url=pick("database_url", settings.database_url),
             json=bool(kwargs.pop("json_output", False)),
@@ -441,6 +445,8 @@ async def open_kernel(
     """A kernel on the side-store and a connected Temporal client."""
     async with open_store(options) as store:
         client = await connect_client(options)
+        # Every run links to its viewer page, whoever starts it (WFE_VIEWER_URL).
+        kernel_options.setdefault("viewer_url", options.settings.viewer_url or None)
         yield Kernel(
             client=client,
             store=store,

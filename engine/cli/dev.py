@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -20,9 +23,11 @@ from engine.cli.common import (
     progress_echo,
     with_common,
 )
+from engine.cli.hints import try_command, writes_hint
 from engine.cli.render import Echo, emit_json, masked_url
 from engine.cli.stack import ConsoleSink, local_port, local_stack, run_until_shutdown
 from engine.recovery import RECOVERY_INTERVAL
+from engine.settings import VIEWER_PORT_OFFSET
 
 __all__ = ["demo", "dev", "worker"]
 
@@ -69,7 +74,8 @@ def _human_echo(options: CommonOptions) -> Echo:
 
 
 async def _demo(options: CommonOptions, timeout: float, keep_running: bool) -> int:
-    from engine.demo import DemoResult, render_demo, run_demo
+    from engine.demo import DEMO_DATABASE_URL, DemoResult, render_demo, run_demo
+    from engine.settings import DEFAULT_DATABASE_URL
 
     echo = _human_echo(options)
 
@@ -80,8 +86,13 @@ async def _demo(options: CommonOptions, timeout: float, keep_running: bool) -> i
             options.echo(render_demo(result))
 
     echo("wfe demo: ticket triage on Temporal, with provenance in a SQL side-store")
+    # Unless told otherwise, the demo's run stays apart from wfe dev's store: its Temporal
+    # history lives only as long as the demo's own server.
+    database_url = options.database_url
+    if database_url == DEFAULT_DATABASE_URL:
+        database_url = DEMO_DATABASE_URL
     result = await run_demo(
-        database_url=options.database_url,
+        database_url=database_url,
         namespace=options.namespace,
         task_queue=options.task_queue,
         timeout=timedelta(seconds=timeout),
@@ -107,7 +118,8 @@ def demo(
     """Run the ticket-triage demo end to end, all in this process.
 
     Starts a local Temporal dev server with its Web UI on free ports (--temporal-address is
-    not used), upgrades the side-store (--database-url, default .wfe/engine.db), runs a worker
+    not used), upgrades the side-store (--database-url, default .wfe/demo.db: apart from wfe
+    dev's .wfe/engine.db, as the demo's Temporal histories go with its server), runs a worker
     and a triage run, approves its human-review step from outside while it waits, reruns the
     last stage, prints the stages, the annotation timeline and the Temporal UI links, and stops
     the server again.
@@ -127,52 +139,69 @@ async def _dev(
     in_memory: bool,
     outbox_relay: bool,
     recovery_interval: float,
+    viewer_port: int | None = None,
 ) -> None:
     echo = _human_echo(options)
     workflows = load_workflows(workflows_spec)
     port = local_port(options.temporal_address)
+    viewer_port = viewer_port or port + VIEWER_PORT_OFFSET
     temporal_db = None
     if not in_memory:
         Path(TEMPORAL_DEV_DB).parent.mkdir(parents=True, exist_ok=True)
         temporal_db = TEMPORAL_DEV_DB
-    async with local_stack(
-        database_url=options.database_url,
-        namespace=options.namespace,
-        task_queue=options.task_queue,
-        workflows=workflows,
-        echo=echo,
-        port=port,
-        ui_port=port + 1000,
-        temporal_db=temporal_db,
-        event_sink=ConsoleSink(json_lines=options.json),
-    ) as stack:
+    async with (
+        local_stack(
+            database_url=options.database_url,
+            namespace=options.namespace,
+            task_queue=options.task_queue,
+            workflows=workflows,
+            echo=echo,
+            port=port,
+            ui_port=port + 1000,
+            temporal_db=temporal_db,
+            event_sink=ConsoleSink(json_lines=options.json),
+        ) as stack,
+        contextlib.AsyncExitStack() as exits,
+    ):
         # Imported here: the web stack is only needed by the commands that serve it.
-        from engine.settings import Settings
         from engine.web import TokenConfigError, create_app, start_server, tokens_from_env
 
-        settings = Settings(temporal_ui_url=stack.server.ui_url, namespace=options.namespace)
+        settings = dataclasses.replace(options.settings, temporal_ui_url=stack.server.ui_url)
         try:
             tokens = tokens_from_env()
         except TokenConfigError as exc:
             fail(str(exc))
         app = create_app(stack.kernel, settings, tokens=tokens)
-        async with start_server(app) as viewer:
-            stack.kernel.viewer_url = viewer.url  # Temporal's run details link back here
-            echo("")
-            echo(f"Temporal      {stack.server.address}  (namespace {options.namespace})")
-            echo(f"Temporal UI   {stack.server.ui_url}/namespaces/{options.namespace}/workflows")
-            echo(f"Viewer        {viewer.url}  (HTTP API under {viewer.url}/api)")
-            echo(f"Access        {app.state.wfe_access.describe()}")
-            echo(f"Side-store    {masked_url(options.database_url)}")
-            echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
-            echo("Try           wfe run create ticket-triage --input '{...}' --wait")
-            echo("Ready; press Ctrl-C to stop")
-            await run_until_shutdown(
-                stack.kernel,
-                outbox_relay=outbox_relay,
-                recovery_interval=_recovery(recovery_interval),
+        try:
+            # A fixed port (the Temporal port + 1001: 8234), so links saved yesterday work.
+            viewer = await exits.enter_async_context(start_server(app, port=viewer_port))
+        except OSError as exc:
+            fail(
+                f"cannot serve the viewer on 127.0.0.1:{viewer_port}: {exc.strerror or exc} "
+                "(another wfe dev running? pass --viewer-port)"
             )
-            echo("Shutting down ...")
+        # Temporal's run details link back here; WFE_VIEWER_URL names another address (e.g.
+        # behind a proxy). `wfe run create` links the same place by default.
+        stack.kernel.viewer_url = os.environ.get("WFE_VIEWER_URL") or viewer.url
+        suggestion = try_command(stack.kernel.workflows.values())
+        echo("")
+        echo(f"Temporal      {stack.server.address}  (namespace {options.namespace})")
+        echo(f"Temporal UI   {stack.server.ui_url}/namespaces/{options.namespace}/workflows")
+        echo(f"Viewer        {viewer.url}  (HTTP API under {viewer.url}/api)")
+        echo(f"Access        {app.state.wfe_access.describe()}")
+        if not tokens:
+            echo(f"HTTP writes   {writes_hint()}")
+        echo(f"Side-store    {masked_url(options.database_url)}")
+        echo(f"State         {temporal_db or 'in memory (lost on exit)'}")
+        if suggestion:
+            echo(f"Try           {suggestion}")
+        echo("Ready; press Ctrl-C to stop")
+        await run_until_shutdown(
+            stack.kernel,
+            outbox_relay=outbox_relay,
+            recovery_interval=_recovery(recovery_interval),
+        )
+        echo("Shutting down ...")
 
 
 @with_common
@@ -187,14 +216,26 @@ def dev(
     outbox_relay: OutboxRelayOption = True,
     recovery_interval: RecoveryIntervalOption = DEFAULT_RECOVERY_SECONDS,
     workflows: WorkflowsOption = DEFAULT_WORKFLOWS,
+    viewer_port: Annotated[
+        int | None,
+        typer.Option(
+            "--viewer-port",
+            min=1,
+            max=65535,
+            help="Port of the viewer and HTTP API.",
+            show_default="the Temporal port + 1001 (8234)",
+        ),
+    ] = None,
 ) -> None:
     """Run a local dev server with its Web UI, the side-store and a worker, until Ctrl-C.
 
-    The server listens on the port of --temporal-address (7233 by default) and its Web UI on
-    that port + 1000 (8233); the side-store is upgraded to the current schema first.
+    The server listens on the port of --temporal-address (7233 by default), its Web UI on
+    that port + 1000 (8233) and the viewer with the HTTP API on that port + 1001 (8234); the
+    side-store is upgraded to the current schema first. The HTTP API is read-only unless
+    WFE_API_TOKEN is set (then writes need it as a bearer token).
     """
     _configure_logging()
-    execute(_dev(options, workflows, in_memory, outbox_relay, recovery_interval))
+    execute(_dev(options, workflows, in_memory, outbox_relay, recovery_interval, viewer_port))
 
 
 # -- worker -----------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def annotation_table(annotations: Sequence[Annotation], *, indent: str = "") -> 
         return f"{indent}(no annotations)"
     rows = [
         [
-            format_time(a.created_at),
+            format_time(a.created_at, full=True),  # a date and a zone (Z): no guessing
             _annotation_where(a),
             str(a.attempt),
             a.key,

@@ -191,8 +191,9 @@ async def _cancel(options: CommonOptions, run_id: str, reason: str | None) -> No
             emit_json(result)
         elif result.cancelled:
             options.echo(f"Cancelled run {run_id}")
-        else:
-            options.echo(f"Run {run_id} is {run.status.value}: nothing to cancel")
+        if not result.cancelled:
+            # A script must tell "cancelled" from "was already over": exit 1, saying why.
+            fail(result.reason or f"run {run_id} is {run.status.value}", exit_code=1)
 
 
 @app.command("cancel")

@@ -73,7 +73,8 @@ async def _serve(
             async with open_store(options) as store:
                 await run(store)
             return
-        async with open_kernel(options, load_workflows(workflows_spec)) as kernel:
+        # Links point at this server: --public-url (WFE_VIEWER_URL), else where it listens.
+        async with open_kernel(options, load_workflows(workflows_spec), viewer_url=None) as kernel:
             await run(kernel)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

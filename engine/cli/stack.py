@@ -25,6 +25,7 @@ from engine.kernel import Kernel
 from engine.outbox import EventSink
 from engine.records import OutboxEventRecord
 from engine.recovery import recovery_loop
+from engine.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
 from engine.store import SqlStore
 from engine.store.migrate import current_revision
 from engine.worker import create_worker
@@ -123,8 +124,18 @@ async def local_stack(
         CliError: the side-store cannot be reached or migrated.
         DevServerError: the dev server could not start (e.g. its port is taken).
     """
+    workflows = list(workflows)
+    # The engine's attributes, and those the workflows declare (all Keyword).
+    attributes = dict(ENGINE_SEARCH_ATTRIBUTE_TYPES)
+    for workflow in workflows:
+        attributes.update(dict.fromkeys((workflow.search_attributes or {}).values(), "Keyword"))
     server = DevServer(
-        port=port, ui_port=ui_port, db_filename=temporal_db, namespace=namespace, ui=True
+        port=port,
+        ui_port=ui_port,
+        db_filename=temporal_db,
+        namespace=namespace,
+        ui=True,
+        search_attributes=attributes,
     )
     started = time.monotonic()
     echo(f"Starting the Temporal dev server on {server.address} (Web UI {server.ui_url}) ...")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from temporalio.service import RPCError
 
 from engine.annotations import Actor, RunCreateAnnotation
@@ -181,7 +181,36 @@ class CreateRunBody(_Body):
     priority: int = 5
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     """Repeats with the same key return the same run."""
+    attributes: dict[str, Any] | None = Field(default=None, min_length=1)
+    """Annotations at creation, as ``POST /api/runs/{id}/annotations`` and the CLI's ``-a``
+    take them: one row per attribute, by ``actor``."""
+    actor: Actor | None = None
+    """Who gave ``attributes``."""
     annotations: list[AnnotationEnvelope] = Field(default_factory=list)
+    """More envelopes, each with its own actor and payload (the earlier shape; still taken)."""
+
+    def envelopes(self, caller: Actor) -> list[RunCreateAnnotation]:
+        """Every annotation envelope of the body, ``attributes`` first: by the ``caller``,
+        on behalf of the body's actors."""
+        given = [
+            RunCreateAnnotation(
+                attributes=envelope.attributes,
+                actor=caller,
+                on_behalf_of=envelope.actor,
+                payload=envelope.payload,
+                idempotency_key=envelope.idempotency_key,
+                emit_event=envelope.emit_event,
+            )
+            for envelope in self.annotations
+        ]
+        if self.attributes:
+            given.insert(
+                0,
+                RunCreateAnnotation(
+                    attributes=self.attributes, actor=caller, on_behalf_of=self.actor
+                ),
+            )
+        return given
 
 
 class CancelRunBody(_Body):
@@ -193,7 +222,12 @@ class CancelRunBody(_Body):
 class RerunBody(_Body):
     """``POST /api/runs/{run_id}/rerun``: rerun a COMPLETED or FAILED run from a stage on."""
 
-    from_stage_id: str = Field(min_length=1, max_length=255)
+    from_stage_id: str = Field(
+        min_length=1,
+        max_length=255,
+        validation_alias=AliasChoices("from_stage", "from_stage_id"),
+    )
+    """The stage, as ``from_stage`` (the CLI's ``--from-stage``) or ``from_stage_id``."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
 
@@ -209,7 +243,8 @@ class AttachBody(_Body):
     attempt: int = Field(default=0, ge=0)
     payload: Any = None
     idempotency_key: str | None = None
-    """A repeat with the same key (per attribute key) stores nothing and returns no rows."""
+    """A repeat with the same key (per attribute key) stores nothing and returns the rows
+    stored the first time (status 200 instead of 201)."""
     emit_event: bool = False
 
 
@@ -337,6 +372,8 @@ async def create_run(state: State, principal: Writer, body: CreateRunBody) -> Ru
     """
     for index, envelope in enumerate(body.annotations):
         _check_approval_right(principal, envelope.attributes, field=f"annotations.{index}")
+    if body.attributes:
+        _check_approval_right(principal, body.attributes, field="attributes")
     kernel = _kernel(state)
     command = RunCreate(
         workflow_id=body.workflow_id,
@@ -344,17 +381,7 @@ async def create_run(state: State, principal: Writer, body: CreateRunBody) -> Ru
         config=body.config,
         priority=body.priority,
         idempotency_key=body.idempotency_key,
-        annotations=[
-            RunCreateAnnotation(
-                attributes=envelope.attributes,
-                actor=principal.actor,
-                on_behalf_of=envelope.actor,
-                payload=envelope.payload,
-                idempotency_key=envelope.idempotency_key,
-                emit_event=envelope.emit_event,
-            )
-            for envelope in body.annotations
-        ],
+        annotations=body.envelopes(principal.actor),
     )
     result: RunCreateResult = await _dispatch(kernel, command, annotations_field="annotations")
     return result
@@ -441,17 +468,20 @@ async def get_events(
     response_model=RunCancelResult,
     response_model_by_alias=False,
     dependencies=[Depends(require(Right.WRITE))],
-    responses=_WRITE_ERRORS,
+    responses={**_WRITE_ERRORS, 409: {"model": ErrorBody, "description": "Run already over"}},
     summary="Cancel a run",
 )
 async def cancel_run(
     state: State, run_id: RunId, body: CancelRunBody | None = None
 ) -> RunCancelResult:
-    """Cancel a PENDING or RUNNING run; ``cancelled`` is false for a run already terminal."""
+    """Cancel a PENDING or RUNNING run; a run already terminal answers 409 ``invalid_state``
+    saying its status (as ``wfe run cancel`` exits 1)."""
     kernel = _kernel(state)
     await _existing(state, run_id)
     command = RunCancel(workflow_run_id=run_id, reason=body.reason if body else None)
     result: RunCancelResult = await _dispatch(kernel, command)
+    if not result.cancelled:
+        raise ApiError(409, "invalid_state", result.reason or f"run {run_id} is not active")
     return result
 
 
@@ -536,13 +566,14 @@ async def get_annotations(
     summary="Attach annotations to a run",
 )
 async def attach_annotations(
-    state: State, principal: Writer, run_id: RunId, body: AttachBody
+    state: State, principal: Writer, run_id: RunId, body: AttachBody, response: Response
 ) -> AnnotationList:
     """Attach annotations to a run of any status in one transaction (``annotations.attach``).
 
     The rows' actor is the caller's principal; an ``actor`` in the body is stored as
     ``on_behalf_of``. ``approval.*`` keys need the ``approve`` right. Returns the rows
-    inserted: rows deduplicated by ``idempotency_key`` are left out.
+    inserted (201); a repeat with the same ``idempotency_key`` inserts nothing and returns the
+    rows the first request stored (200).
     """
     _check_approval_right(principal, body.attributes)
     await _existing(state, run_id)
@@ -573,7 +604,23 @@ async def attach_annotations(
         raise engine_error(exc, field="workflow_stage_record_id") from None
     except EngineError as exc:
         raise engine_error(exc) from None
+    if body.idempotency_key is not None and len(inserted) < len(body.attributes):
+        stored = await _stored_rows(state, run_id, body.idempotency_key, list(body.attributes))
+        if not inserted:
+            response.status_code = status.HTTP_200_OK
+        return AnnotationList(items=sorted([*inserted, *stored], key=lambda row: row.key))
     return AnnotationList(items=inserted)
+
+
+async def _stored_rows(
+    state: WebState, run_id: str, idempotency_key: str, keys: list[str]
+) -> list[Any]:
+    """The rows an earlier attach with ``idempotency_key`` stored under ``keys``."""
+    rows = []
+    for key in keys:
+        found = await state.annotations.list(run_id, key=key, limit=MAX_PAGE_SIZE)
+        rows += [row for row in found if row.idempotency_key == idempotency_key]
+    return rows
 
 
 @router.get(

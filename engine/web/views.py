@@ -2,7 +2,8 @@
 
 ``/`` lists runs (filters: workflow, status, annotation ``key=value``); ``/runs/{id}`` shows
 one run: a header linking to its Temporal workflow, a timeline of its stages, and its
-annotations grouped by stage and attempt, filterable by key prefix and actor. Every stored
+annotations grouped by stage and attempt or in one chronological timeline, filterable by key
+prefix and actor. Every stored
 value is escaped by Jinja2's autoescaping, and the pages carry a Content-Security-Policy that
 allows no script at all, so a stored ``<script>`` renders as inert text.
 """
@@ -30,6 +31,7 @@ from engine.store.run_queries import (
     list_workflow_ids,
 )
 from engine.web.auth import Right, require
+from engine.web.chronology import chronology
 from engine.web.state import ApiError, WebState, get_state, parse_annotation_filters
 
 __all__ = ["CONTENT_SECURITY_POLICY", "html_error", "router"]
@@ -338,9 +340,11 @@ async def run_page(
     annotations_cursor: str | None = None,
     logs_cursor: str | None = None,
     decided: str = "",
+    view: str = "",
 ) -> HTMLResponse:
-    """One run: header, stage timeline, annotations by stage and attempt, logs (the last two
-    a page at a time)."""
+    """One run: header, stage timeline, annotations by stage and attempt (``view=time``: in
+    one chronological timeline with the stages' starts and ends), logs (the last two a page
+    at a time)."""
     try:
         run = await state.store.get_run(run_id)
     except RunNotFoundError:
@@ -363,7 +367,7 @@ async def run_page(
         return html_error(state, 400, "Bad request", "This page link is invalid or altered.")
     shown = shown_page.items
     logs = logs_page.items
-    here = {"key_prefix": key_prefix, "actor": actor}
+    here = {"key_prefix": key_prefix, "actor": actor, "view": view}
     next_annotations_url = (
         f"{run_path(run.id)}?{_query(**here, annotations_cursor=shown_page.next_cursor)}"
         "#annotations"
@@ -396,6 +400,8 @@ async def run_page(
         timeline=rows,
         span=span,
         groups=group_annotations(shown, stages),
+        view="time" if view == "time" else "groups",
+        chronology=chronology(run, stages, shown) if view == "time" else [],
         shown_count=len(shown),
         total_count=len(every),
         truncated=len(every) >= ANNOTATIONS_SHOWN,

@@ -40,19 +40,23 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
 
 
 def free_port_pair() -> int:
-    """A free port P with P + 1000 free too (``wfe dev`` puts the UI there)."""
+    """A free port P with P + 1000 and P + 1001 free too (``wfe dev`` puts the UI and the
+    viewer there)."""
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
-        if port + 1000 > 65535:
+        if port + 1001 > 65535:
             continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-        return port
+        taken = False
+        for other in (port + 1000, port + 1001):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", other))
+                except OSError:
+                    taken = True
+        if not taken:
+            return port
     raise RuntimeError("no free port pair")
 
 

@@ -125,8 +125,10 @@ async def test_worker_and_run_lifecycle(
 
     # cancel: a finished run is left alone; a running one is cancelled.
     result = await wfe("run", "cancel", run_id, *opts)
-    assert result.exit_code == 0, result.stderr
-    assert "is COMPLETED: nothing to cancel" in result.stdout
+    assert result.exit_code == 1, result.stderr  # a script can tell it was already over
+    assert result.stderr.strip() == (
+        f"error: run {run_id} is COMPLETED: only PENDING or RUNNING runs can be cancelled"
+    )
     result = await wfe(
         "run", "create", "ticket-triage", "--input", ticket, *opts, "--json",
         "--config", '{"similar-tickets": {"poll_interval": 60}}',
@@ -134,7 +136,7 @@ async def test_worker_and_run_lifecycle(
     second = json.loads(result.stdout)["workflow_run_id"]
     result = await wfe("run", "cancel", second, "--reason", "duplicate", *opts, "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout) == {"cancelled": True}
+    assert json.loads(result.stdout) == {"cancelled": True, "reason": None}
     result = await wfe("run", "show", second, *opts, "--json")
     assert json.loads(result.stdout)["status"] == "CANCELLED"
     assert await approve_waiting_review(wfe, opts) == orphan  # its review waits for a lead

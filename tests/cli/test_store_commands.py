@@ -7,6 +7,7 @@ real kernel, on both backends, plus the one-line errors for bad input.
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -98,6 +99,15 @@ async def test_show_list_attach_migrate_flush(wfe: Wfe, env: Any, store: SqlStor
     result = await wfe("annotations", "list", run_id, *opts)  # the table form
     assert result.exit_code == 0, result.stderr
     assert "trigger.source" in result.stdout and "system:zendesk" in result.stdout
+    # Each time with its date and zone, as stored (ISO 8601, UTC).
+    stamps = re.findall(r"^(\S+)\s", result.stdout, flags=re.MULTILINE)[1:]
+    assert stamps and all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp) for stamp in stamps
+    ), result.stdout
+
+    # Links to the Temporal UI follow --temporal-address (its port + 1000).
+    result = await wfe("run", "show", run_id, *opts, "--temporal-address", "localhost:7300")
+    assert f"http://localhost:8300/namespaces/default/workflows/wfe-run-{run_id}" in result.stdout
 
     # attach: JSON-parsed values, the actor, and deduplication by idempotency key.
     attach = [

@@ -54,6 +54,7 @@ PUBLIC = [
     "RunStartError",
     "RunStatus",
     "SchemaOutOfDateError",
+    "SearchAttributesError",  # what create_worker raises when the server's attributes do not fit
     "Stage",
     "StageContext",
     "StageNotFoundError",

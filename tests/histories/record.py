@@ -4,7 +4,7 @@ Run from the repository root after a deliberate change of ``RunWorkflow``'s comm
 (and only then: the point of the committed histories is that the current code must still
 replay runs recorded by earlier code)::
 
-    .venv/bin/python tests/histories/record.py
+    .venv/bin/python tests/histories/record.py [--into FOLDER] [NAME ...]
 
 It starts the local Temporal dev server from the virtualenv (with the engine's search
 attributes, as ``wfe dev`` does), runs workflows against a throw-away SQLite side-store and
@@ -338,6 +338,8 @@ async def record(directory: Path = HERE, names: Sequence[str] = ()) -> list[Path
             SearchAttributeKey.for_keyword("WfeRunStatus"),
             SearchAttributeKey.for_keyword("WfeWorkflowId"),
             SearchAttributeKey.for_keyword("DecisionOutcome"),
+            SearchAttributeKey.for_keyword("WfeRunId"),
+            SearchAttributeKey.for_int("WfeAttempt"),
         ],
     )
     written = []
@@ -369,7 +371,10 @@ async def record(directory: Path = HERE, names: Sequence[str] = ()) -> list[Path
                         if run.status != expected:
                             raise RuntimeError(f"{name}: run ended {run.status}, not {expected}")
                         handle = env.client.get_workflow_handle(temporal_workflow_id(run_id))
-                        await handle.result()
+                        try:
+                            await handle.result()
+                        except WorkflowFailureError:  # a failed run fails its execution
+                            pass
                         history = await handle.fetch_history()
                         path = directory / f"{name}.json"
                         path.write_text(history.to_json() + "\n")
@@ -389,8 +394,14 @@ async def record(directory: Path = HERE, names: Sequence[str] = ()) -> list[Path
 
 
 if __name__ == "__main__":
-    unknown = set(sys.argv[1:]) - {name for name, *_ in RECORDINGS} - set(SCENARIOS)
+    args = sys.argv[1:]
+    directory = HERE
+    if args[:1] == ["--into"]:  # a set beside these, e.g. --into v3-pipeline-type
+        directory = HERE / args[1]
+        directory.mkdir(exist_ok=True)
+        args = args[2:]
+    unknown = set(args) - {name for name, *_ in RECORDINGS} - set(SCENARIOS)
     if unknown:
         sys.exit(f"unknown recordings: {', '.join(sorted(unknown))}")
-    for path in asyncio.run(record(names=sys.argv[1:])):
+    for path in asyncio.run(record(directory, names=args)):
         print(f"wrote {path}")

@@ -301,6 +301,10 @@ async def test_cancel_running_run(env: Any, store: SqlStore) -> None:
     again = await kernel.dispatch(RunCancel(workflow_run_id=run_id, reason="twice"))
     unknown = await kernel.dispatch({"type": "run.cancel", "workflowRunId": "no-such-run"})
     assert again.cancelled is False and unknown.cancelled is False
+    assert (
+        again.reason == f"run {run_id} is CANCELLED: only PENDING or RUNNING runs can be cancelled"
+    )
+    assert unknown.reason == "run no-such-run does not exist"
     assert await store.list_outbox_events(run_id) == events
 
 

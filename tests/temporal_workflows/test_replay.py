@@ -10,6 +10,9 @@ resume acted on before parking, cancel during a stage, a rerun) replay too, and 
 before the ``wfe.resume-before-park`` patch proves that the patch keeps older executions
 replaying. A run with an async-batch stage (durable timers, polls and an external resume
 Update) runs here and is replayed at once.
+All of these are of the legacy Workflow Type ``wfe.run``; runs now execute under their engine
+workflow's id (``v3-pipeline-type``, and ``test_temporal_view`` replays fresh ones), and
+workers keep serving ``wfe.run`` for the executions started before.
 
 Workers run the workflow outside Temporal's sandbox (see :mod:`engine.worker`); here it runs
 and replays inside it, so a clock, I/O or randomness slipping into the workflow fails these
@@ -43,32 +46,46 @@ from engine import (
 from engine.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.worker import sandboxed_runner
+from temporal_workflows.pipeline import PipelineWorkflow
 from temporal_workflows.run import RunWorkflow
 from tests.helpers import running_kernel
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 RECORDED = ["sequential", "parallel", "failing"]
 V1 = "v1-commit-local-activity"
+LEGACY_TYPE = "v2-legacy-type"
+"""The current command sequence under the single Workflow Type ``wfe.run``."""
+PIPELINE_TYPE = "v3-pipeline-type"
+"""Each run under its engine workflow's id as Workflow Type (``PipelineWorkflow``)."""
 
 
 def replayer() -> Replayer:
     return Replayer(
-        workflows=[RunWorkflow],
+        workflows=[PipelineWorkflow, RunWorkflow],
         data_converter=pydantic_data_converter,
         workflow_runner=sandboxed_runner(),
     )
 
 
-@pytest.mark.parametrize("version", ["current", V1])
+@pytest.mark.parametrize("version", ["current", V1, LEGACY_TYPE, PIPELINE_TYPE])
 @pytest.mark.parametrize("name", RECORDED)
 async def test_recorded_history_replays(name: str, version: str) -> None:
     directory = HISTORIES if version == "current" else HISTORIES / version
     text = (directory / f"{name}.json").read_text()
     history = WorkflowHistory.from_json(f"wfe-run-{name}", text)
     # The recording is what it claims to be (guards against an empty or truncated file).
-    kinds = [e["eventType"] for e in json.loads(text)["events"]]
+    events = json.loads(text)["events"]
+    kinds = [e["eventType"] for e in events]
     assert kinds[0] == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED"
-    assert kinds[-1] == "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"
+    workflow_type = events[0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
+    if version in (V1, LEGACY_TYPE):
+        assert workflow_type == "wfe.run"
+        assert kinds[-1] == "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"
+    if version == PIPELINE_TYPE:
+        assert workflow_type != "wfe.run"
+    if workflow_type != "wfe.run":  # a failed run fails its execution
+        last = "FAILED" if name == "failing" else "COMPLETED"
+        assert kinds[-1] == f"EVENT_TYPE_WORKFLOW_EXECUTION_{last}"
     scheduled = kinds.count("EVENT_TYPE_ACTIVITY_TASK_SCHEDULED")
     assert scheduled == {"sequential": 2, "parallel": 4, "failing": 2}[name]
     local_activities = kinds.count("EVENT_TYPE_MARKER_RECORDED")

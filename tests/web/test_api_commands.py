@@ -134,20 +134,23 @@ async def test_create_rerun_cancel_through_the_api(env, store):
 
             # A terminal run is not cancelled; a running one is, and is not rerunnable meanwhile.
             terminal = await api.post(f"/api/runs/{run_id}/cancel", json={"reason": "late"})
-            assert terminal.status_code == 200 and terminal.json() == {"cancelled": False}
+            assert terminal.status_code == 409, terminal.text
+            assert terminal.json()["error"] == "invalid_state"
+            assert f"run {run_id} is COMPLETED" in terminal.json()["message"]
             parked = await api.post("/api/runs", json={"workflow_id": "parked", "input": None})
             parked_id = parked.json()["workflow_run_id"]
             busy = await api.post(f"/api/runs/{parked_id}/rerun", json={"from_stage_id": "wait"})
             assert busy.status_code == 409 and busy.json()["error"] == "invalid_state"
             cancel = await api.post(f"/api/runs/{parked_id}/cancel", json={"reason": "no need"})
-            assert cancel.status_code == 200 and cancel.json() == {"cancelled": True}
+            assert cancel.status_code == 200
+            assert cancel.json() == {"cancelled": True, "reason": None}
             cancelled = await kernel.wait_for_run(parked_id, timeout=timedelta(seconds=30))
             assert cancelled.status == RunStatus.CANCELLED
             events = (await api.get(f"/api/runs/{parked_id}/events")).json()["items"]
             assert events[-1]["event_type"] == "workflow:cancelled"
             assert events[-1]["payload"]["reason"] == "no need"
             no_body = await api.post(f"/api/runs/{parked_id}/cancel")
-            assert no_body.status_code == 200 and no_body.json() == {"cancelled": False}
+            assert no_body.status_code == 409 and "is CANCELLED" in no_body.json()["message"]
             missing = await api.post("/api/runs/missing/cancel")
             assert missing.status_code == 404
 
@@ -195,3 +198,52 @@ def _nested(levels: int) -> Any:
     for _ in range(levels):
         value = {"next": value}
     return value
+
+
+async def test_api_shapes_match_the_cli_and_repeats_return_stored_rows(env, store):
+    async with running_kernel(env, store, triage_workflow()) as kernel:
+        app = create_app(kernel, api_token=TOKEN)
+        async with api_client(app, TOKEN) as api:
+            # Create takes annotations as attach does (attributes + actor), beside the envelopes.
+            created = await api.post(
+                "/api/runs",
+                json={
+                    "workflow_id": "ticket-triage",
+                    "input": {"text": "urgent"},
+                    "attributes": {"trigger.source": "api"},
+                    "actor": {"kind": "service", "id": "helpdesk"},
+                    "annotations": [{"attributes": {"trigger.reason": "test"}}],
+                },
+            )
+            assert created.status_code == 201, created.text
+            run_id = created.json()["workflow_run_id"]
+            await kernel.wait_for_run(run_id, timeout=timedelta(seconds=30))
+            triggers = await kernel.annotations.list(run_id, key_prefix="trigger.")
+            # By the caller's principal; the body's actor is whom it acted for.
+            assert {(a.key, a.value, a.on_behalf_of_id) for a in triggers} == {
+                ("trigger.source", "api", "helpdesk"),
+                ("trigger.reason", "test", None),
+            }
+            assert len({a.actor_id for a in triggers}) == 1
+
+            # Rerun takes the CLI's name (--from-stage) as well as from_stage_id.
+            for field in ("from_stage", "from_stage_id"):
+                rerun = await api.post(f"/api/runs/{run_id}/rerun", json={field: "route"})
+                assert rerun.status_code == 200, rerun.text
+                assert rerun.json()["from_stage_id"] == "route"
+                await kernel.wait_for_run(run_id, timeout=timedelta(seconds=30))
+
+            # A repeated attach stores nothing new and answers with the rows stored first.
+            body = {
+                "attributes": {"review.outcome": "ok", "review.score": 3},
+                "actor": {"kind": "user", "id": "alice"},
+                "idempotency_key": "review-1",
+            }
+            first = await api.post(f"/api/runs/{run_id}/annotations", json=body)
+            assert first.status_code == 201, first.text
+            again = await api.post(f"/api/runs/{run_id}/annotations", json=body)
+            assert again.status_code == 200, again.text
+            assert sorted(row["id"] for row in again.json()["items"]) == sorted(
+                row["id"] for row in first.json()["items"]
+            )
+            assert len(await kernel.annotations.list(run_id, key_prefix="review.")) == 2

@@ -278,7 +278,9 @@ async def test_writes_need_the_token_and_attach_is_all_or_nothing(store):
         again = await api.post(
             attach, json={"attributes": {"review.ok": True}, "idempotency_key": "review-1"}
         )
-        assert again.status_code == 201 and again.json()["items"] == []  # deduplicated
+        # Deduplicated: nothing new, and the answer is the row stored the first time.
+        assert again.status_code == 200, again.text
+        assert again.json()["items"] == [rows[0]]
         events = (await api.get(f"{run_path}/events")).json()["items"]
         assert [e["event_type"] for e in events].count("annotation:created") == 2
 

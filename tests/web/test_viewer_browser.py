@@ -5,11 +5,14 @@ annotation whose value is a ``<script>``; the app is served by uvicorn on a free
 port in this event loop; chromium loads the runs list and the run page, checks the timeline and
 annotations, expands a payload, applies a key-prefix filter, checks that the stored script
 never ran, and leaves screenshots in ``tests/artifacts/``. Playwright never downloads a
-browser here: ``executable_path`` points at the Debian package (``.ci/run`` installs it).
+browser here: ``executable_path`` points at the Debian package (``.ci/ensure-chromium``
+installs it, as ``.ci/run`` and ``make test`` call it; where it cannot, the test skips with
+its one-line reason).
 """
 
 from __future__ import annotations
 
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,12 +42,15 @@ UI = "http://localhost:8233"
 
 
 def _require_chromium() -> None:
+    """Get Debian's chromium as ``.ci/run`` does (``.ci/ensure-chromium``), or skip saying in
+    one line what is missing. Never ``playwright install``: no browser download."""
+    if CHROMIUM.exists():
+        return
+    script = Path(__file__).resolve().parents[2] / ".ci" / "ensure-chromium"
+    done = subprocess.run([script], capture_output=True, text=True, check=False)
     if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser test drives Debian's chromium "
-            "(apt-get install -y chromium; .ci/run installs it). Never `playwright install`.",
-            pytrace=False,
-        )
+        lines = done.stdout.strip().splitlines() or [f"{CHROMIUM} missing"]
+        pytest.skip(lines[-1])
 
 
 async def _wait(kernel: Kernel, run_id: str) -> RunRecord:
@@ -168,6 +174,26 @@ async def test_run_page_in_chromium(env: Any, store: Any) -> None:
                         path=str(ARTIFACTS / "viewer-run-filtered.png"), full_page=True
                     )
                     assert await page.evaluate("typeof window.pwned") == "undefined"
+
+                    # One chronological timeline of the run: stage starts and ends and every
+                    # annotation, oldest first (the approval after the review stage started).
+                    await page.goto(f"{server.url}/runs/{run_id}")
+                    await page.locator("#view-time").click()
+                    await page.wait_for_url("**view=time**")
+                    rows = page.locator("#chronology tbody tr")
+                    stamps = await rows.evaluate_all("rows => rows.map(r => r.cells[0].title)")
+                    assert stamps and stamps == sorted(stamps)
+                    order = await rows.evaluate_all(
+                        "rows => rows.map(r => r.dataset.key || "
+                        "(r.dataset.kind + ':' + r.dataset.where + ':' + r.dataset.what))"
+                    )
+                    assert order[0] == "run:(run):created"
+                    review_started = order.index("stage:human-review:started")
+                    assert order.index("approval.approvers") > review_started
+                    assert order.index("review.comment") > order.index("run:(run):COMPLETED")
+                    await page.screenshot(
+                        path=str(ARTIFACTS / "viewer-run-chronological.png"), full_page=True
+                    )
                     assert problems == []
                 finally:
                     await browser.close()

@@ -116,6 +116,31 @@ async def test_runs_list_and_run_page(store, monkeypatch):
         assert "Stage Classify (classify)" in grouped
         assert _data(grouped, "data-stage") == ["classify"]
 
+        # One chronological timeline: the run's and stages' events and every annotation, in
+        # time order (the attach after the run started comes after it), filters kept.
+        assert 'id="view-time"' in grouped
+        timed = (await client.get(f"/runs/{s.r3.id}", params={"view": "time"})).text
+        kinds = re.findall(r'<tr class="(?:event|annotation)" data-kind="([^"]*)"', timed)
+        assert 'id="chronology"' in timed and '<section class="group"' not in timed
+        order = [
+            f"{kind}:{what}"
+            for kind, what in re.findall(r'data-kind="([^"]*)" data-(?:what|key)="([^"]*)"', timed)
+        ]
+        assert order == [
+            "run:created",
+            "annotation:decision.outcome",
+            "run:started",
+            "annotation:decision.outcome",
+        ], order  # (classify is only opened: no start of it yet)
+        assert kinds.count("annotation") == 2
+        stamps = re.findall(r'title="(\d{4}-[^"]*)">', timed)
+        assert stamps == sorted(stamps)
+        only = (
+            await client.get(f"/runs/{s.r1.id}", params={"view": "time", "key_prefix": "trigger."})
+        ).text
+        assert sorted(_data(only, "data-key")) == ["trigger.reason", "trigger.source"]
+        assert 'name="view" value="time"' in only  # the filter form keeps the view
+
         missing = await client.get("/runs/no-such-run")
         assert missing.status_code == 404
         assert "Run not found" in missing.text and missing.headers["content-type"].startswith(
