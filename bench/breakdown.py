@@ -1,0 +1,159 @@
+"""Where a run's time goes: Temporal histories taken apart, side-store calls timed, CPU and RSS.
+
+Used by :mod:`bench.overhead` and :mod:`bench.scale`; nothing here starts a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, event
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+
+from bench.common import median
+from engine.store import SqlStore
+
+__all__ = [
+    "Breakdown",
+    "StoreTimer",
+    "breakdown",
+    "cpu_seconds",
+    "median_breakdown",
+    "rss_mib",
+    "sample_peak_rss",
+]
+
+
+@dataclass
+class Breakdown:
+    """Timings read from one workflow history (milliseconds)."""
+
+    events: float
+    markers: float
+    """Local activities recorded (``MarkerRecorded`` events)."""
+    wall_ms: float
+    """Workflow started to closed."""
+    first_schedule_ms: float
+    """Workflow start to the first activity scheduled."""
+    schedule_to_start_ms: float
+    """Mean per activity: scheduled to picked up by the worker."""
+    start_to_close_ms: float
+    """Mean per activity: the activity itself (engine: user code and the stage's commit)."""
+    close_to_next_ms: float
+    """Mean per activity: completed to the next one scheduled (the workflow task round trip)."""
+    tail_ms: float
+    """Last activity completed to workflow closed."""
+
+
+def breakdown(history: WorkflowHistory) -> Breakdown:
+    def ms(event: Any) -> float:
+        return float(event.event_time.ToMicroseconds()) / 1000
+
+    events = list(history.events)
+
+    def of(kind: int) -> list[Any]:
+        return [e for e in events if e.event_type == kind]
+
+    scheduled = of(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    started = of(EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED)
+    completed = of(EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+    first, last = ms(events[0]), ms(events[-1])
+    s2s = [ms(b) - ms(a) for a, b in zip(scheduled, started, strict=False)]
+    s2c = [ms(c) - ms(b) for b, c in zip(started, completed, strict=False)]
+    c2n = [ms(n) - ms(c) for c, n in zip(completed, scheduled[1:], strict=False)]
+    return Breakdown(
+        events=len(events),
+        markers=len(of(EventType.EVENT_TYPE_MARKER_RECORDED)),
+        wall_ms=last - first,
+        first_schedule_ms=ms(scheduled[0]) - first if scheduled else 0.0,
+        schedule_to_start_ms=sum(s2s) / len(s2s) if s2s else 0.0,
+        start_to_close_ms=sum(s2c) / len(s2c) if s2c else 0.0,
+        close_to_next_ms=sum(c2n) / len(c2n) if c2n else 0.0,
+        tail_ms=last - ms(completed[-1]) if completed else 0.0,
+    )
+
+
+def median_breakdown(each: list[Breakdown]) -> Breakdown:
+    """Field by field, the median over the timed single runs."""
+    names = Breakdown.__dataclass_fields__
+    return Breakdown(**{name: median([getattr(b, name) for b in each]) for name in names})
+
+
+class StoreTimer:
+    """Times the side-store calls (wraps the bound methods on the instance) and counts SQL.
+
+    ``create_run`` and ``get_run`` are the client side (``RunCreate`` and ``wait_for_run``);
+    the others run inside the worker's activities.
+    """
+
+    METHODS = ("create_run", "start_run", "begin_stage", "commit_stage", "finalize_run", "get_run")
+
+    def __init__(self, store: SqlStore) -> None:
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.enabled = False
+        self.statements = 0
+        self.transactions = 0
+        for name in self.METHODS:
+            setattr(store, name, self._wrap(name, getattr(store, name)))
+        for engine in (store.sync_engine, store.engine.sync_engine):  # store thread, async
+            event.listen(engine, "before_cursor_execute", self._statement)
+            event.listen(engine, "commit", self._commit)
+
+    def _statement(self, connection: Connection, *_args: Any) -> None:
+        if self.enabled:
+            self.statements += 1
+            # An autocommitted statement (the one-statement stage commit) is a transaction.
+            if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                self.transactions += 1
+
+    def _commit(self, *_args: Any) -> None:
+        if self.enabled:
+            self.transactions += 1
+
+    def _wrap(self, name: str, original: Callable[..., Awaitable[Any]]) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                if self.enabled:
+                    self.times[name].append((time.perf_counter() - started) * 1000)
+
+        return timed
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """Resident memory of a process in MiB (``VmHWM``: its peak so far); 0 where unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def sample_peak_rss(peak: list[float], pid: int | str = "self") -> None:
+    """Keep ``peak[0]`` at the highest RSS seen, every 20 ms, until cancelled."""
+    while True:
+        peak[0] = max(peak[0], rss_mib(pid))
+        await asyncio.sleep(0.02)
