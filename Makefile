@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Stamp so that an installed venv makes `make test` start at once; pyproject changes reinstall.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: .venv install demo lint test test-reliability bench
+.PHONY: .venv install demo lint test test-reliability bench bench-scale
 
 .venv install: $(INSTALLED)
 
@@ -36,3 +36,7 @@ test-reliability: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
+
+# Opt-in, not part of bench: 1,000 concurrent runs and 10M annotation rows; takes long.
+bench-scale: $(INSTALLED)
+	$(BIN)/python -m bench.scale

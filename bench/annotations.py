@@ -663,9 +663,11 @@ async def bench(url: str, args: argparse.Namespace, backend: str) -> Report:
         expected = args.runs * SINCE / WINDOW / 3
         assert 0.7 * expected < low_runs < 1.3 * expected, (low_runs, expected)
 
-        print("-- stage commits ...", file=sys.stderr, flush=True)
-        commits = await prepare_commits(store, args.commits)
-        committed = await measure_commits(store, commits, args.commit_seconds)
+        committed = None
+        if not args.skip_commits:
+            print("-- stage commits ...", file=sys.stderr, flush=True)
+            commits = await prepare_commits(store, args.commits)
+            committed = await measure_commits(store, commits, args.commit_seconds)
     finally:
         await store.dispose()
 
@@ -701,6 +703,8 @@ async def bench(url: str, args: argparse.Namespace, backend: str) -> Report:
         QUERY_P50_TARGET_MS,
         note=f"{low_runs:,} runs",
     )
+    if committed is None:
+        return report
     report.add(
         "stage commit, 10 annotations + 3 events, one connection",
         committed.per_second,
@@ -756,6 +760,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=30, help="timed cross-run queries")
     parser.add_argument("--commits", type=int, default=4000, help="commits prepared (upper bound)")
     parser.add_argument("--commit-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--skip-commits", action="store_true", help="measure the reads only (bench.scale)"
+    )
     args = parser.parse_args(argv)
     if args.rows is None:
         args.rows = 100_000 if args.sqlite else 1_000_000

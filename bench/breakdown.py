@@ -27,6 +27,7 @@ __all__ = [
     "breakdown",
     "cpu_seconds",
     "median_breakdown",
+    "postgres_backend_pids",
     "rss_mib",
     "sample_peak_rss",
 ]
@@ -157,3 +158,17 @@ async def sample_peak_rss(peak: list[float], pid: int | str = "self") -> None:
     while True:
         peak[0] = max(peak[0], rss_mib(pid))
         await asyncio.sleep(0.02)
+
+
+def postgres_backend_pids(url: str) -> list[int]:
+    """The server processes serving ``url``'s database now (its pool's connections)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url).set(drivername="postgresql")
+    with psycopg.connect(parsed.render_as_string(hide_password=False), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(row[0]) for row in rows]

@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         breakdown,
         cpu_seconds,
         median_breakdown,
+        postgres_backend_pids,
         rss_mib,
         sample_peak_rss,
     )
@@ -175,6 +176,8 @@ class Phase:
     """This process (client and workers)."""
     server_cpu_ms_per_run: float = 0.0
     """The Temporal dev server."""
+    database_cpu_ms_per_run: float = 0.0
+    """The PostgreSQL server processes serving the side-store (0 on SQLite: in process)."""
     peak_rss_mib: float = 0.0
     """Peak resident memory of this process (workers and client)."""
     rss_before_mib: float = 0.0
@@ -191,6 +194,8 @@ class Side:
     """Wait until the run is done, and check that it succeeded."""
     history: Callable[[Any], Awaitable[WorkflowHistory]]
     timer: StoreTimer | None = None
+    database_pids: Callable[[], list[int]] | None = None
+    """The side-store's server processes (PostgreSQL), whose CPU the phases add up."""
     latencies: list[list[float]] = field(default_factory=list)
     """Per round, the timed single runs (seconds)."""
     start_latencies: list[float] = field(default_factory=list)
@@ -235,6 +240,8 @@ async def single_runs(sides: list[Side], *, runs: int, warmups: int) -> None:
 async def throughput(side: Side, *, concurrent: int, server_pid: int | None) -> Phase:
     """``concurrent`` runs started at once, waited for in start order."""
     phase = Phase()
+    database = side.database_pids() if side.database_pids else []
+    database_cpu = {pid: cpu_seconds(pid) for pid in database}
     cpu, server_cpu = time.process_time(), cpu_seconds(server_pid)
     phase.rss_before_mib = rss_mib()
     peak = [phase.rss_before_mib]
@@ -251,6 +258,11 @@ async def throughput(side: Side, *, concurrent: int, server_pid: int | None) -> 
     phase.runs_per_s = concurrent / phase.seconds
     phase.cpu_ms_per_run = (time.process_time() - cpu) * 1000 / concurrent
     phase.server_cpu_ms_per_run = (cpu_seconds(server_pid) - server_cpu) * 1000 / concurrent
+    if side.database_pids:
+        # Connections opened during the phase count from zero; closed ones are lost (the pool
+        # keeps them, so few are).
+        used = sum(cpu_seconds(p) - database_cpu.get(p, 0.0) for p in side.database_pids())
+        phase.database_cpu_ms_per_run = used * 1000 / concurrent
     side.phases.append(phase)
     return phase
 
@@ -270,7 +282,7 @@ def plain_side(name: str, client: Client, task_queue: str) -> Side:
     return Side(name, start, finish, history)
 
 
-def engine_side(name: str, kernel: Kernel, timer: StoreTimer) -> Side:
+def engine_side(name: str, kernel: Kernel, timer: StoreTimer, url: str) -> Side:
     async def start() -> Any:
         created = await kernel.dispatch(RunCreate(workflow_id=WORKFLOW_ID, input={"n": 1}))
         return created.workflow_run_id
@@ -288,7 +300,8 @@ def engine_side(name: str, kernel: Kernel, timer: StoreTimer) -> Side:
         assert temporal_id is not None
         return await kernel.client.get_workflow_handle(temporal_id).fetch_history()
 
-    return Side(name, start, finish, history, timer=timer)
+    pids = None if url.startswith("sqlite") else (lambda: postgres_backend_pids(url))
+    return Side(name, start, finish, history, timer=timer, database_pids=pids)
 
 
 async def _diagnose(kernel: Kernel, run_id: str) -> str:
@@ -354,7 +367,7 @@ class EngineResult:
 
 async def _open_engine(
     stack: contextlib.AsyncExitStack, backend: str, client: Client, args: argparse.Namespace
-) -> tuple[Kernel, StoreTimer]:
+) -> tuple[Kernel, StoreTimer, str]:
     if backend == "sqlite":
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wfe-bench-"))
         url = f"sqlite+aiosqlite:///{Path(folder) / 'engine.db'}"
@@ -371,7 +384,7 @@ async def _open_engine(
         task_queue=f"bench-engine-{uuid.uuid4().hex[:8]}",
     )
     await stack.enter_async_context(create_worker(kernel, **WORKER_OPTIONS))
-    return kernel, timer
+    return kernel, timer, url
 
 
 def _mean_phase(before: Phase, after: Phase) -> float:
@@ -402,11 +415,11 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
         sandboxed = plain_side(SANDBOXED, plain_client, queues[SANDBOXED])
         results: list[EngineResult] = []
         for backend in backends:
-            kernel, timer = await _open_engine(stack, backend, engine_client, args)
+            kernel, timer, url = await _open_engine(stack, backend, engine_client, args)
             results.append(
                 EngineResult(
                     backend,
-                    engine_side(f"engine ({backend})", kernel, timer),
+                    engine_side(f"engine ({backend})", kernel, timer, url),
                     plain_side(PLAIN, plain_client, queues[PLAIN]),
                     plain_side(SANDBOXED, plain_client, queues[SANDBOXED]),
                 )
@@ -607,6 +620,13 @@ def _report(result: EngineResult, sandboxed: Side, args: argparse.Namespace) -> 
         note=f"plain {_mean([p.server_cpu_ms_per_run for p in result.plain_phases]):.0f} ms, "
         f"sandboxed {_mean([p.server_cpu_ms_per_run for p in sandboxed.phases]):.0f} ms",
     )
+    if backend == "postgresql":
+        add(
+            "CPU per run, PostgreSQL (backends of the side-store's database)",
+            _mean([p.database_cpu_ms_per_run for p in engine.phases]),
+            "ms",
+            note="plain: none",
+        )
     report.notes.append(PLAIN_TEXT)
     report.notes.append(SANDBOXED_TEXT)
     report.notes.append(
