@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         postgres_backend_pids,
         rss_mib,
         sample_peak_rss,
+        thread_cpu,
     )
     from bench.common import (
         Report,
@@ -178,6 +179,8 @@ class Phase:
     """The Temporal dev server."""
     database_cpu_ms_per_run: float = 0.0
     """The PostgreSQL server processes serving the side-store (0 on SQLite: in process)."""
+    thread_cpu_ms_per_run: dict[str, float] = field(default_factory=dict)
+    """This process, per group of threads (see ``bench.breakdown.THREAD_GROUPS``)."""
     peak_rss_mib: float = 0.0
     """Peak resident memory of this process (workers and client)."""
     rss_before_mib: float = 0.0
@@ -242,7 +245,7 @@ async def throughput(side: Side, *, concurrent: int, server_pid: int | None) -> 
     phase = Phase()
     database = side.database_pids() if side.database_pids else []
     database_cpu = {pid: cpu_seconds(pid) for pid in database}
-    cpu, server_cpu = time.process_time(), cpu_seconds(server_pid)
+    cpu, server_cpu, threads = time.process_time(), cpu_seconds(server_pid), thread_cpu()
     phase.rss_before_mib = rss_mib()
     peak = [phase.rss_before_mib]
     sampler = asyncio.ensure_future(sample_peak_rss(peak))
@@ -258,6 +261,10 @@ async def throughput(side: Side, *, concurrent: int, server_pid: int | None) -> 
     phase.runs_per_s = concurrent / phase.seconds
     phase.cpu_ms_per_run = (time.process_time() - cpu) * 1000 / concurrent
     phase.server_cpu_ms_per_run = (cpu_seconds(server_pid) - server_cpu) * 1000 / concurrent
+    phase.thread_cpu_ms_per_run = {
+        group: (seconds - threads.get(group, 0.0)) * 1000 / concurrent
+        for group, seconds in thread_cpu().items()
+    }
     if side.database_pids:
         # Connections opened during the phase count from zero; closed ones are lost (the pool
         # keeps them, so few are).
@@ -487,6 +494,23 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def _threads(phases: list[Phase]) -> str:
+    """Mean CPU per run of each thread group over ``phases``, e.g. ``loop 27, store 18``."""
+    groups = {
+        "event loop": "loop",
+        "side-store threads": "store",
+        "workflow threads": "workflow",
+        "Temporal core": "core",
+        "other": "other",
+    }
+    shown = []
+    for group, short in groups.items():
+        value = _mean([p.thread_cpu_ms_per_run.get(group, 0.0) for p in phases])
+        if value >= 0.05:
+            shown.append(f"{short} {value:.1f}")
+    return ", ".join(shown) + " ms"
+
+
 def _report(result: EngineResult, sandboxed: Side, args: argparse.Namespace) -> Report:
     engine, plain, backend = result.engine, result.plain, result.backend
     rounds = len(result.latency.values)
@@ -612,6 +636,12 @@ def _report(result: EngineResult, sandboxed: Side, args: argparse.Namespace) -> 
         "ms",
         note=f"plain {_mean([p.cpu_ms_per_run for p in result.plain_phases]):.0f} ms, "
         f"sandboxed {_mean([p.cpu_ms_per_run for p in sandboxed.phases]):.0f} ms",
+    )
+    add(
+        "  of which side-store threads (by thread in the note)",
+        _mean([p.thread_cpu_ms_per_run.get("side-store threads", 0.0) for p in engine.phases]),
+        "ms",
+        note=f"engine {_threads(engine.phases)}; plain {_threads(result.plain_phases)}",
     )
     add(
         "CPU per run, Temporal dev server",
