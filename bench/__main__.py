@@ -1,6 +1,7 @@
 """``python -m bench``: run every benchmark once and write ``bench/RESULTS.md``.
 
-Runs :mod:`bench.overhead` (engine vs plain temporalio, SQLite and PostgreSQL side-stores) and
+Runs :mod:`bench.overhead` (engine vs plain temporalio unsandboxed, with the sandboxed plain
+pipeline as a reference; SQLite and PostgreSQL side-stores; 3 interleaved rounds) and
 :mod:`bench.annotations` (1,000,000 annotation rows on PostgreSQL), prints their figures, and
 keeps the figures and ratios of this run, with the date, the machine and its load, in
 ``bench/RESULTS.md``.
@@ -50,6 +51,12 @@ def write_results(
         f"- Machine: {machine()}",
         f"- Load average (1, 5, 15 min) at start: {loads[0]}; at end: {loads[1]}",
         f"- Command: `{command}` ({seconds / 60:.1f} min)",
+        "- Sides: **plain** = plain temporalio on `UnsandboxedWorkflowRunner()` with the engine "
+        "worker's options (temporalio's defaults), no side-store: every overhead target is "
+        "judged against it; **plain, sandboxed** = the same on temporalio's default sandbox, a "
+        "reference only; **engine** = `create_worker(kernel)` with a SQLite or PostgreSQL "
+        "side-store. Overhead ratios are the median of interleaved rounds; each round's value "
+        "and the spread are in the figure's note.",
         "",
         "## Targets",
         "",

@@ -150,6 +150,22 @@ def plain_worker(client: Client, task_queue: str, *, sandboxed: bool = False) ->
     )
 
 
+_PER_SIDE = {"client", "task_queue", "workflows", "activities"}
+
+
+def differing_options(engine: Worker, plain: Worker) -> list[str]:
+    """Worker options (``Worker.config()``) in which the plain worker differs from the
+    engine's, beyond what each side runs: runners and other objects are compared by type."""
+    ours, theirs = engine.config(), plain.config()
+    differing = []
+    for key in sorted((set(ours) | set(theirs)) - _PER_SIDE):
+        a, b = ours.get(key), theirs.get(key)  # type: ignore[misc]
+        plain_value = isinstance(a, (type(None), bool, int, float, str, timedelta, list, dict))
+        if (a != b) if plain_value else (type(a) is not type(b)):
+            differing.append(f"{key}: engine {a!r}, plain {b!r}")
+    return differing
+
+
 # -- the engine pipeline ------------------------------------------------------------------------
 
 
@@ -374,7 +390,7 @@ class EngineResult:
 
 async def _open_engine(
     stack: contextlib.AsyncExitStack, backend: str, client: Client, args: argparse.Namespace
-) -> tuple[Kernel, StoreTimer, str]:
+) -> tuple[Kernel, StoreTimer, str, Worker]:
     if backend == "sqlite":
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wfe-bench-"))
         url = f"sqlite+aiosqlite:///{Path(folder) / 'engine.db'}"
@@ -390,8 +406,8 @@ async def _open_engine(
         workflows=[engine_workflow()],
         task_queue=f"bench-engine-{uuid.uuid4().hex[:8]}",
     )
-    await stack.enter_async_context(create_worker(kernel, **WORKER_OPTIONS))
-    return kernel, timer, url
+    worker = await stack.enter_async_context(create_worker(kernel, **WORKER_OPTIONS))
+    return kernel, timer, url, worker
 
 
 def _mean_phase(before: Phase, after: Phase) -> float:
@@ -415,14 +431,17 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
         engine_client = await Client.connect(server.address, data_converter=pydantic_data_converter)
         queues = {PLAIN: f"bench-plain-{uuid.uuid4().hex[:8]}"}
         queues[SANDBOXED] = f"bench-sandboxed-{uuid.uuid4().hex[:8]}"
-        await stack.enter_async_context(plain_worker(plain_client, queues[PLAIN]))
+        unsandboxed = await stack.enter_async_context(plain_worker(plain_client, queues[PLAIN]))
         await stack.enter_async_context(
             plain_worker(plain_client, queues[SANDBOXED], sandboxed=True)
         )
         sandboxed = plain_side(SANDBOXED, plain_client, queues[SANDBOXED])
         results: list[EngineResult] = []
         for backend in backends:
-            kernel, timer, url = await _open_engine(stack, backend, engine_client, args)
+            kernel, timer, url, worker = await _open_engine(stack, backend, engine_client, args)
+            differing = differing_options(worker, unsandboxed)
+            if differing:  # the comparison would not be like for like
+                raise SystemExit("plain worker options differ: " + "; ".join(differing))
             results.append(
                 EngineResult(
                     backend,
