@@ -305,16 +305,18 @@ def plain_side(name: str, client: Client, task_queue: str) -> Side:
     return Side(name, start, finish, history)
 
 
-def engine_side(name: str, kernel: Kernel, timer: StoreTimer, url: str) -> Side:
+def engine_side(
+    name: str, kernel: Kernel, timer: StoreTimer, url: str, timeout: timedelta = RUN_TIMEOUT
+) -> Side:
     async def start() -> Any:
         created = await kernel.dispatch(RunCreate(workflow_id=WORKFLOW_ID, input={"n": 1}))
         return created.workflow_run_id
 
     async def finish(run_id: str) -> None:
         try:
-            run = await kernel.wait_for_run(run_id, timeout=RUN_TIMEOUT)
+            run = await kernel.wait_for_run(run_id, timeout=timeout)
         except TimeoutError as exc:
-            raise RuntimeError(await _diagnose(kernel, run_id)) from exc
+            raise RuntimeError(await _diagnose(kernel, run_id, timeout)) from exc
         if run.status != RunStatus.COMPLETED:
             raise RuntimeError(f"engine run {run_id} ended {run.status}: {run.output}")
 
@@ -327,9 +329,9 @@ def engine_side(name: str, kernel: Kernel, timer: StoreTimer, url: str) -> Side:
     return Side(name, start, finish, history, timer=timer, database_pids=pids)
 
 
-async def _diagnose(kernel: Kernel, run_id: str) -> str:
+async def _diagnose(kernel: Kernel, run_id: str, timeout: timedelta) -> str:
     """What a run that did not finish in time is stuck on (stages, pending activities)."""
-    lines = [f"engine run {run_id} not finished after {RUN_TIMEOUT}"]
+    lines = [f"engine run {run_id} not finished after {timeout}"]
     try:
         stages = await kernel.list_stages(run_id)
         lines.append("stages: " + ", ".join(f"{s.stage_id}={s.status}" for s in stages))
