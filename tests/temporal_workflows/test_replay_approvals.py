@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import WorkflowHistory
+from temporalio.client import WorkflowFailureError, WorkflowHistory
 
 from engine import (
     Actor,
@@ -53,7 +53,10 @@ async def test_decided_and_timed_out_approvals_replay(env: Any, store: Any) -> N
             run = await kernel.wait_for_run(run_id)
             assert run.status == status
             handle = kernel.client.get_workflow_handle(temporal_workflow_id(run_id))
-            await handle.result()
+            try:
+                await handle.result()
+            except WorkflowFailureError:  # a FAILED run fails its execution (WfeRunFailed)
+                assert status == RunStatus.FAILED
             histories.append(await handle.fetch_history())
 
     for history in histories:
