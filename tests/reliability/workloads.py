@@ -7,7 +7,7 @@ another process:
 
 - ``<dir>/<run id>.<stage id>.<activity attempt>.entered``: written when the stage's code starts;
 - ``<dir>/<run id>.release``: while absent, the ``work`` stage of a ``mode="stage"`` run waits
-  (heartbeating) inside its code.
+  (heartbeating) inside its code, and so does the ``prep`` stage of a ``mode="prep"`` run.
 
 The ``work`` stage returns the run's ``mode``, so that a worker's commit hook
 (``worker_main.py``) can tell which commits to hold.
@@ -64,10 +64,11 @@ LOGS_PER_STAGE = {"prep": 1, "work": 2, "side": 1, "finish": 1}
 PROGRESS_PER_STAGE = {"work": 1}
 
 
-MODES = ("stage", "before_commit", "in_commit", "after_commit", "free")
+MODES = ("stage", "before_commit", "in_commit", "after_commit", "free", "prep")
 """Where a worker crash should catch a run's ``work`` stage: in its code, between its end and
 its commit, inside its commit transaction, after its commit but before Temporal heard of it;
-``free`` runs are not held anywhere."""
+``free`` runs are not held anywhere; ``prep`` runs hold their ``prep`` stage (a sequential
+stage: PostgreSQL commits it in one statement) in its code until the release file exists."""
 
 
 class Job(BaseModel):
@@ -99,6 +100,10 @@ def crash_workflow() -> Workflow:
     @define_stage(id="prep", input=Job, output=Job, start_to_close_timeout=timeout)
     async def prep(ctx: StageContext[Job, None]) -> Job:
         _entered(ctx, ctx.input.dir)
+        if ctx.input.mode == "prep":
+            release = release_path(ctx.input.dir, ctx.workflow_run_id)
+            while not release.exists():
+                await asyncio.sleep(0.02)
         ctx.log("INFO", "prepared")
         ctx.annotate("rel.prep.seen", True)
         return ctx.input
