@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
+
+from engine import clock
 
 __all__ = ["derived_id", "new_id"]
 
@@ -31,7 +32,7 @@ def new_id() -> str:
     """
     global _last_ms, _last_rand
     with _lock:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = clock.time_ns() // 1_000_000
         if now_ms <= _last_ms:
             now_ms = _last_ms
             _last_rand += 1

@@ -50,7 +50,12 @@ if str(ROOT) not in sys.path:
 from engine import Kernel, create_worker  # noqa: E402
 from engine.payloads import CommitResult, StageCommit  # noqa: E402
 from engine.store import SqlStore, stage_rows  # noqa: E402
-from tests.reliability.workloads import crash_workflow, load_workflow, touch  # noqa: E402
+from tests.reliability.workloads import (  # noqa: E402
+    crash_workflow,
+    load_workflow,
+    skew_workflow,
+    touch,
+)
 
 
 def install_hooks(seconds: float, markers: Path) -> None:
@@ -92,7 +97,7 @@ async def main() -> None:
     markers = Path(os.environ["REL_MARKERS"])
     if os.environ.get("REL_HOOKS") == "1":
         install_hooks(float(os.environ.get("REL_HOOK_SECONDS", "30")), markers)
-    kernel = await Kernel.connect(workflows=[crash_workflow(), load_workflow()])
+    kernel = await Kernel.connect(workflows=[crash_workflow(), load_workflow(), skew_workflow()])
     try:
         gate = os.environ.get("REL_GATE")
         if gate:

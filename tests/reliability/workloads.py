@@ -16,6 +16,7 @@ The ``work`` stage returns the run's ``mode``, so that a worker's commit hook
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,16 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from engine import Actor, StageContext, Workflow, define_stage, define_workflow
+from engine import (
+    Actor,
+    CompletionCheck,
+    StageContext,
+    Suspend,
+    Workflow,
+    define_async_batch_stage,
+    define_stage,
+    define_workflow,
+)
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog, WorkflowStage
@@ -33,11 +43,15 @@ __all__ = [
     "CRASH_OUTPUT",
     "CRASH_STAGES",
     "MODES",
+    "SKEW_MAX_WAIT",
+    "SKEW_POLL_INTERVAL",
     "Job",
+    "SkewJob",
     "assert_exactly_once",
     "crash_workflow",
     "load_workflow",
     "release_path",
+    "skew_workflow",
     "touch",
 ]
 
@@ -252,3 +266,57 @@ def load_workflow() -> Workflow:
         .pipe(publish)
         .build()
     )
+
+
+SKEW_POLL_INTERVAL = timedelta(seconds=1)
+SKEW_MAX_WAIT = timedelta(seconds=4)
+
+
+class SkewJob(BaseModel):
+    dir: str
+    ready_after: int = 2
+    """The check that reports ready (polls 0, 1, …); a large number never does: ``max_wait``."""
+    max_wait_seconds: float = SKEW_MAX_WAIT.total_seconds()
+
+
+def skew_workflow() -> Workflow:
+    """first → hold → poll (suspends; checks every second, ``max_wait`` 4 s by default).
+
+    Each stage hands the job on; ``first`` adds the worker's wall clock (to prove its skew);
+    ``hold`` waits for the run's
+    release file (heartbeating), so that a test can attach an annotation from its own process
+    between two stage annotations of the worker.
+    """
+
+    @define_stage(id="first", input=SkewJob)
+    async def first(ctx: StageContext[SkewJob, None]) -> Any:
+        ctx.annotate("skew.first", 1)
+        return {**ctx.input.model_dump(), "worker_time": time.time()}
+
+    @define_stage(id="hold", input=SkewJob, heartbeat_timeout=timedelta(seconds=5))
+    async def hold(ctx: StageContext[SkewJob, None]) -> Any:
+        release = release_path(ctx.input.dir, ctx.workflow_run_id)
+        touch(Path(ctx.input.dir) / f"{ctx.workflow_run_id}.hold.entered")
+        while not release.exists():
+            ctx.heartbeat()
+            await asyncio.sleep(0.05)
+        ctx.annotate("skew.hold", 2)
+        return ctx.input.model_dump()
+
+    async def submit(ctx: StageContext[SkewJob, None]) -> Suspend:
+        ctx.annotate("skew.submitted", 3)
+        return Suspend(
+            state={"ready_after": ctx.input.ready_after},
+            poll_interval=SKEW_POLL_INTERVAL,
+            max_wait=timedelta(seconds=ctx.input.max_wait_seconds),
+        )
+
+    async def check(state: Any, ctx: Any) -> CompletionCheck:
+        ctx.annotate("skew.checked", ctx.poll_count)
+        ready = ctx.poll_count >= state["ready_after"]
+        return CompletionCheck(ready=ready, output={"polls": ctx.poll_count} if ready else None)
+
+    poll = define_async_batch_stage(
+        id="poll", input=SkewJob, execute=submit, check_completion=check
+    )
+    return define_workflow(id="skew", input=SkewJob).pipe(first).pipe(hold).pipe(poll).build()
