@@ -16,6 +16,7 @@ The ``work`` stage returns the run's ``mode``, so that a worker's commit hook
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -89,6 +90,8 @@ class Job(BaseModel):
     dir: str
     mode: str = "free"
     """One of :data:`MODES`."""
+    pad: int = 0
+    """Random bytes (hex) the ``work`` stage adds to its output: a commit that needs new pages."""
 
 
 def release_path(directory: str | Path, run_id: str) -> Path:
@@ -144,7 +147,10 @@ def crash_workflow() -> Workflow:
             payload={"raw": [1, 2, 3]},
         )
         ctx.log("INFO", "work done")
-        return {"work": "done", "mode": ctx.input.mode}
+        output: dict[str, Any] = {"work": "done", "mode": ctx.input.mode}
+        if ctx.input.pad:
+            output["pad"] = os.urandom(ctx.input.pad).hex()
+        return output
 
     @define_stage(id="side", input=Job, start_to_close_timeout=timeout)
     async def side(ctx: StageContext[Job, None]) -> Any:
