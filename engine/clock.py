@@ -28,7 +28,8 @@ the server hands the task out), and correcting by a delay would shift good clock
 RECENT = 32
 """Observations the offset is taken from. Each one falls short of the true offset by the time
 its task took to arrive, so the largest of the recent ones is the closest; recent, so that a
-clock that drifts or is stepped is followed."""
+clock that drifts is followed. One that differs from the offset by more than
+:data:`TOLERANCE` (a clock stepped, another server) starts afresh."""
 
 _offset_ns = 0
 _recent: deque[int] = deque(maxlen=RECENT)
@@ -44,6 +45,8 @@ def observe(server_time: datetime) -> None:
     global _offset_ns
     measured = round(server_time.timestamp() * 1e9) - time.time_ns()
     with _lock:
+        if _recent and abs(measured - max(_recent)) > TOLERANCE.total_seconds() * 1e9:
+            _recent.clear()
         _recent.append(measured)
         best = max(_recent)
         _offset_ns = best if abs(best) > TOLERANCE.total_seconds() * 1e9 else 0

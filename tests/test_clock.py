@@ -48,8 +48,14 @@ def test_the_least_delayed_recent_observation_wins() -> None:
     assert abs(clock.offset() - timedelta(seconds=599.95)) < timedelta(milliseconds=20)
 
 
-def test_a_clock_set_right_is_followed_within_the_window() -> None:
+def test_a_clock_set_right_is_followed_at_once() -> None:
+    clock.observe(datetime.now(UTC) + timedelta(seconds=600))
+    clock.observe(datetime.now(UTC))
+    assert clock.offset() == timedelta(0)
+
+
+def test_a_drifting_clock_is_followed_within_the_window() -> None:
     clock.observe(datetime.now(UTC) + timedelta(seconds=600))
     for _ in range(clock.RECENT):
-        clock.observe(datetime.now(UTC))
-    assert clock.offset() == timedelta(0)
+        clock.observe(datetime.now(UTC) + timedelta(seconds=598))
+    assert abs(clock.offset() - timedelta(seconds=598)) < timedelta(milliseconds=50)
