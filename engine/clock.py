@@ -6,9 +6,8 @@ local activities, which use Temporal's clock (``workflow.now()``). A worker whos
 minutes off would sort its annotations before or after those. Every stage activity reports
 the time the server stamped on its start (:func:`observe`); when this process's clock is
 further off than :data:`TOLERANCE`, its timestamps take the server's offset from then on.
-(Ids never go back within a process, :func:`engine.ids.new_id`: a process that made ids on a
-fast clock before its first correction keeps their time part until the corrected clock has
-caught up; a worker makes none before its first activity.)
+(:func:`engine.ids.new_id` keeps ids increasing within a process unless the clock goes back
+by more than 10 s, as a correction does: then its ids follow the corrected clock.)
 """
 
 from __future__ import annotations

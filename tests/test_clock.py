@@ -16,7 +16,6 @@ from engine.ids import new_id
 def fresh_clock() -> Iterator[None]:
     clock._recent.clear()
     clock._offset_ns = 0
-    # Ids never go back within a process: one made 10 minutes ahead holds later ones there.
     ids._last_ms = 0
     yield
     clock._recent.clear()
@@ -59,3 +58,12 @@ def test_a_drifting_clock_is_followed_within_the_window() -> None:
     for _ in range(clock.RECENT):
         clock.observe(datetime.now(UTC) + timedelta(seconds=598))
     assert abs(clock.offset() - timedelta(seconds=598)) < timedelta(milliseconds=50)
+
+
+def test_ids_follow_the_clock_back_after_a_correction() -> None:
+    clock.observe(datetime.now(UTC) + timedelta(seconds=600))
+    ahead = new_id()
+    clock.observe(datetime.now(UTC))
+    assert new_id() < ahead  # not held 10 minutes ahead of every other process's ids
+    first, second = new_id(), new_id()
+    assert first < second  # and increasing again

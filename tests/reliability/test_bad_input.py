@@ -361,6 +361,7 @@ async def test_run_create_with_bad_input(env: Any, store: SqlStore, command: Any
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @LONG
 @given(command=CREATE)
@@ -421,6 +422,7 @@ ACCEPTABLE = st.one_of(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @settings(SHORT, max_examples=5)
 @given(good=st.lists(ACCEPTABLE, min_size=6, max_size=6), odd=st.lists(CREATE, max_size=6))
@@ -464,6 +466,7 @@ async def test_odd_run_ids(env: Any, store: SqlStore, run_id: Any) -> None:
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(run_id=ODD_TEXT)
 async def test_odd_run_ids_many(env: Any, store: SqlStore, run_id: Any) -> None:
@@ -537,6 +540,7 @@ async def test_attach_odd_annotations(env: Any, store: SqlStore, envelope: Any) 
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(envelope=ATTACH)
 async def test_attach_odd_annotations_many(env: Any, store: SqlStore, envelope: Any) -> None:
@@ -584,6 +588,7 @@ async def test_key_prefix_is_literal(env: Any, store: SqlStore, keys: Any, prefi
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(keys=KEYS, prefix=PREFIXES)
 async def test_key_prefix_is_literal_many(
@@ -665,6 +670,7 @@ async def test_tampered_cursors(env: Any, store: SqlStore, cursor: Any, mutation
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(cursor=CURSORS, mutation=st.none() | MUTATION)
 async def test_tampered_cursors_many(env: Any, store: SqlStore, cursor: Any, mutation: Any) -> None:
