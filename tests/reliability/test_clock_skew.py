@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Kernel, RunCreate
+from engine import Kernel, RunCreate, clock
 from engine.records import StageRecord
 from engine.store import SqlStore
 from tests.reliability.support import FastEnv, WorkerProcess, table_counts, wait_for_files
@@ -47,6 +47,14 @@ LIBFAKETIME = next(
     ),
     None,
 )
+
+
+@pytest.fixture(autouse=True)
+def real_time_here() -> None:
+    """This process stands for the API, on real time. An in-process worker of an earlier test
+    on the time-skipping server taught it that server's (skipped) clock: forget it."""
+    clock._recent.clear()
+    clock._offset_ns = 0
 
 
 def utc(moment: datetime) -> datetime:
