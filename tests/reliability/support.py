@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlalchemy import func, select
@@ -24,6 +25,7 @@ __all__ = [
     "FastEnv",
     "WorkerProcess",
     "pg_admin_url",
+    "table_contents",
     "table_counts",
     "wait_for_files",
     "with_application_name",
@@ -167,3 +169,14 @@ async def table_counts(store: SqlStore) -> dict[str, int]:
     async with store.sessions() as session:
         row = (await session.execute(query)).one()
     return {table.name: int(count) for table, count in zip(tables, row, strict=True)}
+
+
+async def table_contents(store: SqlStore) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of the side-store, by primary key: a write of any kind (an
+    UPDATE too, which counts would miss) shows as a difference."""
+    contents: dict[str, list[tuple[Any, ...]]] = {}
+    async with store.sessions() as session:
+        for table in Base.metadata.sorted_tables:
+            query = select(table).order_by(*table.primary_key.columns)
+            contents[table.name] = [tuple(row) for row in (await session.execute(query)).all()]
+    return contents

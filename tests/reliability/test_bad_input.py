@@ -2,9 +2,12 @@
 
 Every input below either gets a clear error (an :class:`~engine.EngineError` such as
 ``InvalidInputError``/``AnnotationError``, or pydantic's ``ValidationError`` naming the field
-of a malformed command) with the side-store unchanged (row counts of every table), or a
-correct result (what was stored reads back as its JSON form; filters return exactly the rows
-Python's ``str.startswith`` selects; a page after a cursor holds exactly the rows after it):
+of a malformed command) with the side-store unchanged (the full content of every table, row by
+row), or a correct result (every field of what was stored reads back as its JSON form, and
+nothing else changed; a repeated idempotency key changes nothing at all; filters return
+exactly the rows Python's ``str.startswith`` selects; a page after a cursor holds exactly the
+rows after it). A sample of accepted ``RunCreate`` commands also runs through a worker to the
+end:
 
 - ``RunCreate`` with inputs, configs, annotations and workflow ids of wrong types and odd
   values (non-JSON objects, NaN and infinities, NUL bytes, lone surrogates, deep nesting);
@@ -42,12 +45,13 @@ from engine import (
     Kernel,
     RunNotFoundError,
     StageContext,
+    create_worker,
     define_stage,
     define_workflow,
 )
 from engine.store import SqlStore
 from engine.store.contract import NewRun
-from tests.reliability.support import ROOT, table_counts
+from tests.reliability.support import ROOT, table_contents
 
 SHORT = settings(
     max_examples=30,
@@ -189,12 +193,24 @@ async def unchanged_on_error(
     store: SqlStore, call: Callable[[], Coroutine[Any, Any, Any]]
 ) -> tuple[Any, BaseException | None]:
     """Run ``call``; a clear error is returned (not raised) and must have written nothing."""
-    before = await table_counts(store)
+    before = await table_contents(store)
     try:
         return await call(), None
     except CLEAR_ERRORS as error:
-        assert await table_counts(store) == before, f"{error!r} left rows behind"
+        assert await table_contents(store) == before, f"{error!r} changed the side-store"
         return None, error
+
+
+def changed(
+    before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]
+) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+    """Per table that differs: (rows gone or changed, rows new or changed)."""
+    out = {}
+    for name in before:
+        old, new = before[name], after[name]
+        if old != new:
+            out[name] = ([r for r in old if r not in new], [r for r in new if r not in old])
+    return out
 
 
 class Ticket(BaseModel):
@@ -277,13 +293,64 @@ CREATE = st.fixed_dictionaries(
 
 async def check_run_create(env: Any, store: SqlStore, command: dict[str, Any]) -> None:
     kernel = kernel_for(env, store)
+    await store.truncate_all()  # each example on an empty store: its snapshots stay small
+    before = await table_contents(store)
     result, error = await unchanged_on_error(store, lambda: kernel.dispatch(command))
     if error is not None:
         assert str(error), "an error must say what is wrong"
         return
-    run = await store.get_run(result.workflow_run_id)
-    assert run.workflow_id == command["workflowId"]
+    run_id = result.workflow_run_id
+    await check_created_run(kernel, store, command, run_id)
+    if command.get("idempotencyKey") is not None:
+        # The same key again: the same run, and not a row touched.
+        created = await table_contents(store)
+        again = await kernel.dispatch(command)
+        assert again.workflow_run_id == run_id
+        assert await table_contents(store) == created
+    diff = changed(before, await table_contents(store))
+    assert set(diff) <= {
+        "workflow_runs",
+        "workflow_annotations",
+        "outbox_events",
+        "idempotency_keys",
+    }
+    assert all(not gone for gone, _ in diff.values()), "an existing row changed"
+
+
+async def check_created_run(
+    kernel: Kernel, store: SqlStore, command: dict[str, Any], run_id: str
+) -> None:
+    """Every field of the new run, and of each annotation it was created with, reads back."""
+    workflow = kernel.workflow(command["workflowId"])
+    run = await store.get_run(run_id)
+    assert run.id == run_id
+    assert run.workflow_id == command["workflowId"] == workflow.id
+    assert run.workflow_name == workflow.name
+    assert run.status == "PENDING"
     assert same_json(run.input, command["input"])
+    assert same_json(run.config, workflow.merge_config(command.get("config", {})))
+    assert run.priority == command.get("priority", 5)
+    assert same_json(run.metadata, command.get("metadata"))
+    assert (run.output, run.started_at, run.completed_at, run.duration_ms) == (None,) * 4
+    assert (run.total_cost, run.total_tokens) == (0.0, 0)
+    stored = [
+        a for a in await kernel.annotations.list(run_id) if not a.id.startswith("synthesized:")
+    ]
+    expected = [
+        (key, value)
+        for envelope in command.get("annotations", [])
+        for key, value in envelope["attributes"].items()
+        if value is not None
+    ]
+    assert sorted(a.key for a in stored) == sorted(key for key, _ in expected)
+    by_key = dict(expected)
+    for annotation in stored:
+        assert same_json(annotation.value, by_key[annotation.key]), annotation
+        assert annotation.workflow_run_id == run_id
+        assert (annotation.scope, annotation.scope_id) == ("run", None), annotation
+        assert annotation.workflow_stage_record_id is None and annotation.attempt == 0
+        assert annotation.payload is None and annotation.idempotency_key is None
+        assert annotation.actor_kind is None and annotation.actor_id is None
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -294,11 +361,75 @@ async def test_run_create_with_bad_input(env: Any, store: SqlStore, command: Any
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @LONG
 @given(command=CREATE)
 async def test_run_create_with_bad_input_many(env: Any, store: SqlStore, command: Any) -> None:
     await check_run_create(env, store, command)
+
+
+async def check_runs_to_the_end(env: Any, store: SqlStore, commands: list[dict[str, Any]]) -> int:
+    """Dispatch every command with a worker polling; each accepted one runs to the end, and
+    its stage got the input as given. Returns how many runs were accepted."""
+    kernel = kernel_for(env, store)
+    accepted: dict[str, dict[str, Any]] = {}
+    for command in commands:  # before the worker starts: nothing else writes meanwhile
+        result, error = await unchanged_on_error(
+            store, lambda command=command: kernel.dispatch(command)
+        )
+        if error is None:
+            accepted.setdefault(result.workflow_run_id, command)
+    async with create_worker(kernel):
+        for run_id, command in accepted.items():
+            run = await kernel.wait_for_run(run_id, timeout=timedelta(seconds=60))
+            assert run.status == "COMPLETED", (command, run)
+            expected = {"text": command["input"]["text"]} if run.workflow_id == "typed" else {}
+            assert run.output == expected, (command, run.output)
+            stages = await kernel.list_stages(run_id)
+            assert [(s.stage_id, s.status, s.output_data) for s in stages] == [
+                ("classify" if run.workflow_id == "typed" else "anything", "COMPLETED", expected)
+            ]
+            events = [e.event_type for e in await kernel.list_outbox_events(run_id)]
+            assert events.count("workflow:completed") == 1 and events.count("stage:completed") == 1
+    return len(accepted)
+
+
+# Odd but storable: every one of these is accepted (no NUL, no lone surrogate, finite numbers).
+STORABLE_TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))
+STORABLE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | STORABLE_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(STORABLE_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+ACCEPTABLE = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("run.create"), "workflowId": st.just("typed")},
+        optional={"input": st.fixed_dictionaries({"text": STORABLE_TEXT})},
+    ).map(lambda c: {"input": {"text": ""}, **c}),
+    st.fixed_dictionaries(
+        {"type": st.just("run.create"), "workflowId": st.just("untyped"), "input": STORABLE},
+        optional={
+            "annotations": st.lists(
+                st.fixed_dictionaries(
+                    {"attributes": st.dictionaries(STORABLE_TEXT.filter(bool), STORABLE)}
+                ),
+                max_size=2,
+            )
+        },
+    ),
+)
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@settings(SHORT, max_examples=5)
+@given(good=st.lists(ACCEPTABLE, min_size=6, max_size=6), odd=st.lists(CREATE, max_size=6))
+async def test_accepted_run_creates_run_to_the_end(
+    env: Any, store: SqlStore, good: Any, odd: Any
+) -> None:
+    assert await check_runs_to_the_end(env, store, [*good, *odd]) >= len(good)
 
 
 # -- unknown and odd run ids -----------------------------------------------------------------
@@ -308,6 +439,7 @@ async def check_run_id(env: Any, store: SqlStore, run_id: str) -> None:
     """Reads, attach and cancel of a run id that names no run: RunNotFoundError, or
     ``cancelled=False`` for RunCancel (as for any unknown run), never a driver error."""
     kernel = kernel_for(env, store)
+    before = await table_contents(store)  # compared once, after every call below
     for call in (
         lambda: kernel.get_run(run_id),
         lambda: kernel.list_stages(run_id),
@@ -317,12 +449,14 @@ async def check_run_id(env: Any, store: SqlStore, run_id: str) -> None:
         lambda: kernel.annotations.attach(run_id, attributes={"k": 1}),
         lambda: kernel.wait_for_run(run_id, timeout=timedelta(milliseconds=1)),
     ):
-        result, error = await unchanged_on_error(store, call)
+        try:
+            result, error = await call(), None
+        except CLEAR_ERRORS as caught:
+            result, error = None, caught
         assert isinstance(error, RunNotFoundError), (run_id, result, error)
-    result, error = await unchanged_on_error(
-        store, lambda: kernel.dispatch({"type": "run.cancel", "workflowRunId": run_id})
-    )
-    assert error is None and result.cancelled is False
+    result = await kernel.dispatch({"type": "run.cancel", "workflowRunId": run_id})
+    assert result.cancelled is False
+    assert await table_contents(store) == before
 
 
 @SHORT
@@ -332,6 +466,7 @@ async def test_odd_run_ids(env: Any, store: SqlStore, run_id: Any) -> None:
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(run_id=ODD_TEXT)
 async def test_odd_run_ids_many(env: Any, store: SqlStore, run_id: Any) -> None:
@@ -355,6 +490,8 @@ ATTACH = st.fixed_dictionaries(
 
 async def check_attach(env: Any, store: SqlStore, run_id: str, envelope: dict[str, Any]) -> None:
     kernel = kernel_for(env, store)
+    before = await table_contents(store)
+    earlier = {a.id: a for a in await kernel.annotations.list(run_id, limit=100_000)}
     rows, error = await unchanged_on_error(
         store, lambda: kernel.annotations.attach(run_id, **envelope)
     )
@@ -363,18 +500,37 @@ async def check_attach(env: Any, store: SqlStore, run_id: str, envelope: dict[st
         return
     attributes = envelope["attributes"]
     expected = {k: v for k, v in attributes.items() if v is not None}
-    if envelope.get("idempotency_key") is not None and len(rows) < len(expected):
-        return  # deduplicated by an earlier example with the same key: nothing written
-    assert sorted(r.key for r in rows) == sorted(expected)
+    key = envelope.get("idempotency_key")
+    returned = {r.key for r in rows}
+    assert returned <= set(expected)
+    # A key left out was deduplicated: an earlier row has the same (run, key, idempotency key).
+    for missing in set(expected) - returned:
+        assert key is not None, f"{missing!r} was neither stored nor deduplicated"
+        assert any(a.key == missing and a.idempotency_key == key for a in earlier.values())
+    # Nothing but the returned rows was written (and nothing existing changed).
+    diff = changed(before, await table_contents(store))
+    assert set(diff) <= {"workflow_annotations"}, diff
+    if diff:
+        gone, new = diff["workflow_annotations"]
+        assert not gone and sorted(str(r[0]) for r in new) == sorted(r.id for r in rows)
+    else:
+        assert rows == []
     stored = {a.id: a for a in await kernel.annotations.list(run_id, limit=100_000)}
+    actor = envelope.get("actor")
     for row in rows:
         read = stored[row.id]
-        assert read.key == row.key
+        assert read == row, (read, row)  # what attach returned is what is stored
+        assert read.key == row.key and read.workflow_run_id == run_id
         assert same_json(read.value, expected[row.key]), (read.value, row.key)
-        if "payload" in envelope:
-            assert same_json(read.payload, envelope["payload"])
-        if "actor" in envelope:
-            assert read.actor_id == envelope["actor"].id
+        assert same_json(read.payload, envelope.get("payload"))
+        assert read.idempotency_key == key
+        assert read.attempt == envelope.get("attempt", 0)
+        assert read.scope == envelope.get("scope", "run")
+        assert read.scope_id == envelope.get("scope_id")
+        assert read.workflow_stage_record_id is None
+        assert (read.actor_kind, read.actor_id, read.actor_version) == (
+            (actor.kind, actor.id, actor.version) if actor is not None else (None, None, None)
+        )
 
 
 @SHORT
@@ -384,9 +540,11 @@ async def test_attach_odd_annotations(env: Any, store: SqlStore, envelope: Any) 
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(envelope=ATTACH)
 async def test_attach_odd_annotations_many(env: Any, store: SqlStore, envelope: Any) -> None:
+    await store.truncate_all()  # each example on an empty store: its snapshots stay small
     await check_attach(env, store, await new_run(store), envelope)
 
 
@@ -430,11 +588,13 @@ async def test_key_prefix_is_literal(env: Any, store: SqlStore, keys: Any, prefi
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(keys=KEYS, prefix=PREFIXES)
 async def test_key_prefix_is_literal_many(
     env: Any, store: SqlStore, keys: Any, prefix: Any
 ) -> None:
+    await store.truncate_all()  # each example on an empty store: its snapshots stay small
     await check_prefix(env, store, keys, prefix)
 
 
@@ -510,6 +670,7 @@ async def test_tampered_cursors(env: Any, store: SqlStore, cursor: Any, mutation
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(900)  # 300 examples, each snapshotting every table
 @LONG
 @given(cursor=CURSORS, mutation=st.none() | MUTATION)
 async def test_tampered_cursors_many(env: Any, store: SqlStore, cursor: Any, mutation: Any) -> None:

@@ -289,13 +289,15 @@ async def test_concurrent_creates_with_one_key(env: Any, store: SqlStore, tmp_pa
         await assert_exactly_once(store, run_id)  # one workflow:created, one start each
     # One Temporal workflow per run: a second start would have been rejected, not duplicated.
     for run_id in (in_process, across_processes):
-        found = [
-            w
-            async for w in env.client.list_workflows(
-                f'WorkflowId STARTS_WITH "{temporal_workflow_id(run_id)}"'
-            )
-        ]
-        assert len(found) <= 1  # visibility may lag; the id itself cannot repeat
+        query = f'WorkflowId STARTS_WITH "{temporal_workflow_id(run_id)}"'
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # visibility lags behind the execution: wait for it, never accept none
+            found = [w async for w in env.client.list_workflows(query)]
+            assert len(found) <= 1, found
+            if found or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert len(found) == 1, f"run {run_id}: its workflow never showed in visibility"
         handle = env.client.get_workflow_handle(temporal_workflow_id(run_id))
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
 

@@ -5,16 +5,23 @@ Runs are caught in every state a run can be in when the server stops: a stage's 
 yet scheduled. The server is stopped, left down for a moment and started again on the same
 port and database file; the worker and the client reconnect on their own, every run
 completes, and each stage's rows are there exactly once.
+
+Two ways down: ``graceful`` (SIGTERM, the server shuts down in order) and ``crash`` (SIGKILL
+of its whole process group: nothing is flushed or handed over, whatever the server had not
+written to its database file is lost, and what it had is all the restarted server knows).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -32,6 +39,9 @@ from engine import (
 )
 from engine.devserver import DevServer
 from engine.store import SqlStore
+from tests.reliability.support import table_counts
+
+pytestmark = pytest.mark.reliability
 
 RUNS = 6
 WAIT = timedelta(seconds=90)
@@ -61,7 +71,17 @@ def outage_workflow(running: asyncio.Event) -> Any:
     return define_workflow(id="outage").pipe(start).pipe(long).pipe(batch).build()
 
 
-async def test_runs_survive_a_temporal_server_restart(store: SqlStore, tmp_path: Path) -> None:
+async def go_down(server: DevServer, how: str) -> None:
+    if how == "crash":
+        assert server.pid is not None
+        os.killpg(server.pid, signal.SIGKILL)  # its own process group (start_new_session)
+    await server.stop()  # after a SIGKILL: only reaps it and removes its log
+
+
+@pytest.mark.parametrize("how", ["graceful", "crash"])
+async def test_runs_survive_a_temporal_server_restart(
+    store: SqlStore, tmp_path: Path, how: str
+) -> None:
     database = str(tmp_path / "temporal.db")
     server = DevServer(ui=False, db_filename=database)
     await server.start()
@@ -83,7 +103,7 @@ async def test_runs_survive_a_temporal_server_restart(store: SqlStore, tmp_path:
                 await asyncio.sleep(0.4)  # staggered: the runs are at different stages
             await asyncio.wait_for(running.wait(), timeout=30)
 
-            await server.stop()
+            await go_down(server, how)
             await asyncio.sleep(2)  # Temporal is down: pollers, heartbeats and timers wait
             server = DevServer(ui=False, db_filename=database, port=port)
             await server.start()
@@ -95,6 +115,10 @@ async def test_runs_survive_a_temporal_server_restart(store: SqlStore, tmp_path:
     finally:
         await server.stop()
 
+    counts = await table_counts(store)
+    assert counts["workflow_runs"] == RUNS  # no run lost, none started twice
+    assert counts["workflow_stages"] == 3 * RUNS
+    assert counts["workflow_annotations"] == RUNS * (1 + 1 + 3)
     for run_id in run_ids:
         stages = await store.list_stages(run_id)
         assert [(s.stage_id, s.status) for s in stages] == [

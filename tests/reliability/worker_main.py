@@ -28,6 +28,11 @@ It builds a :class:`~engine.Kernel` with the workflows of ``workloads.py`` and r
     recorded the activity's result.
 ``REL_HOOK_SECONDS``
     How long a hook holds (default 30; the tests kill the worker long before).
+``REL_FILE_LIMIT`` (optional, ``1`` to enable)
+    Make the process ready to run under a file-size limit (``RLIMIT_FSIZE``) that the test
+    sets and lifts from outside (``prlimit``): writes past it fail with ``EFBIG`` instead of
+    ``SIGXFSZ`` killing the process, and the process's output goes through a ``cat`` child
+    (which has no limit), so that only the side-store's files meet it.
 ``REL_STICKY_SECONDS``
     The worker's sticky-queue schedule-to-start timeout: how soon Temporal hands a dead
     worker's cached workflows to another worker (default 1).
@@ -39,6 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +57,12 @@ if str(ROOT) not in sys.path:
 from engine import Kernel, create_worker  # noqa: E402
 from engine.payloads import CommitResult, StageCommit  # noqa: E402
 from engine.store import SqlStore, stage_rows  # noqa: E402
-from tests.reliability.workloads import crash_workflow, load_workflow, touch  # noqa: E402
+from tests.reliability.workloads import (  # noqa: E402
+    crash_workflow,
+    load_workflow,
+    skew_workflow,
+    touch,
+)
 
 
 def install_hooks(seconds: float, markers: Path) -> None:
@@ -88,11 +100,24 @@ def install_hooks(seconds: float, markers: Path) -> None:
     SqlStore.commit_stage = commit_stage  # type: ignore[method-assign]
 
 
+def prepare_for_a_file_limit() -> None:
+    """See ``REL_FILE_LIMIT`` in the module docstring."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    relay = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=sys.stdout.fileno())
+    assert relay.stdin is not None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(relay.stdin.fileno(), 1)
+    os.dup2(relay.stdin.fileno(), 2)
+
+
 async def main() -> None:
+    if os.environ.get("REL_FILE_LIMIT") == "1":
+        prepare_for_a_file_limit()
     markers = Path(os.environ["REL_MARKERS"])
     if os.environ.get("REL_HOOKS") == "1":
         install_hooks(float(os.environ.get("REL_HOOK_SECONDS", "30")), markers)
-    kernel = await Kernel.connect(workflows=[crash_workflow(), load_workflow()])
+    kernel = await Kernel.connect(workflows=[crash_workflow(), load_workflow(), skew_workflow()])
     try:
         gate = os.environ.get("REL_GATE")
         if gate:

@@ -7,7 +7,7 @@ another process:
 
 - ``<dir>/<run id>.<stage id>.<activity attempt>.entered``: written when the stage's code starts;
 - ``<dir>/<run id>.release``: while absent, the ``work`` stage of a ``mode="stage"`` run waits
-  (heartbeating) inside its code.
+  (heartbeating) inside its code, and so does the ``prep`` stage of a ``mode="prep"`` run.
 
 The ``work`` stage returns the run's ``mode``, so that a worker's commit hook
 (``worker_main.py``) can tell which commits to hold.
@@ -16,6 +16,8 @@ The ``work`` stage returns the run's ``mode``, so that a worker's commit hook
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,16 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from engine import Actor, StageContext, Workflow, define_stage, define_workflow
+from engine import (
+    Actor,
+    CompletionCheck,
+    StageContext,
+    Suspend,
+    Workflow,
+    define_async_batch_stage,
+    define_stage,
+    define_workflow,
+)
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog, WorkflowStage
@@ -33,11 +44,15 @@ __all__ = [
     "CRASH_OUTPUT",
     "CRASH_STAGES",
     "MODES",
+    "SKEW_MAX_WAIT",
+    "SKEW_POLL_INTERVAL",
     "Job",
+    "SkewJob",
     "assert_exactly_once",
     "crash_workflow",
     "load_workflow",
     "release_path",
+    "skew_workflow",
     "touch",
 ]
 
@@ -64,16 +79,19 @@ LOGS_PER_STAGE = {"prep": 1, "work": 2, "side": 1, "finish": 1}
 PROGRESS_PER_STAGE = {"work": 1}
 
 
-MODES = ("stage", "before_commit", "in_commit", "after_commit", "free")
+MODES = ("stage", "before_commit", "in_commit", "after_commit", "free", "prep")
 """Where a worker crash should catch a run's ``work`` stage: in its code, between its end and
 its commit, inside its commit transaction, after its commit but before Temporal heard of it;
-``free`` runs are not held anywhere."""
+``free`` runs are not held anywhere; ``prep`` runs hold their ``prep`` stage (a sequential
+stage: PostgreSQL commits it in one statement) in its code until the release file exists."""
 
 
 class Job(BaseModel):
     dir: str
     mode: str = "free"
     """One of :data:`MODES`."""
+    pad: int = 0
+    """Random bytes (hex) the ``work`` stage adds to its output: a commit that needs new pages."""
 
 
 def release_path(directory: str | Path, run_id: str) -> Path:
@@ -99,6 +117,10 @@ def crash_workflow() -> Workflow:
     @define_stage(id="prep", input=Job, output=Job, start_to_close_timeout=timeout)
     async def prep(ctx: StageContext[Job, None]) -> Job:
         _entered(ctx, ctx.input.dir)
+        if ctx.input.mode == "prep":
+            release = release_path(ctx.input.dir, ctx.workflow_run_id)
+            while not release.exists():
+                await asyncio.sleep(0.02)
         ctx.log("INFO", "prepared")
         ctx.annotate("rel.prep.seen", True)
         return ctx.input
@@ -125,7 +147,10 @@ def crash_workflow() -> Workflow:
             payload={"raw": [1, 2, 3]},
         )
         ctx.log("INFO", "work done")
-        return {"work": "done", "mode": ctx.input.mode}
+        output: dict[str, Any] = {"work": "done", "mode": ctx.input.mode}
+        if ctx.input.pad:
+            output["pad"] = os.urandom(ctx.input.pad).hex()
+        return output
 
     @define_stage(id="side", input=Job, start_to_close_timeout=timeout)
     async def side(ctx: StageContext[Job, None]) -> Any:
@@ -247,3 +272,57 @@ def load_workflow() -> Workflow:
         .pipe(publish)
         .build()
     )
+
+
+SKEW_POLL_INTERVAL = timedelta(seconds=1)
+SKEW_MAX_WAIT = timedelta(seconds=4)
+
+
+class SkewJob(BaseModel):
+    dir: str
+    ready_after: int = 2
+    """The check that reports ready (polls 0, 1, …); a large number never does: ``max_wait``."""
+    max_wait_seconds: float = SKEW_MAX_WAIT.total_seconds()
+
+
+def skew_workflow() -> Workflow:
+    """first → hold → poll (suspends; checks every second, ``max_wait`` 4 s by default).
+
+    Each stage hands the job on; ``first`` adds the worker's wall clock (to prove its skew);
+    ``hold`` waits for the run's
+    release file (heartbeating), so that a test can attach an annotation from its own process
+    between two stage annotations of the worker.
+    """
+
+    @define_stage(id="first", input=SkewJob)
+    async def first(ctx: StageContext[SkewJob, None]) -> Any:
+        ctx.annotate("skew.first", 1)
+        return {**ctx.input.model_dump(), "worker_time": time.time()}
+
+    @define_stage(id="hold", input=SkewJob, heartbeat_timeout=timedelta(seconds=5))
+    async def hold(ctx: StageContext[SkewJob, None]) -> Any:
+        release = release_path(ctx.input.dir, ctx.workflow_run_id)
+        touch(Path(ctx.input.dir) / f"{ctx.workflow_run_id}.hold.entered")
+        while not release.exists():
+            ctx.heartbeat()
+            await asyncio.sleep(0.05)
+        ctx.annotate("skew.hold", 2)
+        return ctx.input.model_dump()
+
+    async def submit(ctx: StageContext[SkewJob, None]) -> Suspend:
+        ctx.annotate("skew.submitted", 3)
+        return Suspend(
+            state={"ready_after": ctx.input.ready_after},
+            poll_interval=SKEW_POLL_INTERVAL,
+            max_wait=timedelta(seconds=ctx.input.max_wait_seconds),
+        )
+
+    async def check(state: Any, ctx: Any) -> CompletionCheck:
+        ctx.annotate("skew.checked", ctx.poll_count)
+        ready = ctx.poll_count >= state["ready_after"]
+        return CompletionCheck(ready=ready, output={"polls": ctx.poll_count} if ready else None)
+
+    poll = define_async_batch_stage(
+        id="poll", input=SkewJob, execute=submit, check_completion=check
+    )
+    return define_workflow(id="skew", input=SkewJob).pipe(first).pipe(hold).pipe(poll).build()
