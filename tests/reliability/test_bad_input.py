@@ -313,6 +313,7 @@ async def check_run_create(env: Any, store: SqlStore, command: dict[str, Any]) -
         "workflow_annotations",
         "outbox_events",
         "idempotency_keys",
+        "workflow_chain_links",  # the new run's record chain (issue 21)
     }
     assert all(not gone for gone, _ in diff.values()), "an existing row changed"
 
