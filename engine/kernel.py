@@ -54,7 +54,6 @@ from engine.errors import (
     InvalidStateError,
     RunNotFoundError,
     RunStartError,
-    SearchAttributesError,
     StageNotFoundError,
     WorkflowNotFoundError,
 )
@@ -63,6 +62,7 @@ from engine.evidence_bundle import build_bundle
 from engine.forks import fork_run
 from engine.kernel_annotations import KernelAnnotations
 from engine.kernel_approvals import KernelApprovals
+from engine.kernel_search_attributes import KernelSearchAttributes
 from engine.outbox import EventSink, OutboxRelay
 from engine.payloads import LEGACY_WORKFLOW_TYPE, ResumeRequest, RunPlan, RunWorkflowInput
 from engine.plans import plan_of
@@ -78,11 +78,9 @@ from engine.records import (
 from engine.search_attributes import (
     ATTEMPT_ATTRIBUTE,
     DEFAULT_PROJECTED_KEYS,
-    ENGINE_SEARCH_ATTRIBUTE_TYPES,
     RUN_ID_ATTRIBUTE,
     RUN_STATUS_ATTRIBUTE,
     WORKFLOW_ID_ATTRIBUTE,
-    projection_problems,
 )
 from engine.settings import Settings
 from engine.storage import resolve_outputs
@@ -194,11 +192,11 @@ class Kernel:
         """How long a RUNNING run whose execution was never started is left to its starter
         (a rerun in flight) before the recovery pass restarts it."""
         self.large_output_bytes = large_output_bytes
+        """Stage outputs larger than this (JSON bytes) travel to Temporal by reference."""
         self.blob_store = blob_store or SqlBlobStore(store)
         """Where stage artifacts and large outputs live (default: the side-store's table)."""
-        """Stage outputs larger than this (JSON bytes) travel to Temporal by reference."""
-        self._registered: dict[str, str] | None = None
-        self._warned_missing = False
+        self.search_attributes = KernelSearchAttributes(client, self.workflows, self.projected_keys)
+        """The Temporal search attributes the runs carry, checked against the server."""
         self._owns: list[Any] = []
         self.approvals = KernelApprovals(
             store, self.annotation_limits, self.workflows, self._handle
@@ -391,95 +389,14 @@ class Kernel:
             ) from err
 
     def projection(self, workflow_id: str) -> dict[str, str]:
-        """Annotation key → Keyword search attribute, for runs of ``workflow_id``: what the
-        workflow declares, else (also for a workflow this kernel does not register, as when
-        ``wfe run recover`` restarts runs) the kernel's ``projected_keys``."""
-        workflow = self.workflows.get(workflow_id)
-        declared = workflow.search_attributes if workflow is not None else None
-        return dict(self.projected_keys if declared is None else declared)
-
-    def wanted_search_attributes(self) -> dict[str, str]:
-        """Every custom search attribute the registered workflows use, name → type."""
-        wanted = dict(ENGINE_SEARCH_ATTRIBUTE_TYPES)
-        for workflow_id in self.workflows:
-            wanted.update({name: "Keyword" for name in self.projection(workflow_id).values()})
-        wanted.update({name: "Keyword" for name in self.projected_keys.values()})
-        return wanted
-
-    async def _registered_search_attributes(self) -> dict[str, str]:
-        """The server's custom search attributes, name → type (asked once)."""
-        if self._registered is None:
-            from temporalio.api.enums.v1 import IndexedValueType
-            from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-
-            try:
-                response = await self.client.operator_service.list_search_attributes(
-                    ListSearchAttributesRequest(namespace=self.client.namespace)
-                )
-            except RPCError as err:
-                log.warning("cannot list the server's search attributes: %s", err)
-                self._registered = {}
-            else:
-                self._registered = {
-                    name: IndexedValueType.Name(kind)
-                    .removeprefix("INDEXED_VALUE_TYPE_")
-                    .title()
-                    .replace("_", "")
-                    .replace("Keywordlist", "KeywordList")
-                    for name, kind in response.custom_attributes.items()
-                }
-        return self._registered
+        """Annotation key → Keyword search attribute for runs of ``workflow_id`` (see
+        :meth:`KernelSearchAttributes.projection`)."""
+        return self.search_attributes.projection(workflow_id)
 
     async def check_search_attributes(self) -> None:
         """Check the server against the search attributes the workflows use (the worker does
-        this when it starts).
-
-        Raises:
-            SearchAttributesError: one is registered with another type, more of one type are
-                wanted than Temporal allows, or a workflow that declares its own projection
-                finds an attribute missing. Missing engine defaults only warn: runs then go
-                without those attributes.
-        """
-        registered = await self._registered_search_attributes()
-        wanted = self.wanted_search_attributes()
-        missing, problems = projection_problems(wanted, registered)
-        declared = {
-            name
-            for workflow in self.workflows.values()
-            if workflow.search_attributes is not None
-            for name in workflow.search_attributes.values()
-        }
-        needed = sorted(set(missing) & declared)
-        if needed:
-            problems.append(
-                f"not registered on the server: {', '.join(needed)} (register each with "
-                "`temporal operator search-attribute create --name NAME --type Keyword`)"
-            )
-        if problems:
-            raise SearchAttributesError(
-                "Temporal search attributes of namespace "
-                f"{self.client.namespace!r} do not fit the workflows: " + "; ".join(problems)
-            )
-        if missing and not self._warned_missing:
-            self._warned_missing = True
-            log.warning(
-                "Temporal server lacks the search attributes %s: runs go without them "
-                "(wfe dev registers them; see docker/scripts/temporal-namespace.sh)",
-                ", ".join(missing),
-            )
-
-    async def _usable_search_attributes(self) -> set[str]:
-        """The wanted attributes the server has, with the right type."""
-        registered = await self._registered_search_attributes()
-        return {
-            name
-            for name, kind in self.wanted_search_attributes().items()
-            if registered.get(name) == kind
-        }
-
-    async def _search_attributes_enabled(self) -> bool:
-        """Whether the run status attribute exists on the server (checked once)."""
-        return RUN_STATUS_ATTRIBUTE.name in await self._usable_search_attributes()
+        this when it starts; see :meth:`KernelSearchAttributes.check`)."""
+        await self.search_attributes.check()
 
     async def _start(
         self,
@@ -499,7 +416,7 @@ class Kernel:
         It executes as Workflow Type ``workflow_id`` (:class:`PipelineWorkflow`), with the
         run's input as its first argument, so the Temporal UI shows the user's input first.
         """
-        usable = await self._usable_search_attributes()
+        usable = await self.search_attributes.usable()
         enabled = RUN_STATUS_ATTRIBUTE.name in usable
         pairs: list[SearchAttributePair[Any]] = [
             SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING"),
