@@ -351,7 +351,13 @@ class Kernel:
             config=config,
             priority=command.priority,
             metadata=command.metadata,
-            idempotency_key=command.idempotency_key or str(uuid.uuid4()),
+            # An empty key is a key: only an absent one gets a fresh key (a repeat of a create
+            # with idempotency_key="" must find the first run, not make another).
+            idempotency_key=(
+                command.idempotency_key
+                if command.idempotency_key is not None
+                else str(uuid.uuid4())
+            ),
             annotations=annotations,
         )
         run_id, created = await self.store.create_run(new, temporal_workflow_id("{run_id}"))

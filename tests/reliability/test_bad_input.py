@@ -510,6 +510,11 @@ async def check_attach(env: Any, store: SqlStore, run_id: str, envelope: dict[st
         assert any(a.key == missing and a.idempotency_key == key for a in earlier.values())
     # Nothing but the returned rows was written (and nothing existing changed).
     diff = changed(before, await table_contents(store))
+    # The record chain (issue 21): new links only, and the run row's head moves on.
+    chain = diff.pop("workflow_chain_links", ([], []))
+    assert not chain[0], "an existing link changed"
+    run_rows = diff.pop("workflow_runs", ([], []))
+    assert len(run_rows[0]) == len(run_rows[1]) <= 1, run_rows
     assert set(diff) <= {"workflow_annotations"}, diff
     if diff:
         gone, new = diff["workflow_annotations"]
