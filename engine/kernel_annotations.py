@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -120,25 +120,8 @@ class KernelAnnotations:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        _check_filters(
-            key=key,
-            key_prefix=key_prefix,
-            scope=scope,
-            scope_id=scope_id,
-            actor_id=actor_id,
-            actor_kind=actor_kind,
-        )
-        filters = AnnotationFilters(
-            key=key,
-            key_prefix=key_prefix,
-            scope=scope,
-            scope_id=scope_id,
-            actor_id=actor_id,
-            actor_kind=actor_kind,
-            attempt=attempt,
-            since=since,
-            until=until,
-            limit=limit,
+        filters = _checked_filters(
+            key, key_prefix, scope, scope_id, actor_id, actor_kind, attempt, since, until, limit
         )
         return await self._store.list_annotations(run_id, filters)
 
@@ -166,27 +149,13 @@ class KernelAnnotations:
         """
         if isinstance(limit, bool) or not 1 <= limit <= MAX_QUERY_LIMIT:
             raise AnnotationError(f"limit must be between 1 and {MAX_QUERY_LIMIT}, got {limit}")
-        _check_filters(
-            key=key,
-            key_prefix=key_prefix,
-            scope=scope,
-            scope_id=scope_id,
-            actor_id=actor_id,
-            actor_kind=actor_kind,
-        )
-        filters = AnnotationFilters(
-            key=key,
-            key_prefix=key_prefix,
-            scope=scope,
-            scope_id=scope_id,
-            actor_id=actor_id,
-            actor_kind=actor_kind,
-            attempt=attempt,
-            since=since,
-            until=until,
-            limit=limit + 1,
+        filters = replace(
+            _checked_filters(
+                key, key_prefix, scope, scope_id, actor_id, actor_kind, attempt, since, until,
+                limit + 1,
+            ),
             after=decode_cursor(cursor) if cursor is not None else None,
-        )
+        )  # fmt: skip
         rows = await self._store.list_annotations(run_id, filters)
         if len(rows) <= limit:
             return AnnotationPage(items=rows, next_cursor=None)
@@ -271,3 +240,38 @@ class KernelAnnotations:
             ValueError: ``batch_size`` is below 1.
         """
         return await self._store.migrate_legacy_metadata(batch_size)
+
+
+def _checked_filters(
+    key: str | None,
+    key_prefix: str | None,
+    scope: str | None,
+    scope_id: str | None,
+    actor_id: str | None,
+    actor_kind: str | None,
+    attempt: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> AnnotationFilters:
+    """The filters of ``list`` and ``page``, each text filter checked first."""
+    _check_filters(
+        key=key,
+        key_prefix=key_prefix,
+        scope=scope,
+        scope_id=scope_id,
+        actor_id=actor_id,
+        actor_kind=actor_kind,
+    )
+    return AnnotationFilters(
+        key=key,
+        key_prefix=key_prefix,
+        scope=scope,
+        scope_id=scope_id,
+        actor_id=actor_id,
+        actor_kind=actor_kind,
+        attempt=attempt,
+        since=since,
+        until=until,
+        limit=limit,
+    )
