@@ -32,6 +32,7 @@ test: $(INSTALLED) lint
 	$(BIN)/pytest -q -m 'not reliability'
 
 test-reliability: $(INSTALLED)
+	.ci/ensure-faketime
 	$(BIN)/pytest -q -m reliability
 
 bench: $(INSTALLED)
