@@ -36,6 +36,7 @@ __all__ = [
     "canonical_json",
     "canonical_record",
     "digest",
+    "encode_canonical",
     "link_hash",
     "normal",
     "timestamp",
@@ -81,6 +82,8 @@ def canonical_json(value: Any) -> str:
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
+encode_canonical = _ENCODER.encode
+"""The canonical text of a value already in canonical form (:func:`normal`'s result)."""
 
 
 _FLAT = frozenset((str, int, bool, type(None)))

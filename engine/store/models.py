@@ -300,10 +300,13 @@ class ChainLink(Base):
     """
 
     __tablename__ = "workflow_chain_links"
+    # Its rows in the primary key's b-tree on SQLite, not in a rowid table beside it: one
+    # b-tree written per link (revision 0012).
+    __table_args__ = {"sqlite_with_rowid": False}
 
-    workflow_run_id: Mapped[str] = mapped_column(
-        ForeignKey("workflow_runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key: links go in under the run's row lock, so the run exists; the key
+    # only added a check per link (revision 0012).
+    workflow_run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(16))
     record_id: Mapped[str] = mapped_column(String(64))

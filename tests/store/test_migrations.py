@@ -29,7 +29,8 @@ REVISION_5 = "0005"
 REVISION_6 = "0006"
 REVISION_9 = "0009"
 REVISION_7 = "0007"
-HEAD = "0011"
+REVISION_11 = "0011"
+HEAD = "0012"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -201,6 +202,7 @@ def test_migrations_have_a_single_linear_head() -> None:
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
     assert chain == [
         HEAD,
+        REVISION_11,
         REVISION_7,
         REVISION_9,
         REVISION_6,
@@ -218,7 +220,8 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_revision(REVISION_6).down_revision == REVISION_5
     assert script.get_revision(REVISION_9).down_revision == REVISION_6
     assert script.get_revision(REVISION_7).down_revision == REVISION_9
-    assert script.get_revision(HEAD).down_revision == REVISION_7
+    assert script.get_revision(REVISION_11).down_revision == REVISION_7
+    assert script.get_revision(HEAD).down_revision == REVISION_11
 
 
 LOOKUP_INDEXES = {
