@@ -43,7 +43,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.worker import sandboxed_runner
 from temporal_workflows.pipeline import PipelineWorkflow

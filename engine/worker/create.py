@@ -21,8 +21,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.run import RunActivities
 from activities.stage import StageActivities
-from engine.kernel import Kernel
-from engine.workflow_code import cache_workflow_code
+from engine.runtime.kernel import Kernel
+from engine.worker.workflow_code import cache_workflow_code
 
 __all__ = ["EngineWorker", "create_worker", "sandboxed_runner"]
 
@@ -32,7 +32,7 @@ def sandboxed_runner() -> WorkflowRunner:
 
     The payload models are plain pydantic and the engine modules the workflow imports hold no
     per-run state, so both pass through. The workflow modules are compiled once per process
-    (:mod:`engine.workflow_code`), as the sandbox re-imports them for every instance.
+    (:mod:`engine.worker.workflow_code`), as the sandbox re-imports them for every instance.
     """
     cache_workflow_code()
     return SandboxedWorkflowRunner(
