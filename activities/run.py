@@ -13,18 +13,18 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from engine.errors import CommitRefusedError
-from engine.payloads import (
+from engine.core.payloads import (
     CommitResult,
     FinalizeRun,
     RunPlan,
     StageCommit,
     StartRun,
 )
-from engine.plans import plan_of
+from engine.core.plans import plan_of
+from engine.core.workflows import Workflow
+from engine.errors import CommitRefusedError
 from engine.store import SqlStore
 from engine.store.contract import NewStage
-from engine.workflows import Workflow
 
 __all__ = ["RunActivities"]
 

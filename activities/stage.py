@@ -38,19 +38,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import describe_validation, error_message
-from engine import clock as wall_clock
-from engine.annotations import AnnotationLimits
-from engine.blobs import BlobStore, SqlBlobStore
-from engine.context import CompletionContext, StageBuffer, StageContext
+from engine.core import clock as wall_clock
+from engine.core.annotations import AnnotationLimits
+from engine.core.payloads import CommitResult, StageCommit, StageOutcome, StageTask
+from engine.core.records import RunStatus
+from engine.core.stages import CompletionCheck, Stage, StageResult, Suspend
+from engine.core.values import clean_text, locate_problem
+from engine.core.workflows import Workflow
 from engine.errors import CommitRefusedError
-from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
-from engine.records import RunStatus
-from engine.stages import CompletionCheck, Stage, StageResult, Suspend
-from engine.storage import StageStorage, offload_output, resolve_outputs
+from engine.runtime.blobs import BlobStore, SqlBlobStore
+from engine.runtime.context import CompletionContext, StageBuffer, StageContext
+from engine.runtime.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
 from engine.store.contract import NewStage, StageStart
-from engine.values import clean_text, locate_problem
-from engine.workflows import Workflow
 
 __all__ = ["StageActivities"]
 

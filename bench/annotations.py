@@ -4,7 +4,7 @@ On a fresh PostgreSQL database (created and dropped here, migrated with ``SqlSto
 1,000,000 annotation rows over 50,000 runs are bulk-loaded in SQL (``INSERT … SELECT
 generate_series``) with realistic keys (``decision.outcome`` low/medium/high,
 ``decision.confidence``, ``decision.used_fallback``, ``trigger.source``, …), the typed columns
-filled as :func:`engine.annotations.typed_columns` fills them, ``created_at`` spread over 30
+filled as :func:`engine.core.annotations.typed_columns` fills them, ``created_at`` spread over 30
 days, then ``ANALYZE``. Measured through the project's own API (``KernelAnnotations`` and
 ``SqlStore.commit_stage``):
 
@@ -48,9 +48,9 @@ from bench.common import (  # noqa: E402
     postgres_server_url,
     stopwatch,
 )
-from engine.annotations import Actor, AnnotationDraft, AnnotationLimits, typed_columns  # noqa: E402
-from engine.ids import new_id  # noqa: E402
-from engine.kernel_annotations import KernelAnnotations  # noqa: E402
+from engine.core.annotations import Actor, AnnotationDraft, AnnotationLimits, typed_columns  # noqa: E402
+from engine.core.ids import new_id  # noqa: E402
+from engine.runtime.kernel_annotations import KernelAnnotations  # noqa: E402
 from engine.store import SqlStore  # noqa: E402
 from engine.store.models import (  # noqa: E402
     IdempotencyKey,

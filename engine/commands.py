@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
-from engine.annotations import RunCreateAnnotation, text_problem
-from engine.records import RunStatus
+from engine.core.annotations import RunCreateAnnotation, text_problem
+from engine.core.records import RunStatus
 
 __all__ = [
     "Command",

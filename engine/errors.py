@@ -19,11 +19,11 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── CommitRefusedError           the database refused even a stage's bare FAILED outcome
     ├── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
     ├── SearchAttributesError        Temporal's search attributes do not fit the workflows
-    ├── PluginDeliveryError          (engine.plugins) one or more plugins failed on an event
-    ├── WebhookDeliveryError         (engine.sinks) the webhook did not take an event
-    ├── WebhookVerificationError     (engine.sinks) a delivery failed ``verify_webhook``
-    ├── DevServerError               (engine.devserver) the local Temporal server failed
-    └── BinaryNotFoundError          (engine.devserver) a binary is missing (a FileNotFoundError)
+    ├── PluginDeliveryError          (engine.runtime.plugins) one or more plugins failed on an event
+    ├── WebhookDeliveryError         (engine.runtime.sinks) the webhook did not take an event
+    ├── WebhookVerificationError     (engine.runtime.sinks) a delivery failed ``verify_webhook``
+    ├── DevServerError               (engine.cli.devserver) the local Temporal server failed
+    └── BinaryNotFoundError          (engine.cli.devserver) a binary is missing (FileNotFoundError)
 
 A test (``tests/engine/test_errors.py``) holds this drawing to the classes.
 """

@@ -34,7 +34,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from engine.payloads import (
+    from engine.core.payloads import (
         CarriedGroup,
         CommitResult,
         FinalizeRun,
@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
         StageTask,
         StartRun,
     )
-    from engine.search_attributes import RUN_STATUS_ATTRIBUTE
+    from engine.core.search_attributes import RUN_STATUS_ATTRIBUTE
 
 __all__ = ["RunWorkflow"]
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.annotations import AnnotationLimits
 from engine.cli.common import (
     CommonOptions,
     check_range,
@@ -22,8 +21,9 @@ from engine.cli.common import (
 )
 from engine.cli.render import annotation_table, emit_json
 from engine.cli.runs import actor_of
-from engine.kernel_annotations import MAX_ATTEMPT, KernelAnnotations
-from engine.records import Annotation
+from engine.core.annotations import AnnotationLimits
+from engine.core.records import Annotation
+from engine.runtime.kernel_annotations import MAX_ATTEMPT, KernelAnnotations
 from engine.store.annotation_rows import MAX_QUERY_LIMIT
 
 __all__ = ["app"]

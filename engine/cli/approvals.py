@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.annotations import Actor, AnnotationLimits
 from engine.cli.common import (
     CommonOptions,
     execute,
@@ -26,7 +25,8 @@ from engine.cli.common import (
     with_common,
 )
 from engine.cli.render import emit_json, format_time, format_value, table
-from engine.kernel_approvals import KernelApprovals, PendingApproval
+from engine.core.annotations import Actor, AnnotationLimits
+from engine.runtime.kernel_approvals import KernelApprovals, PendingApproval
 
 __all__ = ["app", "cli_principal", "parse_duration"]
 

@@ -1,8 +1,9 @@
 """What every ``wfe`` command shares: the common options, error handling, store and kernel.
 
 Every command takes ``--temporal-address``, ``--namespace``, ``--task-queue``, ``--database-url``
-(or their ``WFE_*`` environment variables, else :class:`~engine.settings.Settings` defaults) and
-``--json``; :func:`with_common` adds them to a command and hands it a :class:`CommonOptions`.
+(or their ``WFE_*`` environment variables, else :class:`~engine.core.settings.Settings`
+defaults) and ``--json``; :func:`with_common` adds them to a command and hands it a
+:class:`CommonOptions`.
 
 Errors a user can fix (unknown run, bad JSON, an :class:`~engine.errors.EngineError`, a pydantic
 ``ValidationError``, a server or database that does not answer) end the command with exit code 2
@@ -35,15 +36,15 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine.cli.devserver import DevServerError
 from engine.cli.render import Echo, masked_url, stage_line
-from engine.devserver import DevServerError
+from engine.core.records import RunRecord
+from engine.core.settings import Settings
+from engine.core.workflows import Workflow
 from engine.errors import EngineError
-from engine.kernel import Kernel
-from engine.records import RunRecord
-from engine.settings import Settings
+from engine.runtime.kernel import Kernel
 from engine.store import SqlStore
 from engine.store.migrate import current_revision
-from engine.workflows import Workflow
 
 __all__ = [
     "DEFAULT_WORKFLOWS",
@@ -71,7 +72,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-DEFAULT_WORKFLOWS = "engine.demo:WORKFLOWS"
+DEFAULT_WORKFLOWS = "wfe_demo:WORKFLOWS"
 """The workflows ``run create``, ``worker`` and ``dev`` register unless told otherwise."""
 
 CONNECT_TIMEOUT = timedelta(seconds=10)

@@ -9,7 +9,7 @@ import typer
 from engine.cli.common import CommonOptions, execute, open_store, progress_echo, with_common
 from engine.cli.render import emit_json, masked_url
 from engine.commands import OutboxFlush
-from engine.outbox import OutboxRelay
+from engine.runtime.outbox import OutboxRelay
 from engine.store.migrate import current_revision
 
 __all__ = ["db_app", "outbox_app"]

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from engine.cli.common import CommonOptions, execute, fail, open_kernel, open_store, with_common
-from engine.evidence import ChainVerification
-from engine.evidence_bundle import new_key_pair, sign_bundle, verify_bundle
+from engine.core.evidence import ChainVerification
+from engine.runtime.evidence_bundle import new_key_pair, sign_bundle, verify_bundle
 
 __all__ = ["export", "keys_app", "verify"]
 

@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
-from engine.records import Annotation, RunRecord, StageRecord
+from engine.core.records import Annotation, RunRecord, StageRecord
 
 __all__ = [
     "Echo",

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.annotations import Actor, RunCreateAnnotation
 from engine.cli.common import (
     DEFAULT_WORKFLOWS,
     CommonOptions,
@@ -26,9 +25,10 @@ from engine.cli.common import (
 )
 from engine.cli.render import emit_json, run_document, run_summary, stage_table, temporal_ui_url
 from engine.commands import RunCancel, RunCreate, RunCreateResult, RunFork, RunRerunFrom
+from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.records import RunStatus
 from engine.errors import WorkflowNotFoundError
-from engine.kernel import Kernel
-from engine.records import RunStatus
+from engine.runtime.kernel import Kernel
 from engine.store import SqlStore
 
 __all__ = ["actor_of", "app"]
@@ -258,7 +258,7 @@ def rerun(
 
 
 async def _recover(options: CommonOptions, max_claims: int) -> None:
-    from engine.recovery import recover_orphans
+    from engine.runtime.recovery import recover_orphans
 
     async with open_kernel(options) as kernel:
         result = await recover_orphans(kernel, max_claims=max_claims)

@@ -21,7 +21,7 @@ from engine.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from engine.kernel import Kernel
+    from engine.runtime.kernel import Kernel
     from engine.store import SqlStore
 
 __all__ = ["serve"]

@@ -18,18 +18,18 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from engine.cli.common import CliError, fail
+from engine.cli.devserver import DevServer
 from engine.cli.render import Echo, dump, format_time, masked_url
 from engine.commands import OutboxFlush
-from engine.devserver import DevServer
-from engine.kernel import Kernel
-from engine.outbox import EventSink
-from engine.records import OutboxEventRecord
-from engine.recovery import recovery_loop
-from engine.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
+from engine.core.records import OutboxEventRecord
+from engine.core.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
+from engine.core.workflows import Workflow
+from engine.runtime.kernel import Kernel
+from engine.runtime.outbox import EventSink
+from engine.runtime.recovery import recovery_loop
 from engine.store import SqlStore
 from engine.store.migrate import current_revision
 from engine.worker import create_worker
-from engine.workflows import Workflow
 
 __all__ = [
     "ConsoleSink",

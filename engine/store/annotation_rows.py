@@ -11,10 +11,10 @@ from typing import Any, Protocol
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine.annotations import AnnotationDraft, text_problem, typed_columns
+from engine.core.annotations import AnnotationDraft, text_problem, typed_columns
+from engine.core.ids import new_id
+from engine.core.records import Annotation
 from engine.errors import AnnotationError
-from engine.ids import new_id
-from engine.records import Annotation
 from engine.store.chain import Link, annotation_link, append_links
 from engine.store.contract import (
     AnnotationFilters,

@@ -4,7 +4,7 @@ Every record of a run that is evidence gets a link in ``workflow_chain_links``, 
 the run's writes committed them: the run itself (its identity and input, link 1), each
 annotation, each stage outcome (status, a digest of its output, error, attempt), and each
 rerun (which stage records it deleted). A link's hash covers the previous link's hash and the
-record's canonical JSON (:mod:`engine.evidence`), so changing, deleting or inserting a record
+record's canonical JSON (:mod:`engine.core.evidence`), so changing, deleting or inserting a record
 or a link afterwards breaks the chain from there on (:mod:`engine.store.chain_check` finds
 where). The run row keeps the chain's head and length, so a link appended at the end is
 checked against it too.
@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import CTE
 
-from engine.evidence import (
+from engine.core.evidence import (
     canonical_json,
     canonical_record,
     digest,
@@ -47,7 +47,7 @@ from engine.evidence import (
     normal,
     timestamp,
 )
-from engine.records import RunStatus
+from engine.core.records import RunStatus
 from engine.store.models import ANNOTATIONS, CHAIN_LINKS, RUNS, STAGES
 
 __all__ = [
@@ -291,7 +291,7 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
     guard takes it), that returns the row as the writer before left it, not as the
     statement's snapshot saw it, so the links follow that writer's. A recursive query then
     hashes each link after the one before (``sha256(previous ‖ text)``, as
-    :func:`engine.evidence.link_hash`), from canonical texts built in Python.
+    :func:`engine.core.evidence.link_hash`), from canonical texts built in Python.
     """
     head = (
         select(

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.evidence import BadRecord, ChainVerification, link_hash
+from engine.core.evidence import BadRecord, ChainVerification, link_hash
 from engine.store.chain import (
     ANNOTATION_FIELDS,
     SETTLED,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from engine.annotations import AnnotationDraft
-from engine.payloads import StageSpec
+from engine.core.annotations import AnnotationDraft
+from engine.core.payloads import StageSpec
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",

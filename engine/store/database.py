@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import select
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from engine.settings import ensure_sqlite_parent
 
 __all__ = ["READ_ONLY", "create_engine_for_url", "create_sync_engine_for_url", "is_sqlite"]
 
@@ -31,6 +30,13 @@ POSTGRES_POOL = {"pool_size": 10, "max_overflow": 20}
 def is_sqlite(engine: AsyncEngine | Engine) -> bool:
     """Whether the engine talks to SQLite (which has no row locks: writers serialize instead)."""
     return engine.dialect.name == "sqlite"
+
+
+def ensure_sqlite_parent(url: str) -> None:
+    """Create the folder of a file-backed SQLite URL, so the default works on a fresh checkout."""
+    prefix = "sqlite+aiosqlite:///"
+    if url.startswith(prefix) and not url.endswith(":memory:"):
+        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _parse(url: str) -> URL:

@@ -26,8 +26,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from engine import clock
-from engine.records import RunRecord
+from engine.core import clock
+from engine.core.records import RunRecord
 
 __all__ = [
     "AI_CALLS",
@@ -110,7 +110,7 @@ AnnotationKey = String(255).with_variant(String(255, collation="C"), "postgresql
 
 
 def utcnow() -> datetime:
-    """Wall-clock now in UTC, for columns the activities stamp (see :mod:`engine.clock`)."""
+    """Wall-clock now in UTC, for columns the activities stamp (see :mod:`engine.core.clock`)."""
     return clock.now()
 
 

@@ -48,9 +48,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import CTE
 
-from engine.ids import new_id
-from engine.payloads import CommitResult, StageCommit, StageSpec
-from engine.records import RunStatus
+from engine.core.ids import new_id
+from engine.core.payloads import CommitResult, StageCommit, StageSpec
+from engine.core.records import RunStatus
 from engine.store.annotation_rows import draft_rows
 from engine.store.chain import (
     annotation_link,

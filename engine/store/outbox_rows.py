@@ -1,7 +1,7 @@
 """The outbox relay's reads and writes: pending events, claims, delivery marks, dead letters.
 
-What the relay does with them (order, retries, the sink) is :mod:`engine.outbox`; this module
-is its SQL, run on the store's threads like every other write (see :class:`SqlStore`).
+What the relay does with them (order, retries, the sink) is :mod:`engine.runtime.outbox`; this
+module is its SQL, run on the store's threads like every other write (see :class:`SqlStore`).
 
 On PostgreSQL a relay claims whole runs: it locks (``FOR UPDATE SKIP LOCKED``) the earliest
 pending event of each run it takes, then only the following events of the runs whose earliest
@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from engine.records import OutboxEventRecord
+from engine.core.records import OutboxEventRecord
 from engine.store.models import OutboxEvent
 
 __all__ = ["claim_events", "mark_deliveries", "pending_events", "replay_dead_letters"]

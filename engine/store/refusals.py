@@ -3,7 +3,7 @@
 A stage outcome that the database refuses for good (a value it cannot hold, a constraint it
 breaks) must not be retried forever: the activity's retry, then the workflow's local activity,
 would hand the same rows back on every attempt while the run hangs RUNNING. Values are checked
-before any write (:meth:`engine.payloads.StageOutcome.storage_problem`); what slips past that
+before any write (:meth:`engine.core.payloads.StageOutcome.storage_problem`); what slips past that
 check and still fails is turned into a FAILED stage naming the database's reason.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-from engine.payloads import StageCommit
-from engine.values import clean_text
+from engine.core.payloads import StageCommit
+from engine.core.values import clean_text
 
 __all__ = ["refused_commit", "unfixable"]
 

@@ -14,9 +14,9 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import and_, or_, select
 
-from engine.annotations import text_problem
+from engine.core.annotations import text_problem
+from engine.core.records import LogRecord, OutboxEventRecord
 from engine.errors import AnnotationError, RunNotFoundError
-from engine.records import LogRecord, OutboxEventRecord
 from engine.store.annotation_rows import decode_cursor, encode_cursor
 from engine.store.models import OutboxEvent, WorkflowLog, WorkflowRun
 from engine.store.sql_store import SqlStore

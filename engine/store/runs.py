@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from engine.annotations import AnnotationDraft
+from engine.core.annotations import AnnotationDraft
+from engine.core.ids import new_id
+from engine.core.records import RunStatus
 from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFoundError
-from engine.ids import new_id
-from engine.records import RunStatus
 from engine.store.annotation_rows import insert_drafts
 from engine.store.chain import Link, append_links, link_rows, rerun_link, run_link
 from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun

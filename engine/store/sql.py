@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from engine.ids import new_id
+from engine.core.ids import new_id
 from engine.store.models import OUTBOX, RUNS, WorkflowRun
 
 __all__ = [

@@ -15,12 +15,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.ai_calls import AICall
-from engine.annotations import AnnotationDraft
+from engine.core.ai_calls import AICall
+from engine.core.annotations import AnnotationDraft
+from engine.core.evidence import ChainVerification
+from engine.core.payloads import CommitResult, StageCommit, StageSpec
+from engine.core.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
+from engine.core.values import clean_text, text_problem
 from engine.errors import CommitRefusedError, InvalidStateError, RunNotFoundError
-from engine.evidence import ChainVerification
-from engine.payloads import CommitResult, StageCommit, StageSpec
-from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
 from engine.store import (
     annotation_rows,
     approval_rows,
@@ -70,7 +71,6 @@ from engine.store.one_statement import (
 )
 from engine.store.refusals import refused_commit, unfixable
 from engine.store.sql import append_events, lock_run
-from engine.values import clean_text, text_problem
 
 __all__ = ["SqlStore"]
 

@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import Update, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from engine.ids import derived_id, new_id
-from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
-from engine.records import RunStatus
+from engine.core.ids import derived_id, new_id
+from engine.core.payloads import CommitResult, LogDraft, StageCommit, StageSpec
+from engine.core.records import RunStatus
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.chain import Link, outcome_link
 from engine.store.contract import NewStage, RowContext, StageStart

@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from temporalio.service import RPCError
 
-from engine.annotations import Actor, RunCreateAnnotation
 from engine.commands import (
     RunCancel,
     RunCancelResult,
@@ -26,9 +25,8 @@ from engine.commands import (
     RunRerunFrom,
     RunRerunFromResult,
 )
-from engine.errors import AnnotationError, EngineError, InvalidStateError
-from engine.kernel import Kernel
-from engine.records import (
+from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.records import (
     Annotation,
     LogRecord,
     OutboxEventRecord,
@@ -36,6 +34,8 @@ from engine.records import (
     RunStatus,
     StageRecord,
 )
+from engine.errors import AnnotationError, EngineError, InvalidStateError
+from engine.runtime.kernel import Kernel
 from engine.store.annotation_rows import MAX_QUERY_LIMIT, decode_cursor
 from engine.store.run_pages import (
     DEFAULT_PAGE_SIZE,

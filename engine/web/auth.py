@@ -38,7 +38,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from engine.annotations import Actor
+from engine.core.annotations import Actor
 
 __all__ = [
     "ACTOR_KIND",

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from engine.records import Annotation, RunRecord, StageRecord
+from engine.core.records import Annotation, RunRecord, StageRecord
 
 __all__ = ["ChronologyEntry", "chronology"]
 

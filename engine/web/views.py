@@ -21,8 +21,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from engine.core.records import Annotation, RunRecord, RunStatus, StageRecord
 from engine.errors import AnnotationError, RunNotFoundError
-from engine.records import Annotation, RunRecord, RunStatus, StageRecord
 from engine.store.run_pages import InvalidPageError, list_logs_page
 from engine.store.run_queries import (
     InvalidCursorError,

@@ -32,8 +32,8 @@ from engine import (
     define_workflow,
 )
 from engine.cli.render import format_duration, run_summary
-from engine.kernel import temporal_workflow_id
-from engine.recovery import recovery_loop
+from engine.runtime.kernel import temporal_workflow_id
+from engine.runtime.recovery import recovery_loop
 from engine.store import SqlStore
 from engine.store.models import IdempotencyKey, OutboxEvent, WorkflowRun
 from tests.helpers import running_kernel

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
-from engine.annotations import Actor, AnnotationDraft
-from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome
-from engine.records import RunStatus
+from engine.core.annotations import Actor, AnnotationDraft
+from engine.core.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome
+from engine.core.records import RunStatus
 from engine.store import SqlStore
 from engine.store import sql_store as sql_store_module
 from engine.store.contract import NewRun, NewStage

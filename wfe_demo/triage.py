@@ -1,7 +1,7 @@
 """The ``wfe demo`` workflow (support-ticket triage) and the runner that shows it end to end.
 
 The workflow is what ``wfe run create``, ``wfe worker`` and ``wfe dev`` register by default
-(``--workflows engine.demo:WORKFLOWS``)::
+(``--workflows wfe_demo:WORKFLOWS``)::
 
     group 1  classify          an "agent" classifies the ticket; annotates decision.*
     group 2  notify | enrich   in parallel: page the on-call queue, look the customer up
@@ -29,8 +29,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.annotations import Actor, RunCreateAnnotation
-from engine.approval_stages import define_approval_stage
 from engine.cli.render import (
     Echo,
     annotation_table,
@@ -43,11 +41,9 @@ from engine.cli.render import (
     temporal_ui_url,
 )
 from engine.commands import RunCreate, RunFork, RunForkResult, RunRerunFrom, RunRerunFromResult
-from engine.context import CompletionContext, StageContext
 from engine.conventions import Decision, Trigger
-from engine.errors import InvalidStateError
-from engine.kernel import Kernel, temporal_workflow_id
-from engine.records import (
+from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.records import (
     TERMINAL_STATUSES,
     Annotation,
     LogRecord,
@@ -55,9 +51,13 @@ from engine.records import (
     RunStatus,
     StageRecord,
 )
-from engine.settings import DEFAULT_DATABASE_URL
-from engine.stages import CompletionCheck, Suspend, define_async_batch_stage, define_stage
-from engine.workflows import Workflow, define_workflow
+from engine.core.settings import DEFAULT_DATABASE_URL
+from engine.core.stages import CompletionCheck, Suspend, define_async_batch_stage, define_stage
+from engine.core.workflows import Workflow, define_workflow
+from engine.errors import InvalidStateError
+from engine.runtime.approval_stages import define_approval_stage
+from engine.runtime.context import CompletionContext, StageContext
+from engine.runtime.kernel import Kernel, temporal_workflow_id
 
 __all__ = [
     "DEMO_DATABASE_URL",
@@ -600,7 +600,7 @@ async def run_demo(
         workflows=WORKFLOWS,
         echo=echo,
     ) as stack:
-        from engine.settings import Settings
+        from engine.core.settings import Settings
         from engine.web import create_app, start_server
 
         settings = Settings(temporal_ui_url=stack.server.ui_url, namespace=namespace)

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from engine.commands import OutboxFlush, OutboxFlushResult
-from engine.records import OutboxEventRecord
+from engine.core.records import OutboxEventRecord
 from engine.store import SqlStore
 
 __all__ = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.blobs import BlobStore
+from engine.core.ids import new_id
 from engine.errors import ArtifactNotFoundError
-from engine.ids import new_id
+from engine.runtime.blobs import BlobStore
 
 __all__ = ["OUTPUT_REF_KEY", "StageStorage", "offload_output", "resolve_outputs"]
 

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from engine.core.stages import ID_PATTERN, Stage
 from engine.errors import InvalidConfigError, InvalidInputError, WorkflowDefinitionError
-from engine.stages import ID_PATTERN, Stage
 
 __all__ = [
     "ConfigIssue",
@@ -216,7 +216,8 @@ class Workflow:
     search_attributes: Mapping[str, str] | None = None
     """Annotation keys projected into Keyword search attributes of the run's executions
     (``{"decision.outcome": "DecisionOutcome"}``); ``None``: the kernel's ``projected_keys``.
-    The worker checks at start that the server has them (see :mod:`engine.search_attributes`)."""
+    The worker checks at start that the server has them
+    (see :mod:`engine.core.search_attributes`)."""
     _slots: dict[str, _Slot] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

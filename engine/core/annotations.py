@@ -18,14 +18,14 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from engine.conventions import TypedKey
-from engine.errors import AnnotationError
-from engine.values import (
+from engine.core.values import (
     MAX_JSON_DEPTH,
     deeper_than,
     encode_json,
     json_problem,
     text_problem,
 )
+from engine.errors import AnnotationError
 
 __all__ = [
     "Actor",

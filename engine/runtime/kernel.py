@@ -27,8 +27,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from engine.annotations import Actor, AnnotationLimits, build_drafts, json_problem
-from engine.blobs import BlobStore, SqlBlobStore
 from engine.commands import (
     Command,
     CommandResult,
@@ -48,6 +46,27 @@ from engine.commands import (
     RunRerunFromResult,
     parse_command,
 )
+from engine.core.annotations import Actor, AnnotationLimits, build_drafts, json_problem
+from engine.core.evidence import ChainVerification
+from engine.core.payloads import LEGACY_WORKFLOW_TYPE, ResumeRequest, RunPlan, RunWorkflowInput
+from engine.core.plans import plan_of
+from engine.core.records import (
+    TERMINAL_STATUSES,
+    LogRecord,
+    OutboxEventRecord,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+)
+from engine.core.search_attributes import (
+    ATTEMPT_ATTRIBUTE,
+    DEFAULT_PROJECTED_KEYS,
+    RUN_ID_ATTRIBUTE,
+    RUN_STATUS_ATTRIBUTE,
+    WORKFLOW_ID_ATTRIBUTE,
+)
+from engine.core.settings import Settings
+from engine.core.workflows import Workflow
 from engine.errors import (
     InvalidConfigError,
     InvalidInputError,
@@ -57,36 +76,17 @@ from engine.errors import (
     StageNotFoundError,
     WorkflowNotFoundError,
 )
-from engine.evidence import ChainVerification
-from engine.evidence_bundle import build_bundle
-from engine.forks import fork_run
-from engine.kernel_annotations import KernelAnnotations
-from engine.kernel_approvals import KernelApprovals
-from engine.kernel_search_attributes import KernelSearchAttributes
-from engine.outbox import EventSink, OutboxRelay
-from engine.payloads import LEGACY_WORKFLOW_TYPE, ResumeRequest, RunPlan, RunWorkflowInput
-from engine.plans import plan_of
-from engine.plugins import Plugin, PluginRunner
-from engine.records import (
-    TERMINAL_STATUSES,
-    LogRecord,
-    OutboxEventRecord,
-    RunRecord,
-    RunStatus,
-    StageRecord,
-)
-from engine.search_attributes import (
-    ATTEMPT_ATTRIBUTE,
-    DEFAULT_PROJECTED_KEYS,
-    RUN_ID_ATTRIBUTE,
-    RUN_STATUS_ATTRIBUTE,
-    WORKFLOW_ID_ATTRIBUTE,
-)
-from engine.settings import Settings
-from engine.storage import resolve_outputs
+from engine.runtime.blobs import BlobStore, SqlBlobStore
+from engine.runtime.evidence_bundle import build_bundle
+from engine.runtime.forks import fork_run
+from engine.runtime.kernel_annotations import KernelAnnotations
+from engine.runtime.kernel_approvals import KernelApprovals
+from engine.runtime.kernel_search_attributes import KernelSearchAttributes
+from engine.runtime.outbox import EventSink, OutboxRelay
+from engine.runtime.plugins import Plugin, PluginRunner
+from engine.runtime.storage import resolve_outputs
 from engine.store import SqlStore
 from engine.store.contract import NewRun, NewStage
-from engine.workflows import Workflow
 
 __all__ = ["Kernel"]
 
@@ -688,12 +688,12 @@ class Kernel:
     async def verify(self, run_id: str) -> ChainVerification:
         """Check the run's tamper-evident record chain against its records: ``ok`` with the
         number of links checked, or the first record that does not match
-        (:mod:`engine.evidence`)."""
+        (:mod:`engine.core.evidence`)."""
         return await self.store.verify_chain(run_id)
 
     async def export_bundle(self, run_id: str) -> dict[str, Any]:
-        """The run's evidence bundle (:mod:`engine.evidence_bundle`), unsigned, with a digest
-        of each of its Temporal executions' histories that the server still has."""
+        """The run's evidence bundle (:mod:`engine.runtime.evidence_bundle`), unsigned, with a
+        digest of each of its Temporal executions' histories that the server still has."""
         records = await self.store.chain_records(run_id)
         run = await self.store.get_run(run_id)
         attempts = max((int(s["attempt"]) for s in records.stages.values()), default=0)

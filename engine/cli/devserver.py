@@ -23,8 +23,8 @@ from typing import Self
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
+from engine.core.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
 from engine.errors import EngineError
-from engine.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
 
 __all__ = [
     "DEFAULT_DYNAMIC_CONFIG",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.payloads import RetrySpec, StageSpec
-from engine.workflows import Workflow
+from engine.core.payloads import RetrySpec, StageSpec
+from engine.core.workflows import Workflow
 
 __all__ = ["plan_of"]
 

@@ -1,7 +1,7 @@
 """Ready-made event sinks: an HMAC-signed webhook and a logger, and the receivers' check.
 
-Use one as ``Kernel(event_sink=...)``. Both deliver at least once (see :mod:`engine.outbox`):
-receivers should deduplicate on the event ``id``.
+Use one as ``Kernel(event_sink=...)``. Both deliver at least once (see
+:mod:`engine.runtime.outbox`): receivers should deduplicate on the event ``id``.
 
 Webhook deliveries carry ``X-WFE-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>``, the MAC
 taken over ``"<t>." + body`` (the scheme of the best-known webhook providers): a receiver
@@ -24,9 +24,9 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.core.records import OutboxEventRecord
 from engine.errors import EngineError
-from engine.outbox import DEFAULT_MAX_RETRIES
-from engine.records import OutboxEventRecord
+from engine.runtime.outbox import DEFAULT_MAX_RETRIES
 
 __all__ = [
     "DEFAULT_TOLERANCE",

@@ -6,7 +6,7 @@ import hashlib
 import os
 import threading
 
-from engine import clock
+from engine.core import clock
 
 __all__ = ["derived_id", "new_id"]
 
@@ -35,7 +35,7 @@ def new_id() -> str:
     with _lock:
         now_ms = clock.time_ns() // 1_000_000
         # Strictly increasing within a process, except after the clock went back far (a
-        # correction of engine.clock, a stepped clock): then ids follow the clock again
+        # correction of engine.core.clock, a stepped clock): then ids follow the clock again
         # instead of staying ahead of every other process's.
         if _last_ms - _STEP_BACK_MS < now_ms <= _last_ms:
             now_ms = _last_ms

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.ai_calls import AICall
-from engine.annotations import AnnotationDraft
-from engine.values import json_problem, locate_problem
+from engine.core.ai_calls import AICall
+from engine.core.annotations import AnnotationDraft
+from engine.core.values import json_problem, locate_problem
 
 __all__ = [
     "LEGACY_WORKFLOW_TYPE",

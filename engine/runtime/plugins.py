@@ -14,9 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from engine.core.records import OutboxEventRecord
 from engine.errors import EngineError
-from engine.outbox import DEFAULT_MAX_RETRIES
-from engine.records import OutboxEventRecord
+from engine.runtime.outbox import DEFAULT_MAX_RETRIES
 from engine.store import SqlStore
 
 __all__ = ["Plugin", "PluginDeliveryError", "PluginHandler", "PluginRunner", "define_plugin"]
@@ -88,7 +88,7 @@ class PluginDeliveryError(EngineError):
 
 
 class PluginRunner:
-    """An :class:`~engine.outbox.EventSink` that hands events to plugins.
+    """An :class:`~engine.runtime.outbox.EventSink` that hands events to plugins.
 
     Each subscribed plugin that has not handled the event yet is called, in registration
     order; one plugin raising does not keep the others from the event. If any raised, the

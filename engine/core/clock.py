@@ -6,7 +6,7 @@ local activities, which use Temporal's clock (``workflow.now()``). A worker whos
 minutes off would sort its annotations before or after those. Every stage activity reports
 the time the server stamped on its start (:func:`observe`); when this process's clock is
 further off than :data:`TOLERANCE`, its timestamps take the server's offset from then on.
-(:func:`engine.ids.new_id` keeps ids increasing within a process unless the clock goes back
+(:func:`engine.core.ids.new_id` keeps ids increasing within a process unless the clock goes back
 by more than 10 s, as a correction does: then its ids follow the corrected clock.)
 """
 

@@ -15,7 +15,7 @@ import logging
 from datetime import timedelta
 
 from engine.commands import RunClaimPending, RunClaimPendingResult
-from engine.kernel import Kernel
+from engine.runtime.kernel import Kernel
 
 __all__ = ["RECOVERY_INTERVAL", "recover_orphans", "recovery_loop"]
 

@@ -14,17 +14,17 @@ from collections.abc import Mapping
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from engine.errors import SearchAttributesError
-from engine.search_attributes import (
+from engine.core.search_attributes import (
     ENGINE_SEARCH_ATTRIBUTE_TYPES,
     RUN_STATUS_ATTRIBUTE,
     projection_problems,
 )
-from engine.workflows import Workflow
+from engine.core.workflows import Workflow
+from engine.errors import SearchAttributesError
 
 __all__ = ["KernelSearchAttributes"]
 
-log = logging.getLogger("engine.kernel")
+log = logging.getLogger("engine.runtime.kernel")
 
 
 class KernelSearchAttributes:

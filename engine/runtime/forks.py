@@ -13,15 +13,15 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from engine.annotations import AnnotationLimits, build_drafts, json_problem
 from engine.commands import RunFork, RunForkResult
 from engine.conventions import Revision
+from engine.core.annotations import AnnotationLimits, build_drafts, json_problem
+from engine.core.plans import plan_of
+from engine.core.records import RunStatus
+from engine.core.workflows import Workflow
 from engine.errors import InvalidInputError, StageNotFoundError
-from engine.plans import plan_of
-from engine.records import RunStatus
 from engine.store import SqlStore
 from engine.store.contract import NewRun
-from engine.workflows import Workflow
 
 __all__ = ["fork_run", "fork_idempotency_key"]
 

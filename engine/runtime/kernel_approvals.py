@@ -10,15 +10,21 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from engine.annotations import Actor, AnnotationLimits, build_drafts, json_problem, text_problem
-from engine.approval_stages import APPROVAL_STATE_KEY
 from engine.conventions import Approval
+from engine.core.annotations import (
+    Actor,
+    AnnotationLimits,
+    build_drafts,
+    json_problem,
+    text_problem,
+)
+from engine.core.payloads import ResumeRequest
+from engine.core.records import RunStatus, StageRecord
+from engine.core.workflows import Workflow
 from engine.errors import InvalidInputError, InvalidStateError, StageNotFoundError
-from engine.payloads import ResumeRequest
-from engine.records import RunStatus, StageRecord
+from engine.runtime.approval_stages import APPROVAL_STATE_KEY
 from engine.store import SqlStore
 from engine.store.approval_rows import PendingFilters, decode_cursor, encode_cursor
-from engine.workflows import Workflow
 
 __all__ = ["ApprovalsPage", "KernelApprovals", "PendingApproval"]
 

@@ -4,7 +4,7 @@ Ed25519, that anyone can check offline (``wfe export``, ``wfe verify --bundle``)
 A bundle holds the run, its stages, its annotations and the chain's links with their hashes,
 the chain head, and a sha256 of each of the run's Temporal executions' event histories that
 the server still had. Its signature (``signature.value``) is Ed25519 over the canonical JSON
-(:mod:`engine.evidence`) of the bundle without its ``signature`` member; ``signature``
+(:mod:`engine.core.evidence`) of the bundle without its ``signature`` member; ``signature``
 also carries the public key, but a reader checks against a key they got elsewhere
 (``--public-key``): a bundle naming its own key proves only that it was not changed since
 someone signed it.
@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from engine.evidence import BadRecord, ChainVerification, canonical_json, normal
+from engine.core.evidence import BadRecord, ChainVerification, canonical_json, normal
 from engine.store.chain import ANNOTATION_FIELDS
 from engine.store.chain_check import (
     LINK_COLUMNS,

@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from engine.annotations import Actor, AnnotationLimits, build_drafts, check_text, text_problem
+from engine.core.annotations import Actor, AnnotationLimits, build_drafts, check_text, text_problem
+from engine.core.records import Annotation
 from engine.errors import AnnotationError
-from engine.records import Annotation
 from engine.store import SqlStore
 from engine.store.annotation_rows import MAX_QUERY_LIMIT, decode_cursor, encode_cursor
 from engine.store.contract import DEFAULT_LIST_LIMIT, AnnotationFilters, CrossRunFilters, RowContext

@@ -9,13 +9,13 @@ from typing import Any, Generic, TypeVar
 
 from temporalio import activity
 
-from engine import clock
-from engine.ai_calls import AICall
-from engine.annotations import AnnotationBuffer, AnnotationLimits
+from engine.core import clock
+from engine.core.ai_calls import AICall
+from engine.core.annotations import AnnotationBuffer, AnnotationLimits
+from engine.core.payloads import LogDraft, ProgressDraft
+from engine.core.records import LogLevel
 from engine.errors import StageNotFoundError
-from engine.payloads import LogDraft, ProgressDraft
-from engine.records import LogLevel
-from engine.storage import StageStorage
+from engine.runtime.storage import StageStorage
 
 __all__ = ["CompletionContext", "StageBuffer", "StageContext"]
 

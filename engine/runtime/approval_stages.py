@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Literal
 
-from engine.context import StageContext
-from engine.stages import InT, OutT, Stage, Suspend, _build
+from engine.core.stages import InT, OutT, Stage, Suspend, _build
+from engine.runtime.context import StageContext
 
 __all__ = ["APPROVAL_STATE_KEY", "define_approval_stage"]
 

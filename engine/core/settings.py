@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = ["DEFAULT_DATABASE_URL", "VIEWER_PORT_OFFSET", "Settings", "local_port_of"]
 
@@ -66,10 +65,3 @@ def local_port_of(address: str) -> int | None:
     if host in ("localhost", "127.0.0.1") and port.isdigit() and 0 < int(port) < 64535:
         return int(port)
     return None
-
-
-def ensure_sqlite_parent(url: str) -> None:
-    """Create the folder of a file-backed SQLite URL, so the default works on a fresh checkout."""
-    prefix = "sqlite+aiosqlite:///"
-    if url.startswith(prefix) and not url.endswith(":memory:"):
-        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)

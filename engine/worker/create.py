@@ -19,10 +19,8 @@ from typing import Any
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.run import RunActivities
-from activities.stage import StageActivities
-from engine.kernel import Kernel
-from engine.workflow_code import cache_workflow_code
+from engine.runtime.kernel import Kernel
+from engine.worker.workflow_code import cache_workflow_code
 
 __all__ = ["EngineWorker", "create_worker", "sandboxed_runner"]
 
@@ -32,7 +30,7 @@ def sandboxed_runner() -> WorkflowRunner:
 
     The payload models are plain pydantic and the engine modules the workflow imports hold no
     per-run state, so both pass through. The workflow modules are compiled once per process
-    (:mod:`engine.workflow_code`), as the sandbox re-imports them for every instance.
+    (:mod:`engine.worker.workflow_code`), as the sandbox re-imports them for every instance.
     """
     cache_workflow_code()
     return SandboxedWorkflowRunner(
@@ -49,8 +47,11 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> EngineWorker:
     :class:`temporalio.worker.Worker` (e.g. ``max_concurrent_activities``, or
     ``workflow_runner=sandboxed_runner()``).
     """
-    # Imported here: the workflow module imports engine modules, so importing it at the top
-    # of a module that ``engine/__init__`` loads would be circular.
+    # Imported here: the workflow and activity modules import engine modules, so importing them
+    # at the top of a module that ``engine/__init__`` loads would be circular (``import
+    # activities`` before ``engine`` failed so).
+    from activities.run import RunActivities
+    from activities.stage import StageActivities
     from temporal_workflows.pipeline import PipelineWorkflow
     from temporal_workflows.run import RunWorkflow
 
