@@ -190,8 +190,10 @@ class StageActivities:
         return await self._commit(task, outcome)
 
     async def _unknown_workflow(self, task: StageTask) -> StageOutcome:
-        """This worker does not have the run's workflow: fail the run if it is to start it
-        (``WORKFLOW_NOT_FOUND``, as the original's claim did), and run nothing."""
+        """This worker does not have the run's workflow, so it runs nothing.
+
+        It fails the run if it is to start it (``WORKFLOW_NOT_FOUND``, as the original's claim did).
+        """
         if task.starts_run:
             await self._store.start_run(task.run_id, None, causation_id=task.run_id)
         return StageOutcome(

@@ -109,13 +109,18 @@ class IdempotencyInProgressError(EngineError):
 
 
 class IdempotencyConflictError(EngineError):
-    """The idempotency key belongs to a run created with another workflow, input or config;
-    nothing was written. ``key`` is the key, ``workflow_run_id`` the run that holds it."""
+    """The idempotency key belongs to a run created with another workflow, input or config.
+
+    Nothing was written. ``key`` is the key, ``workflow_run_id`` the run that holds it.
+    """
 
 
 class RunStartError(EngineError):
-    """The run is stored but its Temporal workflow could not be started (``workflow_run_id``
-    names it): the worker's recovery loop starts it, or ``wfe run recover`` does."""
+    """The run is stored but its Temporal workflow could not be started.
+
+    ``workflow_run_id`` names the run: the worker's recovery loop starts it, or ``wfe run
+    recover`` does.
+    """
 
 
 class ArtifactNotFoundError(EngineError):
@@ -139,5 +144,8 @@ class SchemaOutOfDateError(EngineError):
 
 
 class SearchAttributesError(EngineError):
-    """The Temporal server lacks search attributes a workflow declares, has one of another
-    type, or the engine would need more of one type than Temporal allows."""
+    """The Temporal server's search attributes do not fit what the workflows declare.
+
+    The server lacks some, has one of another type, or the engine would need more of one type
+    than Temporal allows.
+    """

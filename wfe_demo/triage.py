@@ -373,8 +373,10 @@ WaitFor = Callable[[Kernel, str], Awaitable[RunRecord]]
 async def run_triage_demo(
     kernel: Kernel, *, ui_url: str, namespace: str, wait_for: WaitFor, echo: Echo
 ) -> DemoResult:
-    """Create a triage run, approve it while it waits, rerun its last stage, fork the run from
-    that stage; return what was recorded.
+    """Walk a triage run through approval, rerun and fork; return what was recorded.
+
+    Create a triage run, approve it while it waits, rerun its last stage, and fork the run from
+    that stage.
 
     Args:
         kernel: A kernel whose worker runs :data:`TRIAGE`.

@@ -277,8 +277,10 @@ def reported_errors(options: CommonOptions) -> Iterator[None]:
 
 
 def check_range(value: int | None, what: str, low: int, high: int) -> None:
-    """Stop with one ``error:`` line (exit 2) unless ``value`` is ``None`` or in
-    ``low..high``: a huge number must not reach the database (an overflow traceback there)."""
+    """Stop with one ``error:`` line (exit 2) unless ``value`` is ``None`` or in ``low..high``.
+
+    A huge number must not reach the database (an overflow traceback there).
+    """
     if value is not None and not low <= value <= high:
         shown = str(value) if len(str(value)) <= 30 else f"{str(value)[:27]}..."
         fail(f"{what} must be between {low} and {high}, got {shown}")
@@ -481,8 +483,16 @@ async def wait_with_progress(
     """Wait until the run is terminal, printing each stage status change as it happens.
 
     Args:
+        kernel: The kernel the run and its stages are read through.
+        run_id: The run to wait for.
+        timeout: How long to wait in all.
+        echo: Where the stage lines go.
+        indent: What each stage line starts with.
         seen: (status, attempt) by stage id already shown; updated in place, so that a later
             wait (after a rerun) shows only what changed.
+
+    Returns:
+        The run's record, once terminal.
 
     Raises:
         CliError: (exit code 1) the run is still active after ``timeout``.

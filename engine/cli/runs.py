@@ -283,8 +283,10 @@ def recover(
         int, typer.Option("--max-claims", help="At most this many runs of each kind.")
     ] = 50,
 ) -> None:
-    """One recovery pass: start runs left PENDING, restart RUNNING runs whose Temporal
-    execution is gone (the worker does this every --recovery-interval)."""
+    """Start runs left PENDING, restart RUNNING runs whose Temporal execution is gone.
+
+    One recovery pass; the worker does this every --recovery-interval.
+    """
     execute(_recover(options, max_claims))
 
 

@@ -187,8 +187,10 @@ def local_port(address: str) -> int:
 async def run_until_shutdown(
     kernel: Kernel, *, outbox_relay: bool, recovery_interval: timedelta | None = None
 ) -> None:
-    """Relay the outbox (if asked) and recover orphaned runs every ``recovery_interval``
-    (``None``: not at all) until Ctrl-C or SIGTERM."""
+    """Relay the outbox (if asked) and recover orphaned runs until Ctrl-C or SIGTERM.
+
+    Recovery runs every ``recovery_interval`` (``None``: not at all).
+    """
     relay = asyncio.create_task(relay_outbox(kernel)) if outbox_relay else None
     recovery = (
         asyncio.create_task(recovery_loop(kernel, interval=recovery_interval))

@@ -1,11 +1,12 @@
-"""The tamper-evident record chain's definitions: canonical JSON, link hashes, the result of
-a check. Pure functions with no database, so that a third party (and ``wfe verify --bundle``)
-can recompute a chain from what a bundle holds.
+r"""The tamper-evident record chain's definitions: canonical JSON, link hashes, a check's result.
+
+Pure functions with no database, so that a third party (and ``wfe verify --bundle``) can
+recompute a chain from what a bundle holds.
 
 Canonical JSON (the text a link hashes):
 
 - objects with their keys sorted (by code point), no whitespace at all (``,`` and ``:``);
-- strings as JSON writes them, non-ASCII characters kept as themselves (not ``\\u`` escapes),
+- strings as JSON writes them, non-ASCII characters kept as themselves (not ``\u`` escapes),
   the text encoded as UTF-8;
 - ``true``, ``false``, ``null``;
 - numbers: an integer, or a float with an integral value, in plain decimal digits (``1.0`` is
@@ -44,8 +45,10 @@ __all__ = [
 
 
 def normal(value: Any) -> Any:
-    """``value`` with its numbers and timestamps in canonical form (as JSON would read back
-    the canonical text)."""
+    """``value`` with its numbers and timestamps in canonical form.
+
+    That is, as JSON would read back the canonical text.
+    """
     # Dispatch on the exact type first: this runs for every field of every link a commit
     # writes (engine.store.chain), so the common cases return at once.
     kind = type(value)
@@ -90,8 +93,10 @@ _FLAT = frozenset((str, int, bool, type(None)))
 
 
 def canonical_record(fields: dict[str, Any]) -> str:
-    """``canonical_json(fields)`` for a record's fields (a flat object with string keys),
-    normalizing only the values that need it: this runs for every link a commit writes."""
+    """``canonical_json(fields)`` for a record's fields (a flat object with string keys).
+
+    It normalizes only the values that need it: this runs for every link a commit writes.
+    """
     flat = _FLAT
     return _ENCODER.encode(
         {name: v if type(v) in flat else normal(v) for name, v in fields.items()}
@@ -145,8 +150,10 @@ class BadRecord:
 
 @dataclass(frozen=True)
 class ChainVerification:
-    """What ``kernel.verify(run_id)`` found: ``ok`` with the links checked, or the first bad
-    record."""
+    """What ``kernel.verify(run_id)`` found.
+
+    ``ok`` with the links checked, or the first bad record.
+    """
 
     workflow_run_id: str
     ok: bool

@@ -47,8 +47,10 @@ def new_id() -> str:
 
 
 def derived_id(at_ms: int, seed: str) -> str:
-    """A ``new_id``-shaped id fixed by its inputs: the time part from ``at_ms``, the rest from a
-    hash of ``seed``. Rows written again by a retried transaction get the same id, so a
-    conflict-ignoring insert stores them once."""
+    """A ``new_id``-shaped id fixed by its inputs.
+
+    The time part comes from ``at_ms``, the rest from a hash of ``seed``. Rows written again by a
+    retried transaction get the same id, so a conflict-ignoring insert stores them once.
+    """
     entropy = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big")
     return _encode(at_ms, 10) + _encode(entropy, 16)

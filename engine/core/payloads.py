@@ -202,8 +202,10 @@ class StageOutcome(BaseModel):
     dropped from the outcome); ``None`` leaves the commit to the workflow's local activity."""
 
     def storage_problem(self) -> str | None:
-        """The first value of this outcome that no side-store backend can hold (NaN, ±Infinity,
-        NUL or a lone surrogate in text, nesting too deep), named by its place, or ``None``.
+        """The first value of this outcome that no side-store backend can hold, or ``None``.
+
+        That is NaN, ±Infinity, NUL or a lone surrogate in text, or nesting too deep; the message
+        names its place.
 
         One encoding of everything at C speed in the common case; the walk that names the
         place runs only for an outcome that has a problem.
@@ -218,9 +220,11 @@ class StageOutcome(BaseModel):
         return None  # pragma: no cover - the combined check and the parts agree
 
     def refused(self, problem: str) -> StageOutcome:
-        """This outcome turned FAILED because ``problem`` cannot be stored: what can be stored
-        of its buffers is kept (they say what the stage did before it went wrong), the rest
-        is dropped, and the message names the place."""
+        """This outcome turned FAILED because ``problem`` cannot be stored.
+
+        What can be stored of its buffers is kept (they say what the stage did before it went
+        wrong), the rest is dropped, and the message names the place.
+        """
 
         def storable(items: list[Any]) -> list[Any]:
             return [item for item in items if json_problem(_stored_part(item)) is None]
@@ -257,8 +261,10 @@ class StageOutcome(BaseModel):
 
 
 def _stored_part(item: BaseModel) -> Any:
-    """What the side-store keeps of a buffered item, as Python values (not JSON mode, which
-    would turn NaN into ``null`` and hide it)."""
+    """What the side-store keeps of a buffered item, as Python values.
+
+    Not JSON mode, which would turn NaN into ``null`` and hide it.
+    """
     if isinstance(item, LogDraft):
         return [item.message, item.metadata]
     if isinstance(item, ProgressDraft):

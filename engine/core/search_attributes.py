@@ -90,8 +90,10 @@ dev server, PostgreSQL, MySQL, SQLite); Elasticsearch allows more."""
 def projection_problems(
     wanted: Mapping[str, str], registered: Mapping[str, str]
 ) -> tuple[list[str], list[str]]:
-    """What stands between ``wanted`` (attribute → type) and the server's ``registered``
-    custom attributes (attribute → type): (missing attributes, other problems)."""
+    """What stands between ``wanted`` and the server's ``registered`` custom attributes.
+
+    Both map attribute → type. Returns (missing attributes, other problems).
+    """
     missing = sorted(name for name in wanted if name not in registered)
     problems = [
         f"{name} is registered as {registered[name]}, the engine needs {kind}"

@@ -38,8 +38,11 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def text_problem(text: str) -> str | None:
-    """Why a string cannot be stored in (or compared with) a text column on every backend, or
-    ``None``: PostgreSQL refuses NUL characters, and neither driver encodes lone surrogates."""
+    """Why a string cannot be stored in (or compared with) a text column on every backend.
+
+    ``None`` when it can. PostgreSQL refuses NUL characters, and neither driver encodes lone
+    surrogates.
+    """
     if "\x00" in text:
         return "contains a NUL character"
     try:
@@ -50,18 +53,22 @@ def text_problem(text: str) -> str | None:
 
 
 def clean_text(text: str) -> str:
-    """``text`` with what no backend stores spelled out (NUL as ``\\x00``, a lone surrogate as
-    ``\\udc80``): for text the engine itself writes from an exception, where refusing would lose
-    the message of a failure."""
+    r"""``text`` with what no backend stores spelled out.
+
+    NUL becomes ``\x00``, a lone surrogate ``\udc80``: for text the engine itself writes from an
+    exception, where refusing would lose the message of a failure.
+    """
     if text_problem(text) is None:
         return text
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
 
 
 def encode_json(value: Any) -> tuple[bytes, str | None]:
-    """``value`` as UTF-8 JSON and ``None``, or ``b""`` and why it cannot be stored (the nesting
-    depth aside: see :func:`json_problem`). Runs at C speed: the walk that names the place of a
-    problem (:func:`locate_problem`) only runs once one is found."""
+    """``value`` as UTF-8 JSON and ``None``, or ``b""`` and why it cannot be stored.
+
+    The nesting depth aside: see :func:`json_problem`. Runs at C speed: the walk that names the
+    place of a problem (:func:`locate_problem`) only runs once one is found.
+    """
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -76,8 +83,10 @@ def encode_json(value: Any) -> tuple[bytes, str | None]:
 
 
 def deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest more than ``limit`` levels in ``value`` (iterative, one
-    level of containers at a time)."""
+    """Whether lists and objects nest more than ``limit`` levels in ``value``.
+
+    Iterative, one level of containers at a time.
+    """
     level = [value] if isinstance(value, dict | list | tuple) else []
     depth = 0
     while level:
@@ -107,9 +116,11 @@ def json_problem(value: Any) -> str | None:
 
 
 def _may_nest_deeper(encoded: bytes) -> bool:
-    """Whether JSON text has enough brackets to nest past the limit at all: counting them
-    runs at C speed, so the walk (87 µs on a 2 KB stage outcome) is left to values that
-    could be too deep."""
+    """Whether JSON text has enough brackets to nest past the limit at all.
+
+    Counting them runs at C speed, so the walk (87 µs on a 2 KB stage outcome) is left to values
+    that could be too deep.
+    """
     return encoded.count(b"[") + encoded.count(b"{") > MAX_JSON_DEPTH
 
 
@@ -124,9 +135,11 @@ def _scalar_problem(item: Any) -> str | None:
 
 
 def locate_problem(value: Any, where: str) -> str | None:
-    """``None`` when ``value`` can be stored, else the first problem with its place, as a
-    stage failure names it: ``output.score is NaN``, ``metrics.notes[2] contains a NUL
-    character``, ``output is nested more than 200 levels deep``."""
+    """``None`` when ``value`` can be stored, else the first problem with its place.
+
+    Named as a stage failure names it: ``output.score is NaN``, ``metrics.notes[2] contains a NUL
+    character``, ``output is nested more than 200 levels deep``.
+    """
     if json_problem(value) is None:
         return None
     if deeper_than(value, MAX_JSON_DEPTH):

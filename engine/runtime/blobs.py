@@ -52,25 +52,35 @@ def _missing(run_id: str, key: str) -> ArtifactNotFoundError:
 
 
 class SqlBlobStore(BlobStore):
-    """Blobs in the side-store's ``workflow_artifacts`` table (the default): one backup, one
-    place to query, and rows deleted with their run."""
+    """Blobs in the side-store's ``workflow_artifacts`` table (the default).
+
+    One backup, one place to query, and rows deleted with their run.
+    """
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
 
     async def put(self, run_id: str, key: str, data: Any, *, kind: str = "ARTIFACT") -> None:
+        """Store ``data`` in ``key``'s row (its type is ``kind``), replacing what was there."""
         await self._store.put_artifact(run_id, key, data, kind)
 
     async def get(self, run_id: str, key: str) -> Any:
+        """The data in ``key``'s row; a stored JSON ``null`` comes back as ``None``.
+
+        Raises:
+            ArtifactNotFoundError: the run has no row under ``key``.
+        """
         data = await self._store.read_artifact(run_id, key)
         if data is MISSING:  # (a stored JSON null is a row holding None)
             raise _missing(run_id, key)
         return data
 
     async def delete(self, run_id: str, key: str) -> None:
+        """Delete ``key``'s row; a missing row is fine."""
         await self._store.delete_artifacts(run_id, key=key)
 
     async def delete_prefix(self, run_id: str, prefix: str) -> None:
+        """Delete every row of the run whose key starts with ``prefix``."""
         await self._store.delete_artifacts(run_id, prefix=prefix)
 
 
@@ -90,6 +100,11 @@ class FileBlobStore(BlobStore):
         return self._root / quote(run_id, safe="") / Path(*parts[:-1]) / f"{parts[-1]}.json"
 
     async def put(self, run_id: str, key: str, data: Any, *, kind: str = "ARTIFACT") -> None:
+        """Write ``data`` as JSON to ``key``'s file; ``kind`` is not kept.
+
+        The JSON goes to a ``.tmp`` file renamed over the old one, so a reader never sees half a
+        blob.
+        """
         path = self._path(run_id, key)
         text = json.dumps(data)
 
@@ -102,6 +117,11 @@ class FileBlobStore(BlobStore):
         await asyncio.to_thread(write)
 
     async def get(self, run_id: str, key: str) -> Any:
+        """The JSON in ``key``'s file.
+
+        Raises:
+            ArtifactNotFoundError: there is no such file.
+        """
         path = self._path(run_id, key)
         try:
             text = await asyncio.to_thread(path.read_text)
@@ -110,9 +130,11 @@ class FileBlobStore(BlobStore):
         return json.loads(text)
 
     async def delete(self, run_id: str, key: str) -> None:
+        """Remove ``key``'s file; a missing file is fine."""
         await asyncio.to_thread(self._path(run_id, key).unlink, missing_ok=True)
 
     async def delete_prefix(self, run_id: str, prefix: str) -> None:
+        """Remove the folder of the stage that ``prefix`` (``<stage id>/``) names, and all in it."""
         stage = prefix.rstrip("/")
         folder = self._root / quote(run_id, safe="") / quote(stage, safe="")
         await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)

@@ -1,5 +1,7 @@
-"""Evidence bundles: a run's record chain and records in one JSON file, optionally signed with
-Ed25519, that anyone can check offline (``wfe export``, ``wfe verify --bundle``).
+"""Evidence bundles: a run's record chain and records in one JSON file that anyone can check.
+
+A bundle is optionally signed with Ed25519 and checked offline (``wfe export``, ``wfe verify
+--bundle``).
 
 A bundle holds the run, its stages, its annotations and the chain's links with their hashes,
 the chain head, and a sha256 of each of the run's Temporal executions' event histories that
@@ -46,8 +48,11 @@ FORMAT = "wfe-evidence-bundle/1"
 def build_bundle(
     records: ChainRecords, run: Mapping[str, Any], histories: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The bundle of a run: ``records`` (its chain), ``run`` (its public record, for a reader)
-    and ``histories`` (``{"workflow_id", "run_id", "events", "sha256"}`` per execution)."""
+    """The bundle of a run, unsigned.
+
+    ``records`` is its chain, ``run`` its public record (for a reader) and ``histories`` one
+    ``{"workflow_id", "run_id", "events", "sha256"}`` per execution.
+    """
     bundle: dict[str, Any] = normal(
         {
             "format": FORMAT,
@@ -128,8 +133,10 @@ class BundleVerification:
 
 
 def verify_bundle(text: bytes, public_key_pem: bytes | None) -> BundleVerification:
-    """Check a bundle's chain (recomputed from what it holds) and, with a public key, its
-    signature; nothing but the bundle is read."""
+    """Check a bundle's chain and, with a public key, its signature.
+
+    The chain is recomputed from what the bundle holds; nothing but the bundle is read.
+    """
     try:
         bundle = json.loads(text)
         chain = bundle["chain"]

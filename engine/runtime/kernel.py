@@ -395,13 +395,17 @@ class Kernel:
             ) from err
 
     def projection(self, workflow_id: str) -> dict[str, str]:
-        """Annotation key → Keyword search attribute for runs of ``workflow_id`` (see
-        :meth:`KernelSearchAttributes.projection`)."""
+        """Annotation key → Keyword search attribute for runs of ``workflow_id``.
+
+        See :meth:`KernelSearchAttributes.projection`.
+        """
         return self.search_attributes.projection(workflow_id)
 
     async def check_search_attributes(self) -> None:
-        """Check the server against the search attributes the workflows use (the worker does
-        this when it starts; see :meth:`KernelSearchAttributes.check`)."""
+        """Check the server against the search attributes the workflows use.
+
+        The worker does this when it starts; see :meth:`KernelSearchAttributes.check`.
+        """
         await self.search_attributes.check()
 
     async def _start(
@@ -686,14 +690,18 @@ class Kernel:
         return run if output is run.output else run.model_copy(update={"output": output})
 
     async def verify(self, run_id: str) -> ChainVerification:
-        """Check the run's tamper-evident record chain against its records: ``ok`` with the
-        number of links checked, or the first record that does not match
-        (:mod:`engine.core.evidence`)."""
+        """Check the run's tamper-evident record chain against its records.
+
+        Returns ``ok`` with the number of links checked, or the first record that does not match
+        (:mod:`engine.core.evidence`).
+        """
         return await self.store.verify_chain(run_id)
 
     async def export_bundle(self, run_id: str) -> dict[str, Any]:
-        """The run's evidence bundle (:mod:`engine.runtime.evidence_bundle`), unsigned, with a
-        digest of each of its Temporal executions' histories that the server still has."""
+        """The run's evidence bundle (:mod:`engine.runtime.evidence_bundle`), unsigned.
+
+        It carries a digest of each of its Temporal executions' histories that the server still has.
+        """
         records = await self.store.chain_records(run_id)
         run = await self.store.get_run(run_id)
         attempts = max((int(s["attempt"]) for s in records.stages.values()), default=0)

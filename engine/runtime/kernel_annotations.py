@@ -31,16 +31,22 @@ MAX_ATTEMPT = 2**31 - 1
 
 
 def _check_filters(**filters: Any) -> None:
-    """Refuse filter strings no backend can compare (NUL, lone surrogates) with AnnotationError,
-    rather than a driver error."""
+    """Refuse filter strings no backend can compare (NUL, lone surrogates).
+
+    Raises:
+        AnnotationError: a filter holds such a string (rather than a driver error later).
+    """
     for name, value in filters.items():
         if isinstance(value, str) and (problem := text_problem(value)) is not None:
             raise AnnotationError(f"filter {name} {problem}")
 
 
 class KernelAnnotations:
-    """Annotation operations that need no Temporal workflow: they go to SQL directly, so they
-    work on runs in any status, long after their Temporal workflow closed."""
+    """Annotation operations that need no Temporal workflow.
+
+    They go to SQL directly, so they work on runs in any status, long after their Temporal
+    workflow closed.
+    """
 
     def __init__(self, store: SqlStore, limits: AnnotationLimits) -> None:
         self._store = store
@@ -213,8 +219,10 @@ class KernelAnnotations:
         until: datetime | None = None,
         workflow_id: str | None = None,
     ) -> int:
-        """How many runs carry ``key = value`` (and every pair of ``match``), e.g.
-        ``count_runs(match={"decision.outcome": "low", "decision.used_fallback": True})``."""
+        """How many runs carry ``key = value`` (and every pair of ``match``).
+
+        E.g. ``count_runs(match={"decision.outcome": "low", "decision.used_fallback": True})``.
+        """
         pairs = dict(match or {})
         if key is not None:
             pairs[key] = value

@@ -253,8 +253,10 @@ class KernelApprovals:
         return record
 
     def _checked(self, workflow_id: str, stage_id: str, output: dict[str, Any]) -> Any:
-        """The output checked against the stage's output model, when this kernel knows it
-        (otherwise the worker's commit stores it as given)."""
+        """The output checked against the stage's output model, when this kernel knows it.
+
+        Otherwise the worker's commit stores it as given.
+        """
         run_workflow = self._workflows.get(workflow_id)
         if run_workflow is None or not run_workflow.has_stage(stage_id):
             return output

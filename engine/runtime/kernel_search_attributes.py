@@ -40,9 +40,11 @@ class KernelSearchAttributes:
         self._warned_missing = False
 
     def projection(self, workflow_id: str) -> dict[str, str]:
-        """Annotation key → Keyword search attribute, for runs of ``workflow_id``: what the
-        workflow declares, else (also for a workflow this kernel does not register, as when
-        ``wfe run recover`` restarts runs) the kernel's ``projected_keys``."""
+        """Annotation key → Keyword search attribute, for runs of ``workflow_id``.
+
+        What the workflow declares, else (also for a workflow this kernel does not register, as when
+        ``wfe run recover`` restarts runs) the kernel's ``projected_keys``.
+        """
         workflow = self._workflows.get(workflow_id)
         declared = workflow.search_attributes if workflow is not None else None
         return dict(self._projected_keys if declared is None else declared)
@@ -80,8 +82,9 @@ class KernelSearchAttributes:
         return self._registered
 
     async def check(self) -> None:
-        """Check the server against the search attributes the workflows use (the worker does
-        this when it starts).
+        """Check the server against the search attributes the workflows use.
+
+        The worker does this when it starts.
 
         Raises:
             SearchAttributesError: one is registered with another type, more of one type are

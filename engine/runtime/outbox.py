@@ -102,8 +102,10 @@ class OutboxRelay:
         )
 
     async def _publish(self, events: Sequence[OutboxEventRecord]) -> tuple[list[str], list[str]]:
-        """Hand ``events`` to the sink in order: (published ids, failed ids). A failed event
-        holds back the later events of its run (they are neither)."""
+        """Hand ``events`` to the sink in order: (published ids, failed ids).
+
+        A failed event holds back the later events of its run (they are neither).
+        """
         blocked: set[str] = set()
         published: list[str] = []
         failed: list[str] = []
@@ -140,8 +142,10 @@ class OutboxRelay:
 
 
 class OutboxDispatcher(Protocol):
-    """What the relay loop needs of a kernel: ``dispatch(OutboxFlush(...))`` (a protocol, so
-    that this module, below the kernel, does not import it)."""
+    """What the relay loop needs of a kernel: ``dispatch(OutboxFlush(...))``.
+
+    A protocol, so that this module, below the kernel, does not import it.
+    """
 
     async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult:
         """Run one flush of the outbox."""

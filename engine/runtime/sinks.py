@@ -58,8 +58,11 @@ _EVENT_FIELDS = {
 
 
 def event_json(event: OutboxEventRecord) -> dict[str, Any]:
-    """The event as JSON-able data: ``id, workflow_run_id, sequence, event_type, payload,
-    causation_id, occurred_at`` (not the relay's bookkeeping: ``published_at``, retries)."""
+    """The event as JSON-able data.
+
+    ``id, workflow_run_id, sequence, event_type, payload, causation_id, occurred_at`` (not the
+    relay's bookkeeping: ``published_at``, retries).
+    """
     return event.model_dump(mode="json", include=_EVENT_FIELDS)
 
 
@@ -73,8 +76,11 @@ def _mac(secret: str | bytes, timestamp: int, body: bytes) -> str:
 
 
 def sign_webhook(secret: str | bytes, body: bytes, *, timestamp: int | None = None) -> str:
-    """The :data:`SIGNATURE_HEADER` value for ``body`` sent at ``timestamp`` (unix seconds,
-    default now): ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>``."""
+    """The :data:`SIGNATURE_HEADER` value for ``body`` sent at ``timestamp``.
+
+    ``timestamp`` is in unix seconds, default now. The value reads
+    ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>``.
+    """
     moment = int(time.time()) if timestamp is None else timestamp
     return f"t={moment},v1={_mac(secret, moment, body)}"
 
@@ -89,8 +95,10 @@ class WebhookVerificationError(EngineError):
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header by case-insensitive name, from any mapping (a dict, Starlette's headers,
-    ``http.server``'s message)."""
+    """A header by case-insensitive name, or ``None``.
+
+    From any mapping: a dict, Starlette's headers, ``http.server``'s message.
+    """
     value = headers.get(name)
     if value is None:
         wanted = name.lower()

@@ -96,11 +96,14 @@ def insert_drafts(
     now: datetime,
     chain: Sequence[Link] = (),
 ) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
-    """Like :func:`insert_annotations`, pairing each inserted row (its column values) with its
-    draft (whose ``emit_event`` says whether that row, and only that row, gets an event).
+    """Like :func:`insert_annotations`, pairing each inserted row with its draft.
+
+    The row is its column values; the draft's ``emit_event`` says whether that row, and only that
+    row, gets an event.
 
     The inserted rows get their links in the run's record chain, after ``chain`` (the links of
-    what the caller wrote before them in this transaction), in one append."""
+    what the caller wrote before them in this transaction), in one append.
+    """
     pairs = _insert_drafts(session, drafts, where, now)
     append_links(session, where.run_id, [*chain, *(annotation_link(row) for _, row in pairs)])
     return pairs
@@ -139,10 +142,10 @@ def _insert_drafts(
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
+    r"""The smallest string greater than every string starting with ``prefix``.
 
     ``key >= prefix AND key < bound`` is a literal, case-sensitive prefix match that needs no
-    LIKE escaping (``%``, ``_`` and ``\\`` are ordinary characters) and is an index range scan
+    LIKE escaping (``%``, ``_`` and ``\`` are ordinary characters) and is an index range scan
     on both backends (byte-order collation on PostgreSQL, BINARY on SQLite).
     """
     chars = list(prefix)
@@ -262,8 +265,10 @@ def _legacy_rows(session: Session, run: RunHead, filters: AnnotationFilters) -> 
 def list_annotations(
     session: Session, run_id: str, filters: AnnotationFilters
 ) -> list[Annotation] | None:
-    """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim;
-    ``None`` when there is no such run."""
+    """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim.
+
+    ``None`` when there is no such run.
+    """
     stored = [
         Annotation.model_validate(row)
         for row in (session.scalars(_stored_query(run_id, filters))).all()

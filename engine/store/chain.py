@@ -159,8 +159,10 @@ def stage_link(
 
 
 def outcome_link(record_id: str, stage_id: str, attempt: int, changes: Mapping[Any, Any]) -> Link:
-    """The link of a stage outcome that sets ``changes`` on its record (a poll that found the
-    batch unfinished leaves it SUSPENDED, with no output or error)."""
+    """The link of a stage outcome that sets ``changes`` on its record.
+
+    A poll that found the batch unfinished leaves it SUSPENDED, with no output or error.
+    """
     return stage_link(
         record_id,
         stage_id,
@@ -180,8 +182,10 @@ def rerun_link(run_id: str, attempt: int, removed: Sequence[str]) -> Link:
 def link_rows(
     run_id: str, head: str | None, length: int, links: Sequence[Link]
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The rows of ``links`` appended after ``head`` (the chain's ``length``-th hash), and
-    the new head."""
+    """The rows of ``links`` appended after ``head``, and the new head.
+
+    ``head`` is the chain's ``length``-th hash.
+    """
     rows = []
     for number, link in enumerate(links, start=length + 1):
         head = link_hash(head, link.text)
@@ -237,9 +241,12 @@ def append_links(session: Session | Connection, run_id: str, links: Sequence[Lin
 
 
 def _append_on_sqlite(connection: Connection, run_id: str, links: Sequence[Link]) -> None:
-    """:func:`append_links` through the driver: SQLAlchemy's work per statement (about
-    50 µs) was most of the chain's cost on the stage commit, where SQLite runs each of these
-    in a few µs. Same transaction (the connection's), which holds SQLite's write lock."""
+    """:func:`append_links` through the driver, in the connection's transaction.
+
+    SQLAlchemy's work per statement (about 50 µs) was most of the chain's cost on the stage
+    commit, where SQLite runs each of these in a few µs. The connection's transaction holds
+    SQLite's write lock.
+    """
     raw = connection.connection.driver_connection
     assert raw is not None
     found = raw.execute(
@@ -268,10 +275,12 @@ id holds it (JSON escapes every control character)."""
 
 
 def chain_params(run_id: str, links: Sequence[Link]) -> dict[str, Any]:
-    """The bound values :func:`chain_ctes` reads: each field of the links as one text, the
-    links' values joined by a separator. Texts bind as they are; a JSON array of the links
-    (the first form) had the client encode every text again and the server parse it, which
-    was a third of the chain's cost on the commit."""
+    """The bound values :func:`chain_ctes` reads.
+
+    Each field of the links is one text, the links' values joined by a separator. Texts bind as
+    they are; a JSON array of the links (the first form) had the client encode every text again
+    and the server parse it, which was a third of the chain's cost on the commit.
+    """
     join = _SEPARATOR.join
     return {
         "c_run_id": run_id,
@@ -284,8 +293,10 @@ def chain_params(run_id: str, links: Sequence[Link]) -> dict[str, Any]:
 
 
 def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
-    """The links of a one-statement write (:mod:`engine.store.one_statement`), hashed by
-    PostgreSQL, appended only if ``gate`` returned its row.
+    """The CTEs that append the links of a one-statement write, hashed by PostgreSQL.
+
+    The write is :mod:`engine.store.one_statement`'s; the links are appended only if ``gate``
+    returned its row.
 
     The head is read ``FOR UPDATE``: after a wait for the run's lock (the gate's own run-status
     guard takes it), that returns the row as the writer before left it, not as the
@@ -369,8 +380,11 @@ SETTLED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.SUSPENDED)
 
 
 def chain_existing(connection: Connection, run_id: str) -> None:
-    """Chain a run written before the chain existed: the run, its annotations in the order
-    they were written, and its stages' current outcomes (revision 0011 runs this)."""
+    """Chain a run written before the chain existed (revision 0011 runs this).
+
+    The links are the run, its annotations in the order they were written, and its stages'
+    current outcomes.
+    """
     # Only the columns the links read: a later revision's columns may not exist yet.
     identity = [RUNS.c[name] for name in ("id", "workflow_id", "workflow_name", "workflow_type")]
     run = (

@@ -95,8 +95,11 @@ class ActiveRun:
 
 @dataclass(frozen=True)
 class StageStart:
-    """What a stage activity finds when it begins: run the stage, return its stored outcome
-    (an earlier delivery committed it), or neither (its run or record moved on)."""
+    """What a stage activity finds when it begins.
+
+    Run the stage, return its stored outcome (an earlier delivery committed it), or neither (its
+    run or record moved on).
+    """
 
     action: Literal["run", "settled", "skip"]
     record_id: str | None = None

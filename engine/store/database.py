@@ -71,9 +71,12 @@ def create_engine_for_url(url: str, **kwargs: Any) -> AsyncEngine:
 
 
 def create_sync_engine_for_url(url: str, **kwargs: Any) -> Engine:
-    """Create the synchronous engine for ``url``: the store runs each transaction on it in a
-    worker thread (see :class:`engine.store.SqlStore`). An async URL is mapped to its
-    synchronous driver (``sqlite+aiosqlite`` → ``sqlite+pysqlite``; psycopg is both)."""
+    """Create the synchronous engine for ``url``.
+
+    The store runs each transaction on it in a worker thread (see :class:`engine.store.SqlStore`).
+    An async URL is mapped to its synchronous driver (``sqlite+aiosqlite`` → ``sqlite+pysqlite``;
+    psycopg is both).
+    """
     parsed = _parse(url)
     kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
@@ -160,8 +163,9 @@ def _drop_dead_connections(engine: Engine) -> None:
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction that
-    may write (:data:`READ_ONLY` connections begin deferred).
+    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for transactions that may write.
+
+    :data:`READ_ONLY` connections begin deferred.
 
     A deferred transaction that reads and then writes can fail with "database is locked" when
     another writer got there first, whereas an immediate one waits (``busy_timeout``) and then

@@ -21,8 +21,9 @@ MAX_REASON = 500
 
 
 def unfixable(error: BaseException) -> str | None:
-    """The database's reason when ``error`` will recur on every retry of the same rows, else
-    ``None`` (a lost connection, a lock timeout or a serialization failure may pass).
+    """The database's reason when ``error`` will recur on every retry of the same rows.
+
+    ``None`` otherwise: a lost connection, a lock timeout or a serialization failure may pass.
 
     Constraint violations count only when a second try hits them again (the caller retries
     once first): a concurrent writer's insert may have caused the first.
@@ -38,8 +39,11 @@ def unfixable(error: BaseException) -> str | None:
 
 
 def refused_commit(commit: StageCommit, reason: str) -> StageCommit:
-    """``commit`` as a bare FAILED outcome: no output, metrics, logs, annotations or events of
-    its own, so that nothing of what the database refused is in it."""
+    """``commit`` as a bare FAILED outcome whose error gives ``reason``.
+
+    No output, metrics, logs, annotations or events of its own, so that nothing of what the
+    database refused is in it.
+    """
     outcome = commit.outcome.model_copy(
         update={
             "status": "failed",

@@ -81,8 +81,11 @@ SQLITE_READERS = 2
 
 
 def _unknown(run_id: object) -> bool:
-    """Whether ``run_id`` cannot name a stored run: a string no backend can compare (NUL, lone
-    surrogates). Such ids are answered like any unknown id instead of failing in the driver."""
+    """Whether ``run_id`` cannot name a stored run: a string no backend can compare.
+
+    That is NUL or lone surrogates. Such ids are answered like any unknown id instead of failing
+    in the driver.
+    """
     return not isinstance(run_id, str) or text_problem(run_id) is not None
 
 
@@ -124,16 +127,17 @@ class SqlStore:
         self._readers: ThreadPoolExecutor | None = None
 
     async def _write(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction on a store thread: committed, or rolled back if it
-        raises."""
+        """Run ``work`` in one transaction on a store thread; it commits unless ``work`` raises."""
         return await self._on_thread(work, transaction=True)
 
     async def _write_one_statement(
         self, statement: Callable[[Connection], T | None] | None, work: Callable[[Session], T]
     ) -> T:
-        """On PostgreSQL, try ``statement``: the same writes as ``work`` in one autocommitted
-        statement (see :mod:`engine.store.one_statement`); when it cannot (``None``), or on
-        SQLite, run ``work`` in one transaction."""
+        """On PostgreSQL, try ``statement`` first, else run ``work`` in one transaction.
+
+        ``statement`` makes the same writes as ``work`` in one autocommitted statement (see
+        :mod:`engine.store.one_statement`); when it cannot (``None``), or on SQLite, ``work`` runs.
+        """
 
         def run() -> T:
             if statement is not None and not self.is_sqlite:
@@ -295,8 +299,10 @@ class SqlStore:
         idempotency_key: str | None = None,
         from_stage_id: str = "",
     ) -> Rerun:
-        """Delete the records from ``target_group`` on and reopen that group (once per
-        ``idempotency_key``)."""
+        """Delete the records from ``target_group`` on and reopen that group.
+
+        Once per ``idempotency_key``.
+        """
         return await self._write(
             lambda session: runs.rerun_from(
                 session,
@@ -377,8 +383,10 @@ class SqlStore:
         )
 
     async def stage_outcome(self, run_id: str, stage_id: str, attempt: int) -> StageStart:
-        """The stage record's state for a delivery of its activity, in any run status (see
-        :func:`stage_rows.stage_start`)."""
+        """The stage record's state for a delivery of its activity, in any run status.
+
+        See :func:`stage_rows.stage_start`.
+        """
         return await self._read(
             lambda session: stage_rows.stage_start(session, run_id, stage_id, attempt)
         )
@@ -450,8 +458,9 @@ class SqlStore:
         *,
         max_retries: int,
     ) -> int:
-        """Hand up to ``max_events`` pending events to ``publish`` and record what it says:
-        (published ids, failed ids). Returns how many were published.
+        """Hand up to ``max_events`` pending events to ``publish`` and record what it says.
+
+        ``publish`` returns (published ids, failed ids). Returns how many were published.
 
         On PostgreSQL the events are claimed (row locks, see :mod:`.outbox_rows`) in a
         transaction held open while ``publish`` runs: the locks are the claim, and they go

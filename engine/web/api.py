@@ -190,8 +190,10 @@ class CreateRunBody(_Body):
     """More envelopes, each with its own actor and payload (the earlier shape; still taken)."""
 
     def envelopes(self, caller: Actor) -> list[RunCreateAnnotation]:
-        """Every annotation envelope of the body, ``attributes`` first: by the ``caller``,
-        on behalf of the body's actors."""
+        """Every annotation envelope of the body, ``attributes`` first.
+
+        All are by the ``caller``, on behalf of the body's actors.
+        """
         given = [
             RunCreateAnnotation(
                 attributes=envelope.attributes,
@@ -474,8 +476,11 @@ async def get_events(
 async def cancel_run(
     state: State, run_id: RunId, body: CancelRunBody | None = None
 ) -> RunCancelResult:
-    """Cancel a PENDING or RUNNING run; a run already terminal answers 409 ``invalid_state``
-    saying its status (as ``wfe run cancel`` exits 1)."""
+    """Cancel a PENDING or RUNNING run.
+
+    A run already terminal answers 409 ``invalid_state`` saying its status (as ``wfe run cancel``
+    exits 1).
+    """
     kernel = _kernel(state)
     await _existing(state, run_id)
     command = RunCancel(workflow_run_id=run_id, reason=body.reason if body else None)

@@ -104,8 +104,10 @@ async def decide(
     body: DecisionBody,
     principal: Approver,
 ) -> StageRecord:
-    """Decide as the caller's principal (it needs the ``approve`` right); answers the stage
-    record once the outcome is committed."""
+    """Decide as the caller's principal (it needs the ``approve`` right).
+
+    Answers the stage record once the outcome is committed.
+    """
     kernel = _kernel(state)
     await _existing(state, run_id)
     try:

@@ -342,9 +342,11 @@ async def run_page(
     decided: str = "",
     view: str = "",
 ) -> HTMLResponse:
-    """One run: header, stage timeline, annotations by stage and attempt (``view=time``: in
-    one chronological timeline with the stages' starts and ends), logs (the last two a page
-    at a time)."""
+    """One run: header, stage timeline, annotations by stage and attempt, logs.
+
+    With ``view=time`` the annotations are in one chronological timeline with the stages' starts
+    and ends; the last two (annotations and logs) come a page at a time.
+    """
     try:
         run = await state.store.get_run(run_id)
     except RunNotFoundError:

@@ -84,9 +84,11 @@ def create_worker(kernel: Kernel, **worker_options: Any) -> EngineWorker:
 
 
 class EngineWorker:
-    """The engine's :class:`temporalio.worker.Worker`, made once the server's search
-    attributes are checked against what the workflows project (a Worker registers with the
-    SDK core as soon as it exists, so a failed check must come first).
+    """The engine's :class:`temporalio.worker.Worker`, made after a search-attribute check.
+
+    The server's search attributes are checked against what the workflows project before the
+    Worker exists: a Worker registers with the SDK core as soon as it exists, so a failed check
+    must come first.
 
     ``async with`` gives the running Worker; :meth:`run` and :meth:`shutdown` work as
     the Worker's, and other attributes are the Worker's once it exists.
