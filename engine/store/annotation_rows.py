@@ -28,6 +28,7 @@ __all__ = [
     "AnnotationFilters",
     "LEGACY_PREFIX",
     "count_runs",
+    "count_runs_query",
     "draft_rows",
     "insert_annotations",
     "insert_drafts",
@@ -379,7 +380,27 @@ def count_runs(
     until: datetime | None,
     workflow_id: str | None,
 ) -> int:
-    """How many runs carry every ``key = value`` pair of ``match`` (within the time window)."""
+    """Count the runs that carry every ``key = value`` pair of ``match`` (in the window).
+
+    Raises:
+        AnnotationError: ``match`` is empty.
+    """
+    query = count_runs_query(match, since=since, until=until, workflow_id=workflow_id)
+    return int(session.scalar(query) or 0)
+
+
+def count_runs_query(
+    match: Mapping[str, Any],
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    workflow_id: str | None,
+) -> Select[tuple[int]]:
+    """Build :func:`count_runs`' statement: on PostgreSQL an index-only scan per pair.
+
+    Raises:
+        AnnotationError: ``match`` is empty.
+    """
     if not match:
         raise AnnotationError("count_runs needs at least one key and value")
     run_sets = []
@@ -394,5 +415,4 @@ def count_runs(
     query = run_sets[0]
     for other in run_sets[1:]:
         query = query.where(WorkflowAnnotation.workflow_run_id.in_(other))
-    total = session.scalar(select(func.count(func.distinct(query.subquery().c.workflow_run_id))))
-    return int(total or 0)
+    return select(func.count(func.distinct(query.subquery().c.workflow_run_id)))

@@ -255,9 +255,12 @@ class WorkflowAnnotation(Base):
         Index(None, "workflow_run_id", "created_at"),
         Index(None, "workflow_run_id", "scope"),
         Index(None, "workflow_run_id", "actor_id"),
-        Index(None, "key", "value_text", "created_at"),
-        Index(None, "key", "value_number", "created_at"),
-        Index(None, "key", "value_bool", "created_at"),
+        # The run id rides along (PostgreSQL's INCLUDE): count_runs reads only the index.
+        # Without it, counting the runs with decision.outcome = "low" over 10M rows fetched
+        # every matching row from the heap (556 ms p50 in bench-scale; revision 0013).
+        Index(None, "key", "value_text", "created_at", postgresql_include=["workflow_run_id"]),
+        Index(None, "key", "value_number", "created_at", postgresql_include=["workflow_run_id"]),
+        Index(None, "key", "value_bool", "created_at", postgresql_include=["workflow_run_id"]),
         # A rerun re-links its stages' annotations, and deleting a stage record sets theirs
         # to NULL: both look annotations up by stage record, in the biggest table.
         Index(None, "workflow_stage_record_id"),
