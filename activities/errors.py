@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
-__all__ = ["describe_validation", "error_message"]
-
-
-def describe_validation(error: ValidationError) -> str:
-    """``field.path: message; …`` for each problem pydantic found."""
-    parts = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(root)"
-        parts.append(f"{where}: {problem['msg']}")
-    return "; ".join(parts)
+__all__ = ["error_message"]
 
 
 def error_message(error: BaseException) -> str:

@@ -37,13 +37,14 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import describe_validation, error_message
+from activities.errors import error_message
 from engine import clock as wall_clock
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
 from engine.context import CompletionContext, StageBuffer, StageContext
 from engine.errors import CommitRefusedError
 from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
+from engine.presentation import describe_validation
 from engine.records import RunStatus
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage, offload_output, resolve_outputs

@@ -35,7 +35,6 @@ from engine.cli.render import (
     Echo,
     annotation_table,
     dump,
-    format_duration,
     format_value,
     masked_url,
     stage_table,
@@ -47,6 +46,7 @@ from engine.context import CompletionContext, StageContext
 from engine.conventions import Decision, Trigger
 from engine.errors import InvalidStateError
 from engine.kernel import Kernel, temporal_workflow_id
+from engine.presentation import format_duration
 from engine.records import (
     TERMINAL_STATUSES,
     Annotation,
@@ -585,7 +585,7 @@ async def run_demo(
         keep_running: Keep the server and worker up until Ctrl-C after ``on_result``.
     """
     # Imported here: the CLI package imports this module lazily, and this keeps it that way.
-    from engine.cli.common import wait_with_progress
+    from engine.cli.progress import wait_with_progress
     from engine.cli.stack import local_stack, wait_for_shutdown
 
     seen: dict[str, tuple[str, int]] = {}  # shared: the rerun's wait shows only what changed

@@ -12,20 +12,14 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.common import (
-    DEFAULT_WORKFLOWS,
-    CommonOptions,
-    WorkflowsOption,
-    execute,
-    fail,
-    load_workflows,
-    open_kernel,
-    progress_echo,
-    with_common,
-)
+from engine.cli.connection import open_kernel
+from engine.cli.errors import fail
 from engine.cli.hints import try_command, writes_hint
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.progress import progress_echo
 from engine.cli.render import Echo, emit_json, masked_url
 from engine.cli.stack import ConsoleSink, local_port, local_stack, run_until_shutdown
+from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows
 from engine.recovery import RECOVERY_INTERVAL
 from engine.settings import VIEWER_PORT_OFFSET
 

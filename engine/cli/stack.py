@@ -17,12 +17,13 @@ import typer
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from engine.cli.common import CliError, fail
-from engine.cli.render import Echo, dump, format_time, masked_url
+from engine.cli.errors import CliError, fail
+from engine.cli.render import Echo, dump, masked_url
 from engine.commands import OutboxFlush
 from engine.devserver import DevServer
 from engine.kernel import Kernel
 from engine.outbox import EventSink
+from engine.presentation import format_time
 from engine.records import OutboxEventRecord
 from engine.recovery import recovery_loop
 from engine.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
@@ -59,7 +60,7 @@ class ConsoleSink:
             return
         stage = event.payload.get("stage_id") or event.payload.get("key") or ""
         typer.echo(
-            f"event  {format_time(event.occurred_at)}  run {event.workflow_run_id}  "
+            f"event  {format_time(event.occurred_at, date=False)}  run {event.workflow_run_id}  "
             f"#{event.sequence:<3} {event.event_type:<20} {stage}".rstrip()
         )
 

@@ -31,8 +31,9 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.cli.render import format_duration, run_summary
+from engine.cli.render import run_summary
 from engine.kernel import temporal_workflow_id
+from engine.presentation import format_duration
 from engine.recovery import recovery_loop
 from engine.store import SqlStore
 from engine.store.models import IdempotencyKey, OutboxEvent, WorkflowRun
