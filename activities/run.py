@@ -22,6 +22,7 @@ from engine.payloads import (
     StartRun,
 )
 from engine.plans import plan_of
+from engine.records import RunStartStatus
 from engine.store import SqlStore
 from engine.store.contract import NewStage
 from engine.workflows import Workflow
@@ -42,17 +43,17 @@ class RunActivities:
         workflow = self._workflows.get(start.workflow_id)
         if workflow is None:
             await self._store.start_run(start.run_id, None, causation_id=start.run_id)
-            return RunPlan(status="failed")
+            return RunPlan(status=RunStartStatus.FAILED)
         index = start.start_group - 1
 
         def first_group(config: dict[str, Any]) -> list[NewStage]:
             return [NewStage.of(spec) for spec in plan_of(workflow, config)[index]]
 
         started = await self._store.start_run(start.run_id, first_group, causation_id=start.run_id)
-        if started.status != "ok":
-            return RunPlan(status="not_running" if started.status == "not_running" else "failed")
+        if started.status != RunStartStatus.OK:
+            return RunPlan(status=started.status)
         return RunPlan(
-            status="ok",
+            status=RunStartStatus.OK,
             groups=plan_of(workflow, started.config),
             run_input=started.run_input,
             outputs=started.outputs,

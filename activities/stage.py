@@ -45,7 +45,7 @@ from engine.context import CompletionContext, StageBuffer, StageContext
 from engine.errors import CommitRefusedError
 from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
 from engine.presentation import describe_validation
-from engine.records import RunStatus
+from engine.records import RunStatus, StageOutcomeStatus, StageStartAction
 from engine.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
@@ -115,7 +115,9 @@ def _outcome_builder(
 ) -> Callable[..., StageOutcome]:
     """A function making outcomes that carry everything the stage code buffered."""
 
-    def outcome(status: Any, buffered: StageBuffer | None, **fields: Any) -> StageOutcome:
+    def outcome(
+        status: StageOutcomeStatus, buffered: StageBuffer | None, **fields: Any
+    ) -> StageOutcome:
         if fields.get("error") is not None:
             fields["error"] = clean_text(fields["error"])  # a NUL in an exception's message
         built = StageOutcome(
@@ -139,10 +141,12 @@ def _outcome_builder(
 
 def _stored(start: StageStart) -> StageOutcome:
     """The outcome an earlier delivery of the task committed, or ``skipped``."""
-    if start.action != "settled":
-        return StageOutcome(status="skipped")
+    if start.action != StageStartAction.SETTLED:
+        return StageOutcome(status=StageOutcomeStatus.SKIPPED)
     return StageOutcome(
-        status="completed" if start.status == RunStatus.COMPLETED else "failed",
+        status=StageOutcomeStatus.COMPLETED
+        if start.status == RunStatus.COMPLETED
+        else StageOutcomeStatus.FAILED,
         stage_record_id=start.record_id,
         output=start.output,
         error=start.error,
@@ -182,11 +186,11 @@ class StageActivities:
             start = await self._store.begin_stage(
                 task.run_id, task.stage, task.attempt, first_group
             )
-            if start.action != "run" or start.record_id is None:
+            if start.action != StageStartAction.RUN or start.record_id is None:
                 return _stored(start)
             record_id = start.record_id
         outcome = await self._execute(task, record_id)
-        if outcome.status not in ("completed", "failed"):
+        if outcome.status not in (StageOutcomeStatus.COMPLETED, StageOutcomeStatus.FAILED):
             return outcome
         return await self._commit(task, outcome)
 
@@ -196,7 +200,8 @@ class StageActivities:
         if task.starts_run:
             await self._store.start_run(task.run_id, None, causation_id=task.run_id)
         return StageOutcome(
-            status="skipped", error=f"Workflow {task.workflow_id} not found in registry"
+            status=StageOutcomeStatus.SKIPPED,
+            error=f"Workflow {task.workflow_id} not found in registry",
         )
 
     async def _commit(self, task: StageTask, outcome: StageOutcome) -> StageOutcome:
@@ -234,7 +239,11 @@ class StageActivities:
             return _stored(stored).model_copy(update={"commit": result})
         if result.failed_with is not None:
             outcome = outcome.model_copy(
-                update={"status": "failed", "output": None, "error": result.failed_with}
+                update={
+                    "status": StageOutcomeStatus.FAILED,
+                    "output": None,
+                    "error": result.failed_with,
+                }
             )
         return outcome.model_copy(
             update={"logs": [], "annotations": [], "progress": [], "ai_calls": [], "commit": result}
@@ -253,7 +262,7 @@ class StageActivities:
         if problem is None:
             config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
         if problem is not None:
-            return outcome("failed", None, error=problem)
+            return outcome(StageOutcomeStatus.FAILED, None, error=problem)
         ctx = StageContext(
             input=parsed_input,
             config=config,
@@ -278,11 +287,11 @@ class StageActivities:
         except Exception as exc:
             if not _is_last_attempt(stage, exc):
                 raise
-            return outcome("failed", ctx, error=error_message(exc))
+            return outcome(StageOutcomeStatus.FAILED, ctx, error=error_message(exc))
 
         if isinstance(result, Suspend):
             return outcome(
-                "suspended",
+                StageOutcomeStatus.SUSPENDED,
                 ctx,
                 suspended_state=result.state,
                 poll_interval=result.poll_interval,
@@ -308,17 +317,17 @@ class StageActivities:
             required = [n for n, f in stage.output_model.model_fields.items() if f.is_required()]
             if required:
                 return outcome(
-                    "failed",
+                    StageOutcomeStatus.FAILED,
                     buffered,
                     error=f"Stage {stage.id} produced no output, but its output model "
                     f"{stage.output_model.__name__} requires: {', '.join(required)}",
                 )
-            return outcome("completed", buffered, output=None, metrics=metrics)
+            return outcome(StageOutcomeStatus.COMPLETED, buffered, output=None, metrics=metrics)
         try:
             output = stage.dump_output(stage.parse_output(raw_output))
         except ValidationError as exc:
             return outcome(
-                "failed",
+                StageOutcomeStatus.FAILED,
                 buffered,
                 error=f"Invalid output of stage {stage.id}: {describe_validation(exc)}",
             )
@@ -326,7 +335,7 @@ class StageActivities:
             output = await offload_output(
                 self._blobs, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
             )
-        return outcome("completed", buffered, output=output, metrics=metrics)
+        return outcome(StageOutcomeStatus.COMPLETED, buffered, output=output, metrics=metrics)
 
     @activity.defn(name="wfe.check_completion")
     async def check_completion(self, task: StageTask) -> StageOutcome:
@@ -338,11 +347,13 @@ class StageActivities:
 
         if stage.check_completion is None:
             return outcome(
-                "failed", None, error=f"Stage {stage.id} does not support check_completion"
+                StageOutcomeStatus.FAILED,
+                None,
+                error=f"Stage {stage.id} does not support check_completion",
             )
         config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
         if problem is not None:
-            return outcome("failed", None, error=problem)
+            return outcome(StageOutcomeStatus.FAILED, None, error=problem)
         ctx: CompletionContext[Any] = CompletionContext(
             config=config,
             workflow_run_id=task.run_id,
@@ -360,18 +371,18 @@ class StageActivities:
         try:
             check = await _call(stage.check_completion, task.suspended_state, ctx)
         except Exception as exc:
-            return outcome("failed", ctx, error=error_message(exc))
+            return outcome(StageOutcomeStatus.FAILED, ctx, error=error_message(exc))
         if not isinstance(check, CompletionCheck):
             return outcome(
-                "failed",
+                StageOutcomeStatus.FAILED,
                 ctx,
                 error=f"check_completion of stage {stage.id} returned {type(check).__name__}, "
                 "expected CompletionCheck",
             )
         if check.error is not None:
-            return outcome("failed", ctx, error=check.error)
+            return outcome(StageOutcomeStatus.FAILED, ctx, error=check.error)
         if check.ready:
             return await self._completed(
                 stage, check.output, ctx, outcome, _custom_metrics(check.metrics)
             )
-        return outcome("not_ready", ctx, next_check_in=check.next_check_in)
+        return outcome(StageOutcomeStatus.NOT_READY, ctx, next_check_in=check.next_check_in)

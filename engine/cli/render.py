@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from engine.presentation import format_actor, format_duration, format_time, value_text
-from engine.records import Annotation, RunRecord, StageRecord
+from engine.records import Annotation, RunRecord, StageRecord, StageStatus
 
 __all__ = [
     "Echo",
@@ -135,7 +135,7 @@ def stage_line(stage: StageRecord) -> str:
     parts = [f"{stage.stage_id:<18}", f"{stage.status.value:<10}", f"attempt {stage.attempt}"]
     if stage.duration_ms is not None:
         parts.append(format_duration(stage.duration_ms))
-    if stage.status.value == "SUSPENDED" and stage.next_poll_at is not None:
+    if stage.status is StageStatus.SUSPENDED and stage.next_poll_at is not None:
         parts.append(f"next check {format_time(stage.next_poll_at, date=False)}")
     if stage.error_message:
         parts.append(format_value(stage.error_message, width=100))

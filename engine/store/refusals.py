@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
 from engine.payloads import StageCommit
+from engine.records import StageOutcomeStatus
 from engine.values import clean_text
 
 __all__ = ["refused_commit", "unfixable"]
@@ -42,7 +43,7 @@ def refused_commit(commit: StageCommit, reason: str) -> StageCommit:
     its own, so that nothing of what the database refused is in it."""
     outcome = commit.outcome.model_copy(
         update={
-            "status": "failed",
+            "status": StageOutcomeStatus.FAILED,
             "output": None,
             "metrics": {},
             "suspended_state": None,

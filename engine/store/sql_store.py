@@ -20,7 +20,14 @@ from engine.annotations import AnnotationDraft
 from engine.errors import CommitRefusedError, InvalidStateError, RunNotFoundError
 from engine.evidence import ChainVerification
 from engine.payloads import CommitResult, StageCommit, StageSpec
-from engine.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
+from engine.records import (
+    Annotation,
+    LogRecord,
+    OutboxEventRecord,
+    RunRecord,
+    SettledRunStatus,
+    StageRecord,
+)
 from engine.store import (
     annotation_rows,
     approval_rows,
@@ -256,7 +263,7 @@ class SqlStore:
         self,
         run_id: str,
         *,
-        status: str,
+        status: SettledRunStatus,
         output: Any,
         error: str | None,
         now: datetime,
