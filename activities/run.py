@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from engine.errors import CommitRefusedError
+from activities.errors import engine_errors_translated
 from engine.payloads import (
     CommitResult,
     FinalizeRun,
@@ -40,6 +39,10 @@ class RunActivities:
     @activity.defn(name="wfe.start_run")
     async def start_run(self, start: StartRun) -> RunPlan:
         """Mark the run RUNNING, open the starting group, and return the plan."""
+        with engine_errors_translated():
+            return await self._start_run(start)
+
+    async def _start_run(self, start: StartRun) -> RunPlan:
         workflow = self._workflows.get(start.workflow_id)
         if workflow is None:
             await self._store.start_run(start.run_id, None, causation_id=start.run_id)
@@ -62,27 +65,30 @@ class RunActivities:
 
     @activity.defn(name="wfe.commit_stage")
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
-        """Write a stage outcome, its logs, annotations and events in one transaction."""
-        try:
+        """Write a stage outcome, its logs, annotations and events in one transaction.
+
+        A ``CommitRefusedError`` (no retry can land it) fails the execution, non-retryable.
+        """
+        with engine_errors_translated():
             return await self._store.commit_stage(commit)
-        except CommitRefusedError as error:  # no retry can land it: fail the execution
-            raise ApplicationError(
-                error.message, type="CommitRefusedError", non_retryable=True
-            ) from error
 
     @activity.defn(name="wfe.cancel_run")
     async def cancel_run(self, run_id: str) -> bool:
         """Cancel the run in the side-store (its workflow was cancelled from Temporal)."""
-        return await self._store.cancel_run(run_id, "cancelled from Temporal", causation_id=run_id)
+        with engine_errors_translated():
+            return await self._store.cancel_run(
+                run_id, "cancelled from Temporal", causation_id=run_id
+            )
 
     @activity.defn(name="wfe.finalize_run")
     async def finalize_run(self, final: FinalizeRun) -> bool:
         """End the run COMPLETED or FAILED."""
-        return await self._store.finalize_run(
-            final.run_id,
-            status=final.status,
-            output=final.output,
-            error=final.error,
-            now=final.now,
-            commit_id=final.commit_id,
-        )
+        with engine_errors_translated():
+            return await self._store.finalize_run(
+                final.run_id,
+                status=final.status,
+                output=final.output,
+                error=final.error,
+                now=final.now,
+                commit_id=final.commit_id,
+            )

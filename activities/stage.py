@@ -22,7 +22,8 @@ need the workflow's clock for their timers, always commit through that local act
 
 A stage's own exception is its outcome (FAILED on the first try) unless the stage declares a
 ``retry_policy``: then the activity raises so Temporal retries the user code, and only the
-last allowed attempt returns the failure.
+last allowed attempt returns the failure. The engine's own errors around the user code (the
+side-store, the blob store) leave as ``ApplicationError`` (see :mod:`activities.errors`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import error_message
+from activities.errors import application_error, engine_errors_translated, error_message
 from engine import clock as wall_clock
 from engine.annotations import AnnotationLimits
 from engine.blobs import BlobStore, SqlBlobStore
@@ -183,9 +184,10 @@ class StageActivities:
         record_id = task.stage_record_id
         if record_id is None or activity.info().attempt > 1:
             first_group = [NewStage.of(s) for s in task.starts_run] if task.starts_run else None
-            start = await self._store.begin_stage(
-                task.run_id, task.stage, task.attempt, first_group
-            )
+            with engine_errors_translated():
+                start = await self._store.begin_stage(
+                    task.run_id, task.stage, task.attempt, first_group
+                )
             if start.action != StageStartAction.RUN or start.record_id is None:
                 return _stored(start)
             record_id = start.record_id
@@ -198,7 +200,8 @@ class StageActivities:
         """This worker does not have the run's workflow: fail the run if it is to start it
         (``WORKFLOW_NOT_FOUND``, as the original's claim did), and run nothing."""
         if task.starts_run:
-            await self._store.start_run(task.run_id, None, causation_id=task.run_id)
+            with engine_errors_translated():
+                await self._store.start_run(task.run_id, None, causation_id=task.run_id)
         return StageOutcome(
             status=StageOutcomeStatus.SKIPPED,
             error=f"Workflow {task.workflow_id} not found in registry",
@@ -223,10 +226,8 @@ class StageActivities:
             try:
                 result = await self._store.commit_stage(commit)
                 break
-            except CommitRefusedError as error:
-                raise ApplicationError(
-                    error.message, type="CommitRefusedError", non_retryable=True
-                ) from error
+            except CommitRefusedError as error:  # no retry can land it: fail the execution
+                raise application_error(error) from error
             except Exception:
                 if delay is None:
                     activity.logger.warning(
@@ -235,7 +236,10 @@ class StageActivities:
                     return outcome  # committed by the workflow's local activity, buffer intact
                 await asyncio.sleep(delay)
         if result.duplicate:  # another delivery of this task committed first: use its outcome
-            stored = await self._store.stage_outcome(task.run_id, task.stage.stage_id, task.attempt)
+            with engine_errors_translated():
+                stored = await self._store.stage_outcome(
+                    task.run_id, task.stage.stage_id, task.attempt
+                )
             return _stored(stored).model_copy(update={"commit": result})
         if result.failed_with is not None:
             outcome = outcome.model_copy(
@@ -257,12 +261,18 @@ class StageActivities:
         ctx: StageContext[Any, Any] | None = None
         outcome = _outcome_builder(record_id, clock, started_at=started_at)
 
-        raw_input = await resolve_outputs(self._blobs, task.run_id, task.input)
+        with engine_errors_translated():
+            raw_input = await resolve_outputs(self._blobs, task.run_id, task.input)
         parsed_input, problem = _parsed(stage.parse_input, raw_input, "input", stage.id)
         if problem is None:
             config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
         if problem is not None:
             return outcome(StageOutcomeStatus.FAILED, None, error=problem)
+        with engine_errors_translated():
+            upstream = {
+                stage_id: await resolve_outputs(self._blobs, task.run_id, value)
+                for stage_id, value in task.context.items()
+            }
         ctx = StageContext(
             input=parsed_input,
             config=config,
@@ -274,10 +284,7 @@ class StageActivities:
             stage_record_id=record_id,
             attempt=task.attempt,
             activity_attempt=activity.info().attempt,
-            workflow_context={
-                stage_id: await resolve_outputs(self._blobs, task.run_id, value)
-                for stage_id, value in task.context.items()
-            },
+            workflow_context=upstream,
             resume_state=task.suspended_state,
             storage=storage,
             limits=self._limits,
@@ -332,9 +339,14 @@ class StageActivities:
                 error=f"Invalid output of stage {stage.id}: {describe_validation(exc)}",
             )
         if locate_problem(output, "output") is None:  # else the outcome is refused, unstored
-            output = await offload_output(
-                self._blobs, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
-            )
+            with engine_errors_translated():
+                output = await offload_output(
+                    self._blobs,
+                    buffered.workflow_run_id,
+                    stage.id,
+                    output,
+                    self._large_output_bytes,
+                )
         return outcome(StageOutcomeStatus.COMPLETED, buffered, output=output, metrics=metrics)
 
     @activity.defn(name="wfe.check_completion")
