@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
@@ -25,7 +24,6 @@ from engine.records import (
     LogRecord,
     OutboxEventRecord,
     RunRecord,
-    SettledRunStatus,
     StageRecord,
 )
 from engine.store import (
@@ -42,14 +40,11 @@ from engine.store import (
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.chain_check import ChainRecords, read_chain, verify_chain
 from engine.store.contract import (
-    ActiveRun,
     AnnotationFilters,
-    CrossRunFilters,
     NewRun,
     NewStage,
     Rerun,
     RowContext,
-    StageStart,
     StartedRun,
 )
 from engine.store.database import (
@@ -81,6 +76,7 @@ from engine.values import clean_text, text_problem
 
 __all__ = ["SqlStore"]
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 SQLITE_READERS = 2
@@ -95,6 +91,34 @@ def _unknown(run_id: object) -> bool:
 
 def _not_found(run_id: object) -> RunNotFoundError:
     return RunNotFoundError(f"Run {run_id!r} not found", workflow_run_id=None)
+
+
+# A store method that does nothing but run one row function is that function, bound: its
+# parameters (after the session), defaults and docstring are declared once, where the work is.
+
+
+def _writing(
+    work: Callable[Concatenate[Session, P], T],
+) -> Callable[Concatenate[SqlStore, P], Awaitable[T]]:
+    """A method running ``work`` in a write transaction of its own (see ``SqlStore._write``)."""
+
+    async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._write(lambda session: work(session, *args, **kwargs))
+
+    method.__doc__ = work.__doc__
+    return method
+
+
+def _reading(
+    work: Callable[Concatenate[Session, P], T],
+) -> Callable[Concatenate[SqlStore, P], Awaitable[T]]:
+    """A method running ``work`` in a read-only session (see ``SqlStore._read``)."""
+
+    async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._read(lambda session: work(session, *args, **kwargs))
+
+    method.__doc__ = work.__doc__
+    return method
 
 
 class SqlStore:
@@ -259,28 +283,7 @@ class SqlStore:
             lambda session: runs.start_run(session, run_id, first_group_of, utcnow(), causation_id)
         )
 
-    async def finalize_run(
-        self,
-        run_id: str,
-        *,
-        status: SettledRunStatus,
-        output: Any,
-        error: str | None,
-        now: datetime,
-        commit_id: str,
-    ) -> bool:
-        """End the run COMPLETED or FAILED (idempotent)."""
-        return await self._write(
-            lambda session: runs.finalize_run(
-                session,
-                run_id,
-                status=status,
-                output=output,
-                error=error,
-                now=now,
-                commit_id=commit_id,
-            )
-        )
+    finalize_run = _writing(runs.finalize_run)
 
     async def cancel_run(self, run_id: str, reason: str | None, causation_id: str) -> bool:
         """Cancel a PENDING or RUNNING run; False when unknown or already terminal."""
@@ -319,26 +322,11 @@ class SqlStore:
             )
         )
 
-    async def pending_runs(self, limit: int) -> list[ActiveRun]:
-        """PENDING runs, highest priority then oldest first."""
-        return await self._read(lambda session: runs.pending_runs(session, limit))
+    pending_runs = _reading(runs.pending_runs)
 
-    async def running_runs(self, limit: int) -> list[ActiveRun]:
-        """RUNNING runs, least recently updated first."""
-        return await self._read(lambda session: runs.running_runs(session, limit))
+    running_runs = _reading(runs.running_runs)
 
-    async def restart_run(
-        self, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
-    ) -> int | None:
-        """Hand a RUNNING run to a new execution (see :func:`runs.restart_run`)."""
-        return await self._write(
-            lambda session: runs.restart_run(
-                session,
-                run_id,
-                expected_temporal_id=expected_temporal_id,
-                temporal_id=temporal_id,
-            )
-        )
+    restart_run = _writing(runs.restart_run)
 
     async def temporal_workflow_id(self, run_id: str) -> str | None:
         """Id of the Temporal workflow currently driving the run."""
@@ -383,12 +371,7 @@ class SqlStore:
             ),
         )
 
-    async def stage_outcome(self, run_id: str, stage_id: str, attempt: int) -> StageStart:
-        """The stage record's state for a delivery of its activity, in any run status (see
-        :func:`stage_rows.stage_start`)."""
-        return await self._read(
-            lambda session: stage_rows.stage_start(session, run_id, stage_id, attempt)
-        )
+    stage_outcome = _reading(stage_rows.stage_start)
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`).
@@ -496,37 +479,17 @@ class SqlStore:
         finally:
             await self._in_thread(session.close, True)  # rolls back what did not commit
 
-    async def replay_dead_letters(self, max_events: int) -> int:
-        """Put up to ``max_events`` dead-lettered events back in the outbox."""
-        return await self._write(partial(outbox_rows.replay_dead_letters, max_events=max_events))
+    replay_dead_letters = _writing(outbox_rows.replay_dead_letters)
 
-    async def delivered_plugins(self, event_id: str) -> set[str]:
-        """Ids of the plugins that handled ``event_id`` already."""
-        return await self._read(partial(delivery_rows.delivered_plugins, event_id=event_id))
+    delivered_plugins = _reading(delivery_rows.delivered_plugins)
 
-    async def record_delivery(self, event_id: str, plugin_id: str) -> None:
-        """Note that ``plugin_id`` handled ``event_id``, in a transaction of its own."""
-        await self._write(
-            partial(delivery_rows.record_delivery, event_id=event_id, plugin_id=plugin_id)
-        )
+    record_delivery = _writing(delivery_rows.record_delivery)
 
-    async def put_artifact(self, run_id: str, key: str, data: Any, kind: str) -> None:
-        """Store a blob of the run under ``key``, replacing what was there."""
-        await self._write(
-            partial(artifact_rows.put_artifact, run_id=run_id, key=key, data=data, kind=kind)
-        )
+    put_artifact = _writing(artifact_rows.put_artifact)
 
-    async def read_artifact(self, run_id: str, key: str) -> Any:
-        """The blob under ``key``, or :data:`artifact_rows.MISSING`."""
-        return await self._read(partial(artifact_rows.read_artifact, run_id=run_id, key=key))
+    read_artifact = _reading(artifact_rows.read_artifact)
 
-    async def delete_artifacts(
-        self, run_id: str, *, key: str | None = None, prefix: str | None = None
-    ) -> None:
-        """Remove the blob under ``key``, or every blob of the run under ``prefix``."""
-        await self._write(
-            partial(artifact_rows.delete_artifacts, run_id=run_id, key=key, prefix=prefix)
-        )
+    delete_artifacts = _writing(artifact_rows.delete_artifacts)
 
     # -- AI calls -----------------------------------------------------------------------------
 
@@ -580,30 +543,9 @@ class SqlStore:
             raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
         return rows
 
-    async def query_annotations(
-        self, filters: CrossRunFilters, *, limit: int, cursor: str | None
-    ) -> tuple[list[Annotation], str | None]:
-        """Annotations across runs, one keyset page at a time."""
-        return await self._read(
-            lambda session: annotation_rows.query_annotations(
-                session, filters, limit=limit, cursor=cursor
-            )
-        )
+    query_annotations = _reading(annotation_rows.query_annotations)
 
-    async def count_runs(
-        self,
-        match: Mapping[str, Any],
-        *,
-        since: datetime | None,
-        until: datetime | None,
-        workflow_id: str | None,
-    ) -> int:
-        """Runs carrying every ``key = value`` pair of ``match``."""
-        return await self._read(
-            lambda session: annotation_rows.count_runs(
-                session, match, since=since, until=until, workflow_id=workflow_id
-            )
-        )
+    count_runs = _reading(annotation_rows.count_runs)
 
     async def fork_run(
         self,
@@ -630,17 +572,11 @@ class SqlStore:
             )
         )
 
-    async def forks_of(self, run_id: str) -> list[str]:
-        """Ids of the runs forked from ``run_id`` (``revision.previous_run_id``), oldest first."""
-        return await self._read(lambda session: fork_rows.forks_of(session, run_id))
+    forks_of = _reading(fork_rows.forks_of)
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def pending_approvals(
-        self, filters: approval_rows.PendingFilters
-    ) -> list[approval_rows.PendingRow]:
-        """Approval stages waiting for a decision, oldest first (the approvals inbox)."""
-        return await self._read(lambda session: approval_rows.pending_rows(session, filters))
+    pending_approvals = _reading(approval_rows.pending_rows)
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`RunNotFoundError`."""
