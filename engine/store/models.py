@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from engine import clock
-from engine.records import RunRecord, RunStatus
+from engine.records import LogRecord, RunRecord, RunStatus
 
 __all__ = [
     "AI_CALLS",
@@ -388,6 +388,19 @@ CHAIN_LINKS: Table = ChainLink.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 IDEMPOTENCY_KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
+
+
+def log_record(row: WorkflowLog) -> LogRecord:
+    """The public record of a log row (``metadata_`` as ``metadata``, as for runs)."""
+    return LogRecord(
+        id=row.id,
+        created_at=row.created_at,
+        workflow_run_id=row.workflow_run_id,
+        stage_id=row.stage_id,
+        level=row.level,
+        message=row.message,
+        metadata=row.metadata_,
+    )
 
 
 def run_record(row: WorkflowRun) -> RunRecord:

@@ -61,6 +61,7 @@ from engine.store.models import (
     WorkflowLog,
     WorkflowRun,
     WorkflowStage,
+    log_record,
     run_record,
     utcnow,
 )
@@ -97,25 +98,16 @@ def _not_found(run_id: object) -> RunNotFoundError:
 # parameters (after the session), defaults and docstring are declared once, where the work is.
 
 
-def _writing(
-    work: Callable[Concatenate[Session, P], T],
+def _bound(
+    work: Callable[Concatenate[Session, P], T], *, transaction: bool
 ) -> Callable[Concatenate[SqlStore, P], Awaitable[T]]:
-    """A method running ``work`` in a write transaction of its own (see ``SqlStore._write``)."""
+    """A method running ``work`` in a write transaction of its own (``transaction``) or in a
+    read-only session, on a store thread (see ``SqlStore._on_thread``)."""
 
     async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._write(lambda session: work(session, *args, **kwargs))
-
-    method.__doc__ = work.__doc__
-    return method
-
-
-def _reading(
-    work: Callable[Concatenate[Session, P], T],
-) -> Callable[Concatenate[SqlStore, P], Awaitable[T]]:
-    """A method running ``work`` in a read-only session (see ``SqlStore._read``)."""
-
-    async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._read(lambda session: work(session, *args, **kwargs))
+        return await self._on_thread(
+            lambda session: work(session, *args, **kwargs), transaction=transaction
+        )
 
     method.__doc__ = work.__doc__
     return method
@@ -283,7 +275,7 @@ class SqlStore:
             lambda session: runs.start_run(session, run_id, first_group_of, utcnow(), causation_id)
         )
 
-    finalize_run = _writing(runs.finalize_run)
+    finalize_run = _bound(runs.finalize_run, transaction=True)
 
     async def cancel_run(self, run_id: str, reason: str | None, causation_id: str) -> bool:
         """Cancel a PENDING or RUNNING run; False when unknown or already terminal."""
@@ -322,11 +314,11 @@ class SqlStore:
             )
         )
 
-    pending_runs = _reading(runs.pending_runs)
+    pending_runs = _bound(runs.pending_runs, transaction=False)
 
-    running_runs = _reading(runs.running_runs)
+    running_runs = _bound(runs.running_runs, transaction=False)
 
-    restart_run = _writing(runs.restart_run)
+    restart_run = _bound(runs.restart_run, transaction=True)
 
     async def temporal_workflow_id(self, run_id: str) -> str | None:
         """Id of the Temporal workflow currently driving the run."""
@@ -371,7 +363,7 @@ class SqlStore:
             ),
         )
 
-    stage_outcome = _reading(stage_rows.stage_start)
+    stage_outcome = _bound(stage_rows.stage_start, transaction=False)
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`).
@@ -479,17 +471,17 @@ class SqlStore:
         finally:
             await self._in_thread(session.close, True)  # rolls back what did not commit
 
-    replay_dead_letters = _writing(outbox_rows.replay_dead_letters)
+    replay_dead_letters = _bound(outbox_rows.replay_dead_letters, transaction=True)
 
-    delivered_plugins = _reading(delivery_rows.delivered_plugins)
+    delivered_plugins = _bound(delivery_rows.delivered_plugins, transaction=False)
 
-    record_delivery = _writing(delivery_rows.record_delivery)
+    record_delivery = _bound(delivery_rows.record_delivery, transaction=True)
 
-    put_artifact = _writing(artifact_rows.put_artifact)
+    put_artifact = _bound(artifact_rows.put_artifact, transaction=True)
 
-    read_artifact = _reading(artifact_rows.read_artifact)
+    read_artifact = _bound(artifact_rows.read_artifact, transaction=False)
 
-    delete_artifacts = _writing(artifact_rows.delete_artifacts)
+    delete_artifacts = _bound(artifact_rows.delete_artifacts, transaction=True)
 
     # -- AI calls -----------------------------------------------------------------------------
 
@@ -543,9 +535,9 @@ class SqlStore:
             raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
         return rows
 
-    query_annotations = _reading(annotation_rows.query_annotations)
+    query_annotations = _bound(annotation_rows.query_annotations, transaction=False)
 
-    count_runs = _reading(annotation_rows.count_runs)
+    count_runs = _bound(annotation_rows.count_runs, transaction=False)
 
     async def fork_run(
         self,
@@ -572,50 +564,28 @@ class SqlStore:
             )
         )
 
-    forks_of = _reading(fork_rows.forks_of)
+    forks_of = _bound(fork_rows.forks_of, transaction=False)
 
     # -- reads --------------------------------------------------------------------------------
 
-    pending_approvals = _reading(approval_rows.pending_rows)
+    pending_approvals = _bound(approval_rows.pending_rows, transaction=False)
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`RunNotFoundError`."""
-        if _unknown(run_id):
-            raise _not_found(run_id)
 
-        def read(session: Session) -> RunRecord:
+        def read(session: Session) -> RunRecord | None:
             row = session.get(WorkflowRun, run_id)
-            if row is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return run_record(row)
+            return None if row is None else run_record(row)
 
-        return await self._read(read)
+        return await self._read_of_run(run_id, read)
 
     async def verify_chain(self, run_id: str) -> ChainVerification:
         """Check the run's tamper-evident record chain (:mod:`engine.store.chain_check`)."""
-        if _unknown(run_id):
-            raise _not_found(run_id)
-
-        def read(session: Session) -> ChainVerification:
-            found = verify_chain(session, run_id)
-            if found is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return found
-
-        return await self._read(read)
+        return await self._read_of_run(run_id, lambda session: verify_chain(session, run_id))
 
     async def chain_records(self, run_id: str) -> ChainRecords:
         """The run's chain and the records it covers (what an evidence bundle holds)."""
-        if _unknown(run_id):
-            raise _not_found(run_id)
-
-        def read(session: Session) -> ChainRecords:
-            found = read_chain(session, run_id)
-            if found is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return found
-
-        return await self._read(read)
+        return await self._read_of_run(run_id, lambda session: read_chain(session, run_id))
 
     async def list_ai_calls(self, run_id: str) -> list[dict[str, Any]]:
         """The run's recorded AI calls, oldest first, as column mappings (exporters read them)."""
@@ -630,17 +600,29 @@ class SqlStore:
 
         return await self._read(read)
 
-    async def _read_run_rows(self, run_id: str, query: Any) -> list[Any]:
-        """The rows ``query`` selects for a run that must exist (else RunNotFoundError)."""
+    async def _read_of_run(self, run_id: str, work: Callable[[Session], T | None]) -> T:
+        """What ``work`` reads of a run, in a read-only session; ``None`` from it means the
+        run does not exist: then (or for an id no backend can compare) RunNotFoundError."""
         if _unknown(run_id):
             raise _not_found(run_id)
 
-        def read(session: Session) -> list[Any]:
-            if session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
+        def read(session: Session) -> T:
+            found = work(session)
+            if found is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return list(session.scalars(query).all())
+            return found
 
         return await self._read(read)
+
+    async def _read_run_rows(self, run_id: str, query: Any) -> list[Any]:
+        """The rows ``query`` selects for a run that must exist (else RunNotFoundError)."""
+
+        def read(session: Session) -> list[Any] | None:
+            if session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
+                return None
+            return list(session.scalars(query).all())
+
+        return await self._read_of_run(run_id, read)
 
     async def list_stages(self, run_id: str) -> list[StageRecord]:
         """The run's stage records in execution order."""
@@ -660,18 +642,7 @@ class SqlStore:
             .where(WorkflowLog.workflow_run_id == run_id)
             .order_by(WorkflowLog.created_at, WorkflowLog.id),
         )
-        return [
-            LogRecord(
-                id=r.id,
-                created_at=r.created_at,
-                workflow_run_id=r.workflow_run_id,
-                stage_id=r.stage_id,
-                level=r.level,
-                message=r.message,
-                metadata=r.metadata_,
-            )
-            for r in rows
-        ]
+        return [log_record(r) for r in rows]
 
     async def list_outbox_events(self, run_id: str) -> list[OutboxEventRecord]:
         """The run's outbox events in sequence order; raises :class:`RunNotFoundError`."""
