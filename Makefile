@@ -21,7 +21,7 @@ demo: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict engine temporal_workflows activities
+	$(BIN)/mypy --strict engine temporal_workflows activities wfe_demo
 	$(BIN)/lint-imports
 
 # lint is a prerequisite, so it finishes before pytest starts even under make -j.
@@ -32,6 +32,7 @@ test: $(INSTALLED) lint
 	$(BIN)/pytest -q -m 'not reliability'
 
 test-reliability: $(INSTALLED)
+	.ci/ensure-faketime
 	$(BIN)/pytest -q -m reliability
 
 bench: $(INSTALLED)

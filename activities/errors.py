@@ -1,5 +1,6 @@
-"""Errors at the activity boundary: what Temporal sees of the engine's errors, and the
-one-line messages stored on failed stages.
+"""Errors at the activity boundary: what Temporal sees of the engine's errors.
+
+Also the one-line messages stored on failed stages.
 
 An engine error that leaves an activity is raised as a temporalio ``ApplicationError`` whose
 ``type`` is the error's class name (what a retry policy's ``non_retryable_error_types``
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
+from engine.core.presentation import describe_validation
 from engine.errors import (
     AnnotationError,
     CommitRefusedError,
@@ -32,7 +34,6 @@ from engine.errors import (
     RunNotFoundError,
     WorkflowDefinitionError,
 )
-from engine.presentation import describe_validation
 
 __all__ = ["NO_RETRY_HELPS", "application_error", "engine_errors_translated", "error_message"]
 

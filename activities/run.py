@@ -13,18 +13,18 @@ from typing import Any
 from temporalio import activity
 
 from activities.errors import engine_errors_translated
-from engine.payloads import (
+from engine.core.payloads import (
     CommitResult,
     FinalizeRun,
     RunPlan,
     StageCommit,
     StartRun,
 )
-from engine.plans import plan_of
-from engine.records import RunStartStatus
+from engine.core.plans import plan_of
+from engine.core.records import RunStartStatus
+from engine.core.workflows import Workflow
 from engine.store import SqlStore
 from engine.store.contract import NewStage
-from engine.workflows import Workflow
 
 __all__ = ["RunActivities"]
 

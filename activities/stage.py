@@ -39,20 +39,20 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import application_error, engine_errors_translated, error_message
-from engine import clock as wall_clock
-from engine.annotations import AnnotationLimits
-from engine.blobs import BlobStore, SqlBlobStore
-from engine.context import CompletionContext, StageBuffer, StageContext
+from engine.core import clock as wall_clock
+from engine.core.annotations import AnnotationLimits
+from engine.core.payloads import CommitResult, StageCommit, StageOutcome, StageTask
+from engine.core.presentation import describe_validation
+from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
+from engine.core.stages import CompletionCheck, Stage, StageResult, Suspend
+from engine.core.values import clean_text, locate_problem
+from engine.core.workflows import Workflow
 from engine.errors import CommitRefusedError
-from engine.payloads import CommitResult, StageCommit, StageOutcome, StageTask
-from engine.presentation import describe_validation
-from engine.records import RunStatus, StageOutcomeStatus, StageStartAction
-from engine.stages import CompletionCheck, Stage, StageResult, Suspend
-from engine.storage import StageStorage, offload_output, resolve_outputs
+from engine.runtime.blobs import BlobStore, SqlBlobStore
+from engine.runtime.context import CompletionContext, StageBuffer, StageContext
+from engine.runtime.storage import StageStorage, offload_output, resolve_outputs
 from engine.store import SqlStore
 from engine.store.contract import NewStage, StageStart
-from engine.values import clean_text, locate_problem
-from engine.workflows import Workflow
 
 __all__ = ["StageActivities"]
 
@@ -197,8 +197,10 @@ class StageActivities:
         return await self._commit(task, outcome)
 
     async def _unknown_workflow(self, task: StageTask) -> StageOutcome:
-        """This worker does not have the run's workflow: fail the run if it is to start it
-        (``WORKFLOW_NOT_FOUND``, as the original's claim did), and run nothing."""
+        """This worker does not have the run's workflow, so it runs nothing.
+
+        It fails the run if it is to start it (``WORKFLOW_NOT_FOUND``, as the original's claim did).
+        """
         if task.starts_run:
             with engine_errors_translated():
                 await self._store.start_run(task.run_id, None, causation_id=task.run_id)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.devserver import DevServer  # noqa: E402
+from engine.cli.devserver import DevServer  # noqa: E402
 
 __all__ = [
     "DEFAULT_POSTGRES_SERVER",

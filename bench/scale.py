@@ -299,7 +299,7 @@ async def _concurrent_runs(args: argparse.Namespace, url: str, store: SqlStore) 
 
 FIGURES: tuple[tuple[str, str, str, float | None], ...] = (
     # (figure name prefix in bench.annotations, label here, unit, target at the largest size)
-    ("bulk load", "bulk load (rows, indexes, ANALYZE)", "s", None),
+    ("bulk load", "bulk load (rows, indexes, VACUUM ANALYZE)", "s", None),
     ('list(run, key_prefix="decision.") p50', 'list(run, key_prefix="decision.") p50', "ms", None),
     (
         'list(run, key_prefix="decision.") p99',

@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY activities ./activities
 COPY temporal_workflows ./temporal_workflows
+COPY wfe_demo ./wfe_demo
 RUN pip install . \
     && rm -rf /src/build /src/*.egg-info \
     && useradd --create-home --uid 10001 wfe \

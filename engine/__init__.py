@@ -4,9 +4,6 @@ Define stages and workflows, run them through a :class:`Kernel` and a worker fro
 :func:`create_worker`, and query what each stage decided through ``kernel.annotations``.
 """
 
-from engine.ai_calls import AICall, AICallLogger
-from engine.annotations import Actor, AnnotationLimits, RunCreateAnnotation
-from engine.approval_stages import define_approval_stage
 from engine.commands import (
     OutboxFlush,
     OutboxFlushResult,
@@ -23,7 +20,26 @@ from engine.commands import (
     RunRerunFrom,
     RunRerunFromResult,
 )
-from engine.context import CompletionContext, StageContext
+from engine.core.ai_calls import AICall, AICallLogger
+from engine.core.annotations import Actor, AnnotationLimits, RunCreateAnnotation
+from engine.core.records import (
+    Annotation,
+    LogRecord,
+    OutboxEventRecord,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+    StageStatus,
+)
+from engine.core.stages import (
+    CompletionCheck,
+    Stage,
+    StageResult,
+    Suspend,
+    define_async_batch_stage,
+    define_stage,
+)
+from engine.core.workflows import ConfigIssue, ConfigValidation, Workflow, define_workflow
 from engine.errors import (
     AnnotationError,
     ArtifactNotFoundError,
@@ -43,30 +59,14 @@ from engine.errors import (
     WorkflowDefinitionError,
     WorkflowNotFoundError,
 )
-from engine.kernel import Kernel
-from engine.kernel_approvals import ApprovalsPage, KernelApprovals, PendingApproval
-from engine.outbox import EventSink
-from engine.plugins import Plugin, PluginRunner, define_plugin
-from engine.records import (
-    Annotation,
-    LogRecord,
-    OutboxEventRecord,
-    RunRecord,
-    RunStatus,
-    StageRecord,
-    StageStatus,
-)
-from engine.recovery import recover_orphans, recovery_loop
-from engine.stages import (
-    CompletionCheck,
-    Stage,
-    StageResult,
-    Suspend,
-    define_async_batch_stage,
-    define_stage,
-)
+from engine.runtime.approval_stages import define_approval_stage
+from engine.runtime.context import CompletionContext, StageContext
+from engine.runtime.kernel import Kernel
+from engine.runtime.kernel_approvals import ApprovalsPage, KernelApprovals, PendingApproval
+from engine.runtime.outbox import EventSink
+from engine.runtime.plugins import Plugin, PluginRunner, define_plugin
+from engine.runtime.recovery import recover_orphans, recovery_loop
 from engine.worker import create_worker
-from engine.workflows import ConfigIssue, ConfigValidation, Workflow, define_workflow
 
 __all__ = [
     "AICall",

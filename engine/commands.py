@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
-from engine.annotations import RunCreateAnnotation, text_problem
-from engine.records import RunStatus
+from engine.core.annotations import RunCreateAnnotation, text_problem
+from engine.core.records import RunStatus
 
 __all__ = [
     "Command",
@@ -141,8 +141,11 @@ class RunForkResult(_Message):
 
 
 class RunClaimPending(_Message):
-    """Start the Temporal workflow of PENDING runs whose start was lost, and restart RUNNING
-    runs whose Temporal execution is gone (terminated by an operator, timed out, deleted)."""
+    """Recover runs whose Temporal workflow is missing.
+
+    Start the Temporal workflow of PENDING runs whose start was lost, and restart RUNNING runs
+    whose Temporal execution is gone (terminated by an operator, timed out, deleted).
+    """
 
     type: Literal["run.claimPending"] = "run.claimPending"
     max_claims: int = Field(default=10, ge=1, le=1000)

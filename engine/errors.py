@@ -19,11 +19,11 @@ Every error the engine raises on purpose derives from :class:`EngineError`::
     ├── CommitRefusedError           the database refused even a stage's bare FAILED outcome
     ├── SchemaOutOfDateError         the side-store's schema is behind the code's migrations
     ├── SearchAttributesError        Temporal's search attributes do not fit the workflows
-    ├── PluginDeliveryError          (engine.plugins) one or more plugins failed on an event
-    ├── WebhookDeliveryError         (engine.sinks) the webhook did not take an event
-    ├── WebhookVerificationError     (engine.sinks) a delivery failed ``verify_webhook``
-    ├── DevServerError               (engine.devserver) the local Temporal server failed
-    └── BinaryNotFoundError          (engine.devserver) a binary is missing (a FileNotFoundError)
+    ├── PluginDeliveryError          (engine.runtime.plugins) one or more plugins failed on an event
+    ├── WebhookDeliveryError         (engine.runtime.sinks) the webhook did not take an event
+    ├── WebhookVerificationError     (engine.runtime.sinks) a delivery failed ``verify_webhook``
+    ├── DevServerError               (engine.cli.devserver) the local Temporal server failed
+    └── BinaryNotFoundError          (engine.cli.devserver) a binary is missing (FileNotFoundError)
 
 A test (``tests/engine/test_errors.py``) holds this drawing to the classes.
 """
@@ -109,13 +109,18 @@ class IdempotencyInProgressError(EngineError):
 
 
 class IdempotencyConflictError(EngineError):
-    """The idempotency key belongs to a run created with another workflow, input or config;
-    nothing was written. ``key`` is the key, ``workflow_run_id`` the run that holds it."""
+    """The idempotency key belongs to a run created with another workflow, input or config.
+
+    Nothing was written. ``key`` is the key, ``workflow_run_id`` the run that holds it.
+    """
 
 
 class RunStartError(EngineError):
-    """The run is stored but its Temporal workflow could not be started (``workflow_run_id``
-    names it): the worker's recovery loop starts it, or ``wfe run recover`` does."""
+    """The run is stored but its Temporal workflow could not be started.
+
+    ``workflow_run_id`` names the run: the worker's recovery loop starts it, or ``wfe run
+    recover`` does.
+    """
 
 
 class ArtifactNotFoundError(EngineError):
@@ -139,5 +144,8 @@ class SchemaOutOfDateError(EngineError):
 
 
 class SearchAttributesError(EngineError):
-    """The Temporal server lacks search attributes a workflow declares, has one of another
-    type, or the engine would need more of one type than Temporal allows."""
+    """The Temporal server's search attributes do not fit what the workflows declare.
+
+    The server lacks some, has one of another type, or the engine would need more of one type
+    than Temporal allows.
+    """

@@ -1,4 +1,4 @@
-"""The run workflow's payload models (defined in :mod:`engine.payloads`)."""
+"""The run workflow's payload models (defined in :mod:`engine.core.payloads`)."""
 
-from engine.payloads import *  # noqa: F403
-from engine.payloads import __all__ as __all__
+from engine.core.payloads import *  # noqa: F403
+from engine.core.payloads import __all__ as __all__

@@ -29,8 +29,8 @@ from temporalio.exceptions import ApplicationError
 from temporal_workflows.run import RunWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from engine.payloads import RunWorkflowInput
-    from engine.records import RunEnd
+    from engine.core.payloads import RunWorkflowInput
+    from engine.core.records import RunEnd
 
 __all__ = ["RUN_CANCELLED_ERROR", "RUN_FAILED_ERROR", "PipelineWorkflow"]
 RUN_FAILED_ERROR = "WfeRunFailed"

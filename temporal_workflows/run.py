@@ -34,7 +34,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from engine.payloads import (
+    from engine.core.payloads import (
         CarriedGroup,
         CommitResult,
         FinalizeRun,
@@ -49,14 +49,14 @@ with workflow.unsafe.imports_passed_through():
         StageTask,
         StartRun,
     )
-    from engine.records import (
+    from engine.core.records import (
         RunEnd,
         RunStartStatus,
         RunStatus,
         SettledRunStatus,
         StageOutcomeStatus,
     )
-    from engine.search_attributes import RUN_STATUS_ATTRIBUTE
+    from engine.core.search_attributes import RUN_STATUS_ATTRIBUTE
 
 __all__ = ["RunWorkflow"]
 
@@ -119,8 +119,10 @@ def _failed(task: asyncio.Future[None]) -> bool:
 
 
 class _RunCancelled(Exception):
-    """The side-store refused a commit: the run is no longer RUNNING (``failed``: it could
-    not start, its workflow unknown to the worker)."""
+    """The side-store refused a commit: the run is no longer RUNNING.
+
+    ``failed`` says it could not start, its workflow unknown to the worker.
+    """
 
     def __init__(self, failed: bool = False) -> None:
         super().__init__()
@@ -444,8 +446,10 @@ class RunWorkflow:
         return stage_id in self._resumes and workflow.patched(RESUME_BEFORE_PARK)
 
     async def _await_decision(self, spec: StageSpec, wait: ParkedStage, group: _Group) -> None:
-        """Wait for a person's decision (an Update) or the timeout; nothing polls meanwhile,
-        so the history does not grow while the stage waits."""
+        """Wait for a person's decision (an Update) or the timeout.
+
+        Nothing polls meanwhile, so the history does not grow while the stage waits.
+        """
         stage_id = spec.stage_id
         timeout = None
         if wait.max_wait_until is not None:
@@ -511,8 +515,10 @@ class RunWorkflow:
         after_suspend: bool = False,
         poll_count: int = 0,
     ) -> None:
-        """Commit a final outcome (completed or failed); the commit that completes the group
-        opens the next one."""
+        """Commit a final outcome (completed or failed).
+
+        The commit that completes the group opens the next one.
+        """
         result = await self._commit(
             spec,
             outcome,

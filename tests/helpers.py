@@ -23,7 +23,7 @@ from engine import (
     define_workflow,
 )
 from engine.conventions import Decision
-from engine.payloads import StageSpec
+from engine.core.payloads import StageSpec
 from engine.store import SqlStore
 
 
@@ -148,7 +148,7 @@ async def workflow_closed(
 ) -> WorkflowExecutionStatus:
     """Wait for the run's first Temporal execution to close (after that nothing can commit);
     returns its final status."""
-    from engine.kernel import temporal_workflow_id
+    from engine.runtime.kernel import temporal_workflow_id
 
     handle = client.get_workflow_handle(temporal_workflow_id(run_id))
     try:

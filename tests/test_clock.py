@@ -1,4 +1,4 @@
-"""The worker's clock correction (engine.clock): Temporal's time when the machine's is far off."""
+"""The worker's clock correction (engine.core.clock): Temporal's time when ours is far off."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine import clock, ids
-from engine.ids import new_id
+from engine.core import clock, ids
+from engine.core.ids import new_id
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
-from engine.devserver import (
+from engine.cli.devserver import (
     DEFAULT_SEARCH_ATTRIBUTES,
     BinaryNotFoundError,
     DevServer,

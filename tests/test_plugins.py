@@ -33,8 +33,8 @@ from engine import (
     PluginRunner,
     define_plugin,
 )
-from engine.plugins import PluginDeliveryError
-from engine.sinks import (
+from engine.runtime.plugins import PluginDeliveryError
+from engine.runtime.sinks import (
     SIGNATURE_HEADER,
     LoggingSink,
     WebhookDeliveryError,

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine.records import OutboxEventRecord
-from engine.sinks import (
+from engine.core.records import OutboxEventRecord
+from engine.runtime.sinks import (
     SIGNATURE_HEADER,
     WebhookDeliveryError,
     WebhookSink,

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.annotations import AnnotationLimits
 from engine.cli.connection import open_store
 from engine.cli.errors import fail
 from engine.cli.options import CommonOptions, execute, with_common
@@ -15,8 +14,9 @@ from engine.cli.parsing import check_range, parse_attributes, parse_json, parse_
 from engine.cli.progress import progress_echo
 from engine.cli.render import annotation_table, emit_json
 from engine.cli.runs import actor_of
-from engine.kernel_annotations import MAX_ATTEMPT, KernelAnnotations
-from engine.records import Annotation
+from engine.core.annotations import AnnotationLimits
+from engine.core.records import Annotation
+from engine.runtime.kernel_annotations import MAX_ATTEMPT, KernelAnnotations
 from engine.store.annotation_rows import MAX_QUERY_LIMIT
 
 __all__ = ["app"]

@@ -15,14 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.annotations import Actor, AnnotationLimits
 from engine.cli.connection import open_kernel, open_store
 from engine.cli.errors import fail
 from engine.cli.options import CommonOptions, execute, with_common
 from engine.cli.parsing import parse_json
 from engine.cli.render import emit_json, format_value, table
-from engine.kernel_approvals import KernelApprovals, PendingApproval
-from engine.presentation import format_time
+from engine.core.annotations import Actor, AnnotationLimits
+from engine.core.presentation import format_time
+from engine.runtime.kernel_approvals import KernelApprovals, PendingApproval
 
 __all__ = ["app", "cli_principal", "parse_duration"]
 

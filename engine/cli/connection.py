@@ -24,10 +24,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from engine.cli.errors import database_error, fail, one_line
 from engine.cli.options import CommonOptions
 from engine.cli.render import masked_url
-from engine.kernel import Kernel
+from engine.core.workflows import Workflow
+from engine.runtime.kernel import Kernel
 from engine.store import SqlStore
 from engine.store.migrate import current_revision
-from engine.workflows import Workflow
 
 __all__ = ["CONNECT_TIMEOUT", "connect_client", "open_kernel", "open_store"]
 

@@ -11,7 +11,7 @@ from engine.cli.options import CommonOptions, execute, with_common
 from engine.cli.progress import progress_echo
 from engine.cli.render import emit_json, masked_url
 from engine.commands import OutboxFlush
-from engine.outbox import OutboxRelay
+from engine.runtime.outbox import OutboxRelay
 from engine.store.migrate import current_revision
 
 __all__ = ["db_app", "outbox_app"]

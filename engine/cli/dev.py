@@ -20,9 +20,9 @@ from engine.cli.progress import progress_echo
 from engine.cli.render import Echo, emit_json, masked_url
 from engine.cli.stack import ConsoleSink, local_port, local_stack, run_until_shutdown
 from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows
-from engine.records import RunStatus
-from engine.recovery import RECOVERY_INTERVAL
-from engine.settings import VIEWER_PORT_OFFSET
+from engine.core.records import RunStatus
+from engine.core.settings import VIEWER_PORT_OFFSET
+from engine.runtime.recovery import RECOVERY_INTERVAL
 
 __all__ = ["demo", "dev", "worker"]
 
@@ -69,8 +69,8 @@ def _human_echo(options: CommonOptions) -> Echo:
 
 
 async def _demo(options: CommonOptions, timeout: float, keep_running: bool) -> int:
-    from engine.demo import DEMO_DATABASE_URL, DemoResult, render_demo, run_demo
-    from engine.settings import DEFAULT_DATABASE_URL
+    from engine.core.settings import DEFAULT_DATABASE_URL
+    from wfe_demo.triage import DEMO_DATABASE_URL, DemoResult, render_demo, run_demo
 
     echo = _human_echo(options)
 

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from temporalio.service import RPCError
 
+from engine.cli.devserver import DevServerError
 from engine.cli.render import masked_url
-from engine.devserver import DevServerError
+from engine.core.presentation import describe_validation
 from engine.errors import EngineError
-from engine.presentation import describe_validation
 
 __all__ = [
     "EXIT_BAD_INPUT",

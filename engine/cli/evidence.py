@@ -16,8 +16,8 @@ import typer
 from engine.cli.connection import open_kernel, open_store
 from engine.cli.errors import fail
 from engine.cli.options import CommonOptions, execute, with_common
-from engine.evidence import ChainVerification
-from engine.evidence_bundle import new_key_pair, sign_bundle, verify_bundle
+from engine.core.evidence import ChainVerification
+from engine.runtime.evidence_bundle import new_key_pair, sign_bundle, verify_bundle
 
 __all__ = ["export", "keys_app", "verify"]
 

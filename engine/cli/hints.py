@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from engine.workflows import Workflow
+from engine.core.workflows import Workflow
 
 __all__ = ["example_input", "try_command", "writes_hint"]
 

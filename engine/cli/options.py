@@ -1,8 +1,9 @@
 """The options every ``wfe`` command takes, and running a command under them.
 
 Every command takes ``--temporal-address``, ``--namespace``, ``--task-queue``, ``--database-url``
-(or their ``WFE_*`` environment variables, else :class:`~engine.settings.Settings` defaults) and
-``--json``; :func:`with_common` adds them to a command and hands it a :class:`CommonOptions`.
+(or their ``WFE_*`` environment variables, else :class:`~engine.core.settings.Settings`
+defaults) and ``--json``; :func:`with_common` adds them to a command and hands it a
+:class:`CommonOptions`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 import typer
 
 from engine.cli.errors import reported_errors
-from engine.settings import Settings
+from engine.core.settings import Settings
 
 __all__ = ["CommonOptions", "execute", "with_common"]
 

@@ -11,14 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.cli.errors import fail
-from engine.key_values import parse_key_value
+from engine.core.key_values import parse_key_value
 
 __all__ = ["check_range", "parse_attributes", "parse_json", "parse_time"]
 
 
 def check_range(value: int | None, what: str, low: int, high: int) -> None:
-    """Stop with one ``error:`` line (exit 2) unless ``value`` is ``None`` or in
-    ``low..high``: a huge number must not reach the database (an overflow traceback there)."""
+    """Stop with one ``error:`` line (exit 2) unless ``value`` is ``None`` or in ``low..high``.
+
+    A huge number must not reach the database (an overflow traceback there).
+    """
     if value is not None and not low <= value <= high:
         shown = str(value) if len(str(value)) <= 30 else f"{str(value)[:27]}..."
         fail(f"{what} must be between {low} and {high}, got {shown}")

@@ -10,8 +10,8 @@ import typer
 from engine.cli.errors import fail
 from engine.cli.options import CommonOptions
 from engine.cli.render import Echo, stage_line
-from engine.kernel import Kernel
-from engine.records import RunRecord
+from engine.core.records import RunRecord
+from engine.runtime.kernel import Kernel
 
 __all__ = ["progress_echo", "wait_with_progress"]
 
@@ -37,8 +37,16 @@ async def wait_with_progress(
     """Wait until the run is terminal, printing each stage status change as it happens.
 
     Args:
+        kernel: The kernel the run and its stages are read through.
+        run_id: The run to wait for.
+        timeout: How long to wait in all.
+        echo: Where the stage lines go.
+        indent: What each stage line starts with.
         seen: (status, attempt) by stage id already shown; updated in place, so that a later
             wait (after a rerun) shows only what changed.
+
+    Returns:
+        The run's record, once terminal.
 
     Raises:
         CliError: (exit code 1) the run is still active after ``timeout``.

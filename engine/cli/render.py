@@ -14,8 +14,8 @@ import typer
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
-from engine.presentation import format_actor, format_duration, format_time, value_text
-from engine.records import Annotation, RunRecord, StageRecord, StageStatus
+from engine.core.presentation import format_actor, format_duration, format_time, value_text
+from engine.core.records import Annotation, RunRecord, StageRecord, StageStatus
 
 __all__ = [
     "Echo",

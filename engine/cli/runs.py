@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.annotations import Actor, RunCreateAnnotation
 from engine.cli.connection import open_kernel, open_store
 from engine.cli.errors import fail
 from engine.cli.options import CommonOptions, execute, with_common
@@ -16,9 +15,10 @@ from engine.cli.progress import progress_echo, wait_with_progress
 from engine.cli.render import emit_json, run_document, run_summary, stage_table, temporal_ui_url
 from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows, registry
 from engine.commands import RunCancel, RunCreate, RunCreateResult, RunFork, RunRerunFrom
+from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.records import RunStatus
 from engine.errors import WorkflowNotFoundError
-from engine.kernel import Kernel
-from engine.records import RunStatus
+from engine.runtime.kernel import Kernel
 from engine.store import SqlStore
 
 __all__ = ["actor_of", "app"]
@@ -248,7 +248,7 @@ def rerun(
 
 
 async def _recover(options: CommonOptions, max_claims: int) -> None:
-    from engine.recovery import recover_orphans
+    from engine.runtime.recovery import recover_orphans
 
     async with open_kernel(options) as kernel:
         result = await recover_orphans(kernel, max_claims=max_claims)
@@ -273,8 +273,10 @@ def recover(
         int, typer.Option("--max-claims", help="At most this many runs of each kind.")
     ] = 50,
 ) -> None:
-    """One recovery pass: start runs left PENDING, restart RUNNING runs whose Temporal
-    execution is gone (the worker does this every --recovery-interval)."""
+    """Start runs left PENDING, restart RUNNING runs whose Temporal execution is gone.
+
+    One recovery pass; the worker does this every --recovery-interval.
+    """
     execute(_recover(options, max_claims))
 
 

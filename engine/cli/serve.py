@@ -14,7 +14,7 @@ from engine.cli.options import CommonOptions, execute, with_common
 from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows
 
 if TYPE_CHECKING:
-    from engine.kernel import Kernel
+    from engine.runtime.kernel import Kernel
     from engine.store import SqlStore
 
 __all__ = ["serve"]

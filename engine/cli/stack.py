@@ -17,20 +17,20 @@ import typer
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from engine.cli.devserver import DevServer
 from engine.cli.errors import CliError, fail
 from engine.cli.render import Echo, dump, masked_url
 from engine.commands import OutboxFlush
-from engine.devserver import DevServer
-from engine.kernel import Kernel
-from engine.outbox import EventSink
-from engine.presentation import format_time
-from engine.records import OutboxEventRecord
-from engine.recovery import recovery_loop
-from engine.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
+from engine.core.presentation import format_time
+from engine.core.records import OutboxEventRecord
+from engine.core.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
+from engine.core.workflows import Workflow
+from engine.runtime.kernel import Kernel
+from engine.runtime.outbox import EventSink
+from engine.runtime.recovery import recovery_loop
 from engine.store import SqlStore
 from engine.store.migrate import current_revision
 from engine.worker import create_worker
-from engine.workflows import Workflow
 
 __all__ = [
     "ConsoleSink",
@@ -188,8 +188,10 @@ def local_port(address: str) -> int:
 async def run_until_shutdown(
     kernel: Kernel, *, outbox_relay: bool, recovery_interval: timedelta | None = None
 ) -> None:
-    """Relay the outbox (if asked) and recover orphaned runs every ``recovery_interval``
-    (``None``: not at all) until Ctrl-C or SIGTERM."""
+    """Relay the outbox (if asked) and recover orphaned runs until Ctrl-C or SIGTERM.
+
+    Recovery runs every ``recovery_interval`` (``None``: not at all).
+    """
     relay = asyncio.create_task(relay_outbox(kernel)) if outbox_relay else None
     recovery = (
         asyncio.create_task(recovery_loop(kernel, interval=recovery_interval))

@@ -11,11 +11,11 @@ from typing import Annotated, Any
 import typer
 
 from engine.cli.errors import fail
-from engine.workflows import Workflow
+from engine.core.workflows import Workflow
 
 __all__ = ["DEFAULT_WORKFLOWS", "WorkflowsOption", "load_workflows", "registry"]
 
-DEFAULT_WORKFLOWS = "engine.demo:WORKFLOWS"
+DEFAULT_WORKFLOWS = "wfe_demo:WORKFLOWS"
 """The workflows ``run create``, ``worker`` and ``dev`` register unless told otherwise."""
 
 WorkflowsOption = Annotated[

@@ -25,8 +25,8 @@ from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import RunFacet, parent_run
 
-from engine.plugins import Plugin, define_plugin
-from engine.records import OutboxEventRecord, StageRecord
+from engine.core.records import OutboxEventRecord, StageRecord
+from engine.runtime.plugins import Plugin, define_plugin
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
 

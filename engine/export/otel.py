@@ -34,8 +34,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from engine.plugins import Plugin, define_plugin
-from engine.records import Annotation, OutboxEventRecord, RunRecord, RunStatus, StageRecord
+from engine.core.records import Annotation, OutboxEventRecord, RunRecord, RunStatus, StageRecord
+from engine.runtime.plugins import Plugin, define_plugin
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.ai_calls import AICall, AICallLogger
+from engine.core.ai_calls import AICall, AICallLogger
 from engine.store.sql_store import SqlStore
 
 __all__ = ["SqlAICallLogger"]

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from engine.ai_calls import AICall
-from engine.ids import new_id
+from engine.core.ai_calls import AICall
+from engine.core.ids import new_id
 
 __all__ = ["ai_call_rows"]
 

@@ -11,10 +11,10 @@ from typing import Any, Protocol
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine.annotations import AnnotationDraft, text_problem, typed_columns
+from engine.core.annotations import AnnotationDraft, text_problem, typed_columns
+from engine.core.ids import new_id
+from engine.core.records import Annotation
 from engine.errors import AnnotationError
-from engine.ids import new_id
-from engine.records import Annotation
 from engine.store.chain import Link, annotation_link, append_links
 from engine.store.contract import (
     AnnotationFilters,
@@ -28,6 +28,7 @@ __all__ = [
     "AnnotationFilters",
     "LEGACY_PREFIX",
     "count_runs",
+    "count_runs_query",
     "draft_rows",
     "insert_annotations",
     "insert_drafts",
@@ -96,11 +97,14 @@ def insert_drafts(
     now: datetime,
     chain: Sequence[Link] = (),
 ) -> list[tuple[AnnotationDraft, dict[str, Any]]]:
-    """Like :func:`insert_annotations`, pairing each inserted row (its column values) with its
-    draft (whose ``emit_event`` says whether that row, and only that row, gets an event).
+    """Like :func:`insert_annotations`, pairing each inserted row with its draft.
+
+    The row is its column values; the draft's ``emit_event`` says whether that row, and only that
+    row, gets an event.
 
     The inserted rows get their links in the run's record chain, after ``chain`` (the links of
-    what the caller wrote before them in this transaction), in one append."""
+    what the caller wrote before them in this transaction), in one append.
+    """
     pairs = _insert_drafts(session, drafts, where, now)
     append_links(session, where.run_id, [*chain, *(annotation_link(row) for _, row in pairs)])
     return pairs
@@ -139,10 +143,10 @@ def _insert_drafts(
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``.
+    r"""The smallest string greater than every string starting with ``prefix``.
 
     ``key >= prefix AND key < bound`` is a literal, case-sensitive prefix match that needs no
-    LIKE escaping (``%``, ``_`` and ``\\`` are ordinary characters) and is an index range scan
+    LIKE escaping (``%``, ``_`` and ``\`` are ordinary characters) and is an index range scan
     on both backends (byte-order collation on PostgreSQL, BINARY on SQLite).
     """
     chars = list(prefix)
@@ -262,8 +266,10 @@ def _legacy_rows(session: Session, run: RunHead, filters: AnnotationFilters) -> 
 def list_annotations(
     session: Session, run_id: str, filters: AnnotationFilters
 ) -> list[Annotation] | None:
-    """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim;
-    ``None`` when there is no such run."""
+    """A run's annotations matching ``filters``, oldest first, with the legacy metadata shim.
+
+    ``None`` when there is no such run.
+    """
     stored = [
         Annotation.model_validate(row)
         for row in (session.scalars(_stored_query(run_id, filters))).all()
@@ -374,7 +380,27 @@ def count_runs(
     until: datetime | None,
     workflow_id: str | None,
 ) -> int:
-    """How many runs carry every ``key = value`` pair of ``match`` (within the time window)."""
+    """Count the runs that carry every ``key = value`` pair of ``match`` (in the window).
+
+    Raises:
+        AnnotationError: ``match`` is empty.
+    """
+    query = count_runs_query(match, since=since, until=until, workflow_id=workflow_id)
+    return int(session.scalar(query) or 0)
+
+
+def count_runs_query(
+    match: Mapping[str, Any],
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    workflow_id: str | None,
+) -> Select[tuple[int]]:
+    """Build :func:`count_runs`' statement: on PostgreSQL an index-only scan per pair.
+
+    Raises:
+        AnnotationError: ``match`` is empty.
+    """
     if not match:
         raise AnnotationError("count_runs needs at least one key and value")
     run_sets = []
@@ -389,5 +415,4 @@ def count_runs(
     query = run_sets[0]
     for other in run_sets[1:]:
         query = query.where(WorkflowAnnotation.workflow_run_id.in_(other))
-    total = session.scalar(select(func.count(func.distinct(query.subquery().c.workflow_run_id))))
-    return int(total or 0)
+    return select(func.count(func.distinct(query.subquery().c.workflow_run_id)))

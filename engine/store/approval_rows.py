@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from engine.core.records import RunStatus
 from engine.errors import InvalidInputError
-from engine.records import RunStatus
 from engine.store.models import ANNOTATIONS, RUNS, STAGES
 
 __all__ = ["CONTEXT_PREFIXES", "PendingFilters", "PendingRow", "decode_cursor", "pending_rows"]

@@ -1,4 +1,4 @@
-"""Rows of ``workflow_artifacts``: the SQL behind :class:`engine.blobs.SqlBlobStore`."""
+"""Rows of ``workflow_artifacts``: the SQL behind :class:`engine.runtime.blobs.SqlBlobStore`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from engine.ids import new_id
+from engine.core.ids import new_id
 from engine.store.models import WorkflowArtifact, utcnow
 from engine.store.sql import insert_ignore
 

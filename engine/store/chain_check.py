@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.evidence import BadRecord, ChainVerification, link_hash
+from engine.core.evidence import BadRecord, ChainVerification, link_hash
 from engine.store.chain import (
     ANNOTATION_FIELDS,
     SETTLED,
@@ -45,8 +45,10 @@ def _holds(link: Link) -> Any:
 
 @dataclass(frozen=True)
 class ChainRecords:
-    """What a run's chain is checked against: the run, its links, annotations and stages, as
-    column mappings (what an evidence bundle carries, too)."""
+    """What a run's chain is checked against: the run, its links, annotations and stages.
+
+    All as column mappings, which is what an evidence bundle carries too.
+    """
 
     run: Mapping[Any, Any]
     links: list[Mapping[Any, Any]]

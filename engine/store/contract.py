@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine.annotations import AnnotationDraft
-from engine.payloads import StageSpec
-from engine.records import RunStartStatus, StageStartAction, StageStatus
+from engine.core.annotations import AnnotationDraft
+from engine.core.payloads import StageSpec
+from engine.core.records import RunStartStatus, StageStartAction, StageStatus
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
@@ -96,8 +96,11 @@ class ActiveRun:
 
 @dataclass(frozen=True)
 class StageStart:
-    """What a stage activity finds when it begins: run the stage, return its stored outcome
-    (an earlier delivery committed it), or neither (its run or record moved on)."""
+    """What a stage activity finds when it begins.
+
+    Run the stage, return its stored outcome (an earlier delivery committed it), or neither (its
+    run or record moved on).
+    """
 
     action: StageStartAction
     record_id: str | None = None

@@ -16,9 +16,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.core.ids import new_id
+from engine.core.records import TERMINAL_STATUSES, RunStatus
 from engine.errors import InvalidStateError, RunNotFoundError
-from engine.ids import new_id
-from engine.records import TERMINAL_STATUSES, RunStatus
 from engine.store.chain import append_links, stage_link
 from engine.store.contract import NewRun
 from engine.store.models import ANNOTATIONS, WorkflowArtifact, WorkflowRun, WorkflowStage

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.annotations import AnnotationDraft, AnnotationLimits, build_drafts
+from engine.core.annotations import AnnotationDraft, AnnotationLimits, build_drafts
 from engine.errors import AnnotationError
 from engine.store.annotation_rows import LEGACY_PREFIX, insert_annotations, prefix_upper_bound
 from engine.store.contract import RowContext

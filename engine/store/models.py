@@ -26,8 +26,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from engine import clock
-from engine.records import LogRecord, RunRecord, RunStatus
+from engine.core import clock
+from engine.core.records import LogRecord, RunRecord, RunStatus
 
 __all__ = [
     "AI_CALLS",
@@ -110,7 +110,7 @@ AnnotationKey = String(255).with_variant(String(255, collation="C"), "postgresql
 
 
 def utcnow() -> datetime:
-    """Wall-clock now in UTC, for columns the activities stamp (see :mod:`engine.clock`)."""
+    """Wall-clock now in UTC, for columns the activities stamp (see :mod:`engine.core.clock`)."""
     return clock.now()
 
 
@@ -255,9 +255,12 @@ class WorkflowAnnotation(Base):
         Index(None, "workflow_run_id", "created_at"),
         Index(None, "workflow_run_id", "scope"),
         Index(None, "workflow_run_id", "actor_id"),
-        Index(None, "key", "value_text", "created_at"),
-        Index(None, "key", "value_number", "created_at"),
-        Index(None, "key", "value_bool", "created_at"),
+        # The run id rides along (PostgreSQL's INCLUDE): count_runs reads only the index.
+        # Without it, counting the runs with decision.outcome = "low" over 10M rows fetched
+        # every matching row from the heap (556 ms p50 in bench-scale; revision 0013).
+        Index(None, "key", "value_text", "created_at", postgresql_include=["workflow_run_id"]),
+        Index(None, "key", "value_number", "created_at", postgresql_include=["workflow_run_id"]),
+        Index(None, "key", "value_bool", "created_at", postgresql_include=["workflow_run_id"]),
         # A rerun re-links its stages' annotations, and deleting a stage record sets theirs
         # to NULL: both look annotations up by stage record, in the biggest table.
         Index(None, "workflow_stage_record_id"),
@@ -300,10 +303,13 @@ class ChainLink(Base):
     """
 
     __tablename__ = "workflow_chain_links"
+    # Its rows in the primary key's b-tree on SQLite, not in a rowid table beside it: one
+    # b-tree written per link (revision 0012).
+    __table_args__ = {"sqlite_with_rowid": False}
 
-    workflow_run_id: Mapped[str] = mapped_column(
-        ForeignKey("workflow_runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key: links go in under the run's row lock, so the run exists; the key
+    # only added a check per link (revision 0012).
+    workflow_run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(16))
     record_id: Mapped[str] = mapped_column(String(64))

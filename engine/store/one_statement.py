@@ -48,9 +48,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import CTE
 
-from engine.ids import new_id
-from engine.payloads import CommitResult, StageCommit, StageSpec
-from engine.records import RunStatus, StageOutcomeStatus, StageStartAction
+from engine.core.ids import new_id
+from engine.core.payloads import CommitResult, StageCommit, StageSpec
+from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
 from engine.store.annotation_rows import draft_rows
 from engine.store.chain import (
     annotation_link,
@@ -136,8 +136,11 @@ class _Writes:
         self.add(OUTBOX, "e", rows)
 
     def run(self, connection: Connection, statement: Callable[[], Select[Any]]) -> str | None:
-        """The gate's id if it let the rows through; ``None`` if it did not, if a row hit a
-        unique constraint (the statement then wrote nothing), or if the rows did not fit."""
+        """The gate's id if it let the rows through, else ``None``.
+
+        ``None`` also if a row hit a unique constraint (the statement then wrote nothing), or if the
+        rows did not fit.
+        """
         if not self.fits:
             return None
         try:
@@ -148,14 +151,18 @@ class _Writes:
 
 
 def _gated(gate: CTE, inserts: tuple[_Rows, ...]) -> Select[Any]:
-    """``WITH gate AS (…), … SELECT gate.id``: each insert selects its rows ``FROM gate``,
-    so they are written only if the gate's statement returned its row."""
+    """``WITH gate AS (…), … SELECT gate.id``: each insert selects its rows ``FROM gate``.
+
+    So they are written only if the gate's statement returned its row.
+    """
     return select(gate.c.id).add_cte(*(_insert(rows, gate) for rows in inserts))
 
 
 def _insert(rows: _Rows, gate: CTE) -> CTE:
-    """``INSERT`` of bound rows, each selected ``FROM gate``. Outbox rows are numbered after
-    the run's last sequence, in order."""
+    """``INSERT`` of bound rows, each selected ``FROM gate``.
+
+    Outbox rows are numbered after the run's last sequence, in order.
+    """
     table = _TABLES[rows.table]
     numbered = table is OUTBOX
     selects = []
@@ -204,8 +211,11 @@ def fits_one_statement(commit: StageCommit) -> bool:
 
 
 def commit_in_one_statement(connection: Connection, commit: StageCommit) -> CommitResult | None:
-    """Apply ``commit`` in one statement on an autocommit ``connection``; ``None`` when it did
-    not fit, did not apply, or collided, and wrote nothing: run the general commit then."""
+    """Apply ``commit`` in one statement on an autocommit ``connection``.
+
+    ``None`` when it did not fit, did not apply, or collided, and wrote nothing: run the general
+    commit then.
+    """
     if not fits_one_statement(commit):
         return None
     outcome, spec, now = commit.outcome, commit.stage, commit.now
@@ -276,9 +286,11 @@ def begin_in_one_statement(
     now: datetime,
     first_group: Sequence[NewStage],
 ) -> StageStart | None:
-    """Start a PENDING run with its first group and this stage RUNNING (as the general
-    :func:`~engine.store.stage_rows.begin_stage` does); ``None`` if the run was not PENDING,
-    or a record existed: nothing written, run the general one."""
+    """Start a PENDING run with its first group and this stage RUNNING, in one statement.
+
+    As the general :func:`~engine.store.stage_rows.begin_stage` does; ``None`` if the run was not
+    PENDING, or a record existed: nothing written, run the general one.
+    """
     if spec.stage_id not in {stage.stage_id for stage in first_group}:
         return None
     stages = stage_rows(run_id, first_group, attempt, now, running={spec.stage_id})
@@ -312,10 +324,12 @@ def _begin_statement(inserts: tuple[_Rows, ...]) -> Select[Any]:
 def create_in_one_statement(
     connection: Connection, new: NewRun, now: datetime, temporal_workflow_id: str | None
 ) -> str | None:
-    """Claim the idempotency key and insert the PENDING run, its annotations and events (as
-    the general :func:`~engine.store.runs.create_run` does); the new run's id, or ``None`` if
-    the key was claimed before, or an annotation carries a key of its own: nothing written,
-    run the general one."""
+    """Claim the idempotency key and insert the PENDING run, its annotations and events.
+
+    As the general :func:`~engine.store.runs.create_run` does; the new run's id, or ``None`` if
+    the key was claimed before, or an annotation carries a key of its own: nothing written, run
+    the general one.
+    """
     if any(d.idempotency_key is not None for drafts, _ in new.annotations for d in drafts):
         return None
     run_id = new_id()

@@ -1,7 +1,7 @@
 """The outbox relay's reads and writes: pending events, claims, delivery marks, dead letters.
 
-What the relay does with them (order, retries, the sink) is :mod:`engine.outbox`; this module
-is its SQL, run on the store's threads like every other write (see :class:`SqlStore`).
+What the relay does with them (order, retries, the sink) is :mod:`engine.runtime.outbox`; this
+module is its SQL, run on the store's threads like every other write (see :class:`SqlStore`).
 
 On PostgreSQL a relay claims whole runs: it locks (``FOR UPDATE SKIP LOCKED``) the earliest
 pending event of each run it takes, then only the following events of the runs whose earliest
@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from engine.records import OutboxEventRecord
+from engine.core.records import OutboxEventRecord
 from engine.store.models import OutboxEvent
 
 __all__ = ["claim_events", "mark_deliveries", "pending_events", "replay_dead_letters"]
@@ -43,8 +43,9 @@ def pending_events(session: Session, max_events: int) -> list[OutboxEventRecord]
 
 
 def claim_events(session: Session, max_events: int) -> list[OutboxEventRecord]:
-    """Lock and return up to ``max_events`` pending events of runs no other relay holds
-    (PostgreSQL; the locks last until the caller's transaction ends).
+    """Lock and return up to ``max_events`` pending events of runs no other relay holds.
+
+    PostgreSQL only; the locks last until the caller's transaction ends.
 
     Runs are claimed by their head (earliest pending event), taken in run order a chunk at a
     time: just enough runs to fill the batch (by their pending counts), whose heads are
@@ -130,8 +131,10 @@ def mark_deliveries(
     max_retries: int,
     now: datetime,
 ) -> None:
-    """Stamp the delivered events; count a failure on the others, dead-lettering those that
-    reached ``max_retries``."""
+    """Stamp the delivered events; count a failure on the others.
+
+    Those that reached ``max_retries`` are dead-lettered.
+    """
     if published:
         session.execute(
             update(OutboxEvent)
@@ -150,8 +153,10 @@ def mark_deliveries(
 
 
 def replay_dead_letters(session: Session, max_events: int) -> int:
-    """Put up to ``max_events`` dead-lettered events back (``dlq_at = None``, ``retry_count =
-    0``), oldest first per run; returns how many."""
+    """Put up to ``max_events`` dead-lettered events back; returns how many.
+
+    They get ``dlq_at = None`` and ``retry_count = 0``, oldest first per run.
+    """
     query = (
         select(OutboxEvent.id)
         .where(OutboxEvent.dlq_at.is_not(None))

@@ -3,7 +3,7 @@
 A stage outcome that the database refuses for good (a value it cannot hold, a constraint it
 breaks) must not be retried forever: the activity's retry, then the workflow's local activity,
 would hand the same rows back on every attempt while the run hangs RUNNING. Values are checked
-before any write (:meth:`engine.payloads.StageOutcome.storage_problem`); what slips past that
+before any write (:meth:`engine.core.payloads.StageOutcome.storage_problem`); what slips past that
 check and still fails is turned into a FAILED stage naming the database's reason.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-from engine.payloads import StageCommit
-from engine.records import StageOutcomeStatus
-from engine.values import clean_text
+from engine.core.payloads import StageCommit
+from engine.core.records import StageOutcomeStatus
+from engine.core.values import clean_text
 
 __all__ = ["refused_commit", "unfixable"]
 
@@ -22,8 +22,9 @@ MAX_REASON = 500
 
 
 def unfixable(error: BaseException) -> str | None:
-    """The database's reason when ``error`` will recur on every retry of the same rows, else
-    ``None`` (a lost connection, a lock timeout or a serialization failure may pass).
+    """The database's reason when ``error`` will recur on every retry of the same rows.
+
+    ``None`` otherwise: a lost connection, a lock timeout or a serialization failure may pass.
 
     Constraint violations count only when a second try hits them again (the caller retries
     once first): a concurrent writer's insert may have caused the first.
@@ -39,8 +40,11 @@ def unfixable(error: BaseException) -> str | None:
 
 
 def refused_commit(commit: StageCommit, reason: str) -> StageCommit:
-    """``commit`` as a bare FAILED outcome: no output, metrics, logs, annotations or events of
-    its own, so that nothing of what the database refused is in it."""
+    """``commit`` as a bare FAILED outcome whose error gives ``reason``.
+
+    No output, metrics, logs, annotations or events of its own, so that nothing of what the
+    database refused is in it.
+    """
     outcome = commit.outcome.model_copy(
         update={
             "status": StageOutcomeStatus.FAILED,

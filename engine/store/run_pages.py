@@ -14,9 +14,9 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, and_, or_, select
 
-from engine.annotations import text_problem
+from engine.core.annotations import text_problem
+from engine.core.records import LogRecord, OutboxEventRecord
 from engine.errors import AnnotationError, RunNotFoundError
-from engine.records import LogRecord, OutboxEventRecord
 from engine.store.annotation_rows import decode_cursor, encode_cursor
 from engine.store.models import OutboxEvent, WorkflowLog, WorkflowRun, log_record
 from engine.store.sql_store import SqlStore
@@ -83,8 +83,10 @@ async def _check_run(store: SqlStore, run_id: str) -> None:
 async def _page_rows(
     store: SqlStore, run_id: str, query: Select[Any], limit: int
 ) -> tuple[list[Any], bool]:
-    """Up to ``limit`` rows of the run's ordered ``query`` and whether more follow; an empty
-    page is checked to belong to a run that exists (else RunNotFoundError)."""
+    """Up to ``limit`` rows of the run's ordered ``query``, and whether more follow.
+
+    An empty page is checked to belong to a run that exists (else RunNotFoundError).
+    """
     rows = list(await store._read(lambda session: session.scalars(query.limit(limit + 1)).all()))
     if not rows:
         await _check_run(store, run_id)

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from engine.core.records import RunRecord, RunStatus
 from engine.errors import AnnotationError, InvalidCursorError
-from engine.records import RunRecord, RunStatus
 from engine.store.annotation_rows import decode_cursor, encode_cursor, value_clause
 from engine.store.models import WorkflowAnnotation, WorkflowRun, run_record
 from engine.store.sql_store import SqlStore

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from engine.annotations import AnnotationDraft
+from engine.core.annotations import AnnotationDraft
+from engine.core.ids import new_id
+from engine.core.records import RunStartStatus, RunStatus, SettledRunStatus
 from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFoundError
-from engine.ids import new_id
-from engine.records import RunStartStatus, RunStatus, SettledRunStatus
 from engine.store.annotation_rows import insert_drafts
 from engine.store.chain import Link, append_links, link_rows, rerun_link, run_link
 from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun
@@ -82,8 +82,11 @@ def write_annotations(
     now: datetime,
     chain: Sequence[Link] = (),
 ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
-    """Insert drafts and build the events for the inserted rows that asked for one (their
-    chain links go after ``chain``, see :func:`~engine.store.annotation_rows.insert_drafts`)."""
+    """Insert drafts and build the events for the inserted rows that asked for one.
+
+    Their chain links go after ``chain`` (see
+    :func:`~engine.store.annotation_rows.insert_drafts`).
+    """
     pairs = insert_drafts(session, drafts, where, now, chain)
     inserted = [row for _, row in pairs]
     # Per draft, not per (key, idempotency key): two unkeyed writes of one key are two rows,
@@ -148,8 +151,11 @@ def create_run(
 def run_row(
     new: NewRun, run_id: str, now: datetime, temporal_workflow_id: str | None
 ) -> dict[str, Any]:
-    """Every column of a new PENDING run, as both ways of creating one insert it (the general
-    :func:`create_run` and :func:`engine.store.one_statement.create_in_one_statement`)."""
+    """Every column of a new PENDING run, as both ways of creating one insert it.
+
+    Those are the general :func:`create_run` and
+    :func:`engine.store.one_statement.create_in_one_statement`.
+    """
     return {
         "id": run_id,
         "created_at": now,
@@ -222,9 +228,11 @@ def open_stages(
     *,
     running: bool | AbstractSet[str] = False,
 ) -> dict[str, str]:
-    """Create records for ``stages`` in one statement, PENDING, or RUNNING and started now
-    (all of them, or those whose stage ids ``running`` names); existing ones are left alone.
-    Returns stage id → record id of those created."""
+    """Create records for ``stages`` in one statement; existing ones are left alone.
+
+    They are PENDING, or RUNNING and started now (all of them, or those whose stage ids
+    ``running`` names). Returns stage id → record id of those created.
+    """
     if not stages:
         return {}
     rows = stage_rows(run_id, stages, attempt, now, running=running)
@@ -241,8 +249,11 @@ def stage_rows(
     *,
     running: bool | AbstractSet[str] = False,
 ) -> list[dict[str, Any]]:
-    """The records (column values, fresh ids) that open ``stages``: PENDING, or RUNNING and
-    started now (all of them, or those whose stage ids ``running`` names)."""
+    """The records (column values, fresh ids) that open ``stages``.
+
+    They are PENDING, or RUNNING and started now (all of them, or those whose stage ids
+    ``running`` names).
+    """
 
     def started(stage_id: str) -> bool:
         return running if isinstance(running, bool) else stage_id in running

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from engine.ids import new_id
+from engine.core.ids import new_id
 from engine.store.models import OUTBOX, RUNS, WorkflowRun
 
 __all__ = [
@@ -102,8 +102,10 @@ def append_events(
 def event_rows(
     run_id: str, events: list[tuple[str, dict[str, Any]]], *, causation_id: str, now: datetime
 ) -> list[dict[str, Any]]:
-    """The outbox rows of ``events`` (all columns but ``sequence``, which the inserting
-    statement numbers after the run's last): what both write paths insert."""
+    """The outbox rows of ``events``: what both write paths insert.
+
+    All columns but ``sequence``, which the inserting statement numbers after the run's last.
+    """
     timestamp = now.isoformat()
     return [
         {
@@ -129,13 +131,15 @@ def event_payload(
 
 @cache
 def _numbered_insert(count: int) -> Insert:
-    """One ``INSERT … SELECT`` of ``count`` events numbered after the run's last sequence,
-    which the statement reads itself: one statement, one snapshot, so the rows get
+    """One ``INSERT … SELECT`` of ``count`` events numbered after the run's last sequence.
+
+    The statement reads that sequence itself: one statement, one snapshot, so the rows get
     ``last + 1 … last + count`` whatever the backend (a second chunk sees the first).
 
     A ``SELECT … UNION ALL`` rather than a multi-row ``VALUES``: SQLAlchemy caches the
     compiled form of the former, and compiled the latter again on every call (about 2 ms of
-    CPU for three events on PostgreSQL)."""
+    CPU for three events on PostgreSQL).
+    """
 
     def param(name: str, column: str) -> Any:
         return bindparam(name, type_=OUTBOX.c[column].type).label(column)

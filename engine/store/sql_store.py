@@ -14,18 +14,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.ai_calls import AICall
-from engine.annotations import AnnotationDraft
+from engine.core.ai_calls import AICall
+from engine.core.annotations import AnnotationDraft
+from engine.core.evidence import ChainVerification
+from engine.core.payloads import CommitResult, StageCommit, StageSpec
+from engine.core.records import Annotation, LogRecord, OutboxEventRecord, RunRecord, StageRecord
+from engine.core.values import clean_text, text_problem
 from engine.errors import CommitRefusedError, InvalidStateError, RunNotFoundError
-from engine.evidence import ChainVerification
-from engine.payloads import CommitResult, StageCommit, StageSpec
-from engine.records import (
-    Annotation,
-    LogRecord,
-    OutboxEventRecord,
-    RunRecord,
-    StageRecord,
-)
 from engine.store import (
     annotation_rows,
     approval_rows,
@@ -73,7 +68,6 @@ from engine.store.one_statement import (
 )
 from engine.store.refusals import refused_commit, unfixable
 from engine.store.sql import append_events, lock_run
-from engine.values import clean_text, text_problem
 
 __all__ = ["SqlStore"]
 
@@ -85,8 +79,11 @@ SQLITE_READERS = 2
 
 
 def _unknown(run_id: object) -> bool:
-    """Whether ``run_id`` cannot name a stored run: a string no backend can compare (NUL, lone
-    surrogates). Such ids are answered like any unknown id instead of failing in the driver."""
+    """Whether ``run_id`` cannot name a stored run: a string no backend can compare.
+
+    That is NUL or lone surrogates. Such ids are answered like any unknown id instead of failing
+    in the driver.
+    """
     return not isinstance(run_id, str) or text_problem(run_id) is not None
 
 
@@ -101,8 +98,10 @@ def _not_found(run_id: object) -> RunNotFoundError:
 def _bound(
     work: Callable[Concatenate[Session, P], T], *, transaction: bool
 ) -> Callable[Concatenate[SqlStore, P], Awaitable[T]]:
-    """A method running ``work`` in a write transaction of its own (``transaction``) or in a
-    read-only session, on a store thread (see ``SqlStore._on_thread``)."""
+    """A method running ``work`` on a store thread (see ``SqlStore._on_thread``).
+
+    With ``transaction``, in a write transaction of its own; else in a read-only session.
+    """
 
     async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._on_thread(
@@ -147,16 +146,17 @@ class SqlStore:
         self._readers: ThreadPoolExecutor | None = None
 
     async def _write(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction on a store thread: committed, or rolled back if it
-        raises."""
+        """Run ``work`` in one transaction on a store thread; it commits unless ``work`` raises."""
         return await self._on_thread(work, transaction=True)
 
     async def _write_one_statement(
         self, statement: Callable[[Connection], T | None] | None, work: Callable[[Session], T]
     ) -> T:
-        """On PostgreSQL, try ``statement``: the same writes as ``work`` in one autocommitted
-        statement (see :mod:`engine.store.one_statement`); when it cannot (``None``), or on
-        SQLite, run ``work`` in one transaction."""
+        """On PostgreSQL, try ``statement`` first, else run ``work`` in one transaction.
+
+        ``statement`` makes the same writes as ``work`` in one autocommitted statement (see
+        :mod:`engine.store.one_statement`); when it cannot (``None``), or on SQLite, ``work`` runs.
+        """
 
         def run() -> T:
             if statement is not None and not self.is_sqlite:
@@ -297,8 +297,10 @@ class SqlStore:
         idempotency_key: str | None = None,
         from_stage_id: str = "",
     ) -> Rerun:
-        """Delete the records from ``target_group`` on and reopen that group (once per
-        ``idempotency_key``)."""
+        """Delete the records from ``target_group`` on and reopen that group.
+
+        Once per ``idempotency_key``.
+        """
         return await self._write(
             lambda session: runs.rerun_from(
                 session,
@@ -432,8 +434,9 @@ class SqlStore:
         *,
         max_retries: int,
     ) -> int:
-        """Hand up to ``max_events`` pending events to ``publish`` and record what it says:
-        (published ids, failed ids). Returns how many were published.
+        """Hand up to ``max_events`` pending events to ``publish`` and record what it says.
+
+        ``publish`` returns (published ids, failed ids). Returns how many were published.
 
         On PostgreSQL the events are claimed (row locks, see :mod:`.outbox_rows`) in a
         transaction held open while ``publish`` runs: the locks are the claim, and they go
@@ -601,8 +604,11 @@ class SqlStore:
         return await self._read(read)
 
     async def _read_of_run(self, run_id: str, work: Callable[[Session], T | None]) -> T:
-        """What ``work`` reads of a run, in a read-only session; ``None`` from it means the
-        run does not exist: then (or for an id no backend can compare) RunNotFoundError."""
+        """What ``work`` reads of a run, in a read-only session.
+
+        ``None`` from it means the run does not exist: then (or for an id no backend can
+        compare) RunNotFoundError.
+        """
         if _unknown(run_id):
             raise _not_found(run_id)
 

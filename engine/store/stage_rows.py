@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import Update, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from engine.ids import derived_id, new_id
-from engine.payloads import CommitResult, LogDraft, StageCommit, StageSpec
-from engine.records import RunStatus, StageOutcomeStatus, StageStartAction, StageStatus
+from engine.core.ids import derived_id, new_id
+from engine.core.payloads import CommitResult, LogDraft, StageCommit, StageSpec
+from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction, StageStatus
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.chain import Link, outcome_link
 from engine.store.contract import NewStage, RowContext, StageStart
@@ -74,8 +74,10 @@ def _log_rows(
 
 
 def stage_changes(commit: StageCommit) -> dict[str, Any]:
-    """Column values the outcome sets on the stage record (``updated_at`` and ``version``
-    always change too)."""
+    """Column values the outcome sets on the stage record.
+
+    ``updated_at`` and ``version`` always change too.
+    """
     outcome, now = commit.outcome, commit.now
     values: dict[str, Any] = {"updated_at": now}
     if outcome.status in (StageOutcomeStatus.COMPLETED, StageOutcomeStatus.FAILED):
@@ -109,8 +111,10 @@ def stage_changes(commit: StageCommit) -> dict[str, Any]:
 
 
 def expects_suspended(commit: StageCommit) -> bool:
-    """Whether the outcome applies to a SUSPENDED record at the poll count the workflow knows
-    (a poll, or the end of a wait) rather than to a RUNNING one."""
+    """Whether the outcome applies to a SUSPENDED record rather than to a RUNNING one.
+
+    A poll, or the end of a wait, applies to the record at the poll count the workflow knows.
+    """
     return commit.outcome.status == StageOutcomeStatus.NOT_READY or (
         commit.after_suspend and commit.outcome.status != StageOutcomeStatus.SUSPENDED
     )
@@ -118,9 +122,12 @@ def expects_suspended(commit: StageCommit) -> bool:
 
 @cache
 def outcome_update(columns: tuple[str, ...], suspended: bool) -> Update:
-    """``UPDATE`` of a stage record in the state an outcome applies to (anything else means
-    it was applied already, by a retried commit, or the record moved on without it: a ghost),
-    setting ``columns``; built once per shape, as building costs more than running it."""
+    """``UPDATE`` of a stage record in the state an outcome applies to, setting ``columns``.
+
+    A record in any other state means the outcome was applied already, by a retried commit, or
+    the record moved on without it: a ghost. Built once per shape, as building costs more than
+    running it.
+    """
     # The run-status guard rides in the same statement: the subquery locks the run row (an
     # init plan PostgreSQL runs once, before it looks at a stage row; SQLite holds the write
     # lock already), and re-reads it after any wait, so a run cancelled meanwhile matches
@@ -319,8 +326,10 @@ def _write_rows(
     stored_metrics: dict[str, Any] | None,
     link: Link,
 ) -> CommitResult:
-    """Everything an applied outcome writes besides the stage row (``link``: its chain
-    link, which goes before its annotations')."""
+    """Everything an applied outcome writes besides the stage row.
+
+    ``link`` is its chain link, which goes before its annotations'.
+    """
     outcome, spec, now = commit.outcome, commit.stage, commit.now
     logs = outcome_logs(commit, record_id)
     fixes: dict[str, Any] = {}
@@ -415,9 +424,10 @@ def begin_stage(
     now: datetime,
     first_group: Sequence[NewStage] | None = None,
 ) -> StageStart:
-    """Mark the stage RUNNING (emitting ``stage:started`` once), as the original's job did
-    when it picked the stage up; a redelivered activity finds it RUNNING (run it again) or
-    settled (never re-run a committed stage).
+    """Mark the stage RUNNING, emitting ``stage:started`` once.
+
+    This is what the original's job did when it picked the stage up; a redelivered activity
+    finds it RUNNING (run it again) or settled (never re-run a committed stage).
 
     With ``first_group``, a PENDING run is started first, in the same transaction (RUNNING,
     ``workflow:started``, the group's records opened, this stage's RUNNING), as ``start_run``
@@ -462,8 +472,10 @@ def _record_key(run_id: str, stage_id: str, attempt: int) -> Any:
 
 
 def stage_start(session: Session, run_id: str, stage_id: str, attempt: int) -> StageStart:
-    """What a delivery of the stage's activity finds in its record, whatever the run's status:
-    RUNNING (run it), settled (its stored outcome), or anything else (skip)."""
+    """What a delivery of the stage's activity finds in its record, whatever the run's status.
+
+    RUNNING (run it), settled (its stored outcome), or anything else (skip).
+    """
     record = (
         session.execute(
             select(

@@ -1,5 +1,8 @@
-"""The HTTP API and the provenance viewer (``wfe serve``): ``create_app``, ``serve`` and the
-access rules of :mod:`engine.web.auth` (named tokens, principals, rights)."""
+"""The HTTP API and the provenance viewer (``wfe serve``).
+
+``create_app``, ``serve`` and the access rules of :mod:`engine.web.auth` (named tokens,
+principals, rights).
+"""
 
 from engine.web.app import RunningServer, create_app, serve, start_server
 from engine.web.auth import (

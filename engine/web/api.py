@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from temporalio.service import RPCError
 
-from engine.annotations import Actor, RunCreateAnnotation
 from engine.commands import (
     RunCancel,
     RunCancelResult,
@@ -26,10 +25,9 @@ from engine.commands import (
     RunRerunFrom,
     RunRerunFromResult,
 )
-from engine.errors import AnnotationError, EngineError, InvalidStateError
-from engine.kernel import Kernel
-from engine.key_values import parse_value
-from engine.records import (
+from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.key_values import parse_value
+from engine.core.records import (
     Annotation,
     LogRecord,
     OutboxEventRecord,
@@ -37,6 +35,8 @@ from engine.records import (
     RunStatus,
     StageRecord,
 )
+from engine.errors import AnnotationError, EngineError, InvalidStateError
+from engine.runtime.kernel import Kernel
 from engine.store.annotation_rows import MAX_QUERY_LIMIT, decode_cursor
 from engine.store.run_pages import (
     DEFAULT_PAGE_SIZE,
@@ -190,8 +190,10 @@ class CreateRunBody(_Body):
     """More envelopes, each with its own actor and payload (the earlier shape; still taken)."""
 
     def envelopes(self, caller: Actor) -> list[RunCreateAnnotation]:
-        """Every annotation envelope of the body, ``attributes`` first: by the ``caller``,
-        on behalf of the body's actors."""
+        """Every annotation envelope of the body, ``attributes`` first.
+
+        All are by the ``caller``, on behalf of the body's actors.
+        """
         given = [
             RunCreateAnnotation(
                 attributes=envelope.attributes,
@@ -474,8 +476,11 @@ async def get_events(
 async def cancel_run(
     state: State, run_id: RunId, body: CancelRunBody | None = None
 ) -> RunCancelResult:
-    """Cancel a PENDING or RUNNING run; a run already terminal answers 409 ``invalid_state``
-    saying its status (as ``wfe run cancel`` exits 1)."""
+    """Cancel a PENDING or RUNNING run.
+
+    A run already terminal answers 409 ``invalid_state`` saying its status (as ``wfe run cancel``
+    exits 1).
+    """
     kernel = _kernel(state)
     await _existing(state, run_id)
     command = RunCancel(workflow_run_id=run_id, reason=body.reason if body else None)

@@ -26,8 +26,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.kernel import Kernel
-from engine.settings import Settings
+from engine.core.settings import Settings
+from engine.runtime.kernel import Kernel
 from engine.store import SqlStore
 from engine.web import api, approvals_api, inbox, views
 from engine.web.auth import (

@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from engine.annotations import AnnotationLimits
 from engine.commands import RunForkResult
+from engine.core.annotations import AnnotationLimits
+from engine.core.records import StageRecord
 from engine.errors import EngineError
-from engine.kernel_approvals import ApprovalsPage, KernelApprovals
-from engine.records import StageRecord
+from engine.runtime.kernel_approvals import ApprovalsPage, KernelApprovals
 from engine.web.api import _WRITE_ERRORS, RunId, State, _Body, _dispatch, _existing, _kernel
 from engine.web.auth import Principal, Right, require
 from engine.web.state import ErrorBody, WebState, engine_error
@@ -104,8 +104,10 @@ async def decide(
     body: DecisionBody,
     principal: Approver,
 ) -> StageRecord:
-    """Decide as the caller's principal (it needs the ``approve`` right); answers the stage
-    record once the outcome is committed."""
+    """Decide as the caller's principal (it needs the ``approve`` right).
+
+    Answers the stage record once the outcome is committed.
+    """
     kernel = _kernel(state)
     await _existing(state, run_id)
     try:

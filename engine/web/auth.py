@@ -1,9 +1,9 @@
-"""Who may call the HTTP API: named tokens, the principals they stand for, and their rights.
+r"""Who may call the HTTP API: named tokens, the principals they stand for, and their rights.
 
 The server is configured with named tokens (``WFE_API_TOKENS=alice:TOKEN:read+write,...``, or
 a file of such lines via ``WFE_API_TOKENS_FILE``). A request presents one as
 ``Authorization: Bearer TOKEN`` (or, for the viewer in a browser, as the password of HTTP
-Basic auth on reads) and acts as that token's :class:`Principal`, with its :class:`Right`\\ s.
+Basic auth on reads) and acts as that token's :class:`Principal`, with its :class:`Right`\ s.
 
 Modes (:class:`AccessPolicy`):
 
@@ -38,7 +38,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from engine.annotations import Actor
+from engine.core.annotations import Actor
 
 __all__ = [
     "ACTOR_KIND",
@@ -142,8 +142,9 @@ class TokenSet:
 
     @classmethod
     def parse(cls, entries: Iterable[str], *, where: str) -> TokenSet:
-        """``NAME:TOKEN[:RIGHTS]`` entries; RIGHTS is ``read``, ``write``, ``approve`` joined
-        by ``+`` (default ``read+write``).
+        """The tokens of ``NAME:TOKEN[:RIGHTS]`` entries (``where`` names their source in errors).
+
+        RIGHTS is ``read``, ``write``, ``approve`` joined by ``+`` (default ``read+write``).
 
         Raises:
             TokenConfigError: a malformed entry, an unknown right, or a repeated name or token.
@@ -236,8 +237,10 @@ def tokens_from_env(
     tokens_file: str | Path | None = None,
     legacy_token: str | None = None,
 ) -> TokenSet:
-    """The configured tokens: ``WFE_API_TOKENS``, ``WFE_API_TOKENS_FILE`` and the older
-    ``WFE_API_TOKEN`` together (explicit arguments win over the environment).
+    """The configured tokens, from all three sources together.
+
+    ``WFE_API_TOKENS``, ``WFE_API_TOKENS_FILE`` and the older ``WFE_API_TOKEN`` (explicit
+    arguments win over the environment).
 
     Raises:
         TokenConfigError: a malformed entry, a missing file, or a name given twice.
@@ -361,9 +364,11 @@ class AccessPolicy:
 
     @staticmethod
     def _presented(request: Request) -> str | None:
-        """The token a request carries: Bearer on any route; HTTP Basic's password on reads
-        only, since browsers resend Basic credentials by themselves (a cross-site form must
-        not be able to write with them)."""
+        """The token a request carries: Bearer on any route; HTTP Basic's password on reads only.
+
+        Browsers resend Basic credentials by themselves, and a cross-site form must not be able to
+        write with them.
+        """
         header = request.headers.get("authorization")
         if not header:
             return None

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from engine.records import Annotation, RunRecord, StageRecord
+from engine.core.records import Annotation, RunRecord, StageRecord
 
 __all__ = ["ChronologyEntry", "chronology"]
 
@@ -40,8 +40,10 @@ def _where(annotation: Annotation) -> str:
 def chronology(
     run: RunRecord, stages: Sequence[StageRecord], annotations: Iterable[Annotation]
 ) -> list[ChronologyEntry]:
-    """The run's creation, start and end, each stage's start and end, and the annotations,
-    oldest first (ties keep that order: the run, then stages, then annotations)."""
+    """The run's creation, start and end, each stage's start and end, and the annotations.
+
+    Oldest first; ties keep that order: the run, then stages, then annotations.
+    """
     entries = [ChronologyEntry(run.created_at, "run", "created", "(run)", 0)]
     if run.started_at is not None:
         entries.append(ChronologyEntry(run.started_at, "run", "started", "(run)", 0))

@@ -12,7 +12,9 @@ from urllib.parse import quote
 from fastapi import Request
 from pydantic import BaseModel
 
-from engine.annotations import AnnotationLimits
+from engine.core.annotations import AnnotationLimits
+from engine.core.key_values import parse_key_value
+from engine.core.settings import Settings
 from engine.errors import (
     AnnotationError,
     EngineError,
@@ -26,10 +28,8 @@ from engine.errors import (
     StageNotFoundError,
     WorkflowNotFoundError,
 )
-from engine.kernel import Kernel, temporal_workflow_id
-from engine.kernel_annotations import KernelAnnotations
-from engine.key_values import parse_key_value
-from engine.settings import Settings
+from engine.runtime.kernel import Kernel, temporal_workflow_id
+from engine.runtime.kernel_annotations import KernelAnnotations
 from engine.store import SqlStore
 from engine.web.auth import Right, require
 

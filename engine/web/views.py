@@ -22,9 +22,9 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from engine.core.presentation import format_actor, format_duration, format_time, value_text
+from engine.core.records import Annotation, RunRecord, RunStatus, StageRecord
 from engine.errors import AnnotationError, RunNotFoundError
-from engine.presentation import format_actor, format_duration, format_time, value_text
-from engine.records import Annotation, RunRecord, RunStatus, StageRecord
 from engine.store.run_pages import InvalidPageError, list_logs_page
 from engine.store.run_queries import (
     InvalidCursorError,
@@ -312,9 +312,11 @@ async def run_page(
     decided: str = "",
     view: str = "",
 ) -> HTMLResponse:
-    """One run: header, stage timeline, annotations by stage and attempt (``view=time``: in
-    one chronological timeline with the stages' starts and ends), logs (the last two a page
-    at a time)."""
+    """One run: header, stage timeline, annotations by stage and attempt, logs.
+
+    With ``view=time`` the annotations are in one chronological timeline with the stages' starts
+    and ends; the last two (annotations and logs) come a page at a time.
+    """
     try:
         run = await state.store.get_run(run_id)
     except RunNotFoundError:

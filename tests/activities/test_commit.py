@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from engine.annotations import Actor, AnnotationDraft
-from engine.records import RunStatus
+from engine.core.annotations import Actor, AnnotationDraft
+from engine.core.records import RunStatus
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters, NewRun, NewStage
 from engine.store.models import (

@@ -19,6 +19,8 @@ import engine  # noqa: F401
 # isort: split
 from activities.run import RunActivities
 from activities.stage import StageActivities
+from engine.core.records import StageOutcomeStatus
+from engine.core.workflows import Workflow
 from engine.errors import (
     AnnotationError,
     CommitRefusedError,
@@ -27,9 +29,7 @@ from engine.errors import (
     RunNotFoundError,
     SchemaOutOfDateError,
 )
-from engine.records import StageOutcomeStatus
 from engine.store import SqlStore
-from engine.workflows import Workflow
 from temporal_workflows.payloads import FinalizeRun, StageCommit, StageOutcome, StageTask
 from tests.helpers import stage_spec
 

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.demo import DEMO_TICKET
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.store.runs import NewRun
 from tests.cli.support import (
@@ -26,6 +25,7 @@ from tests.cli.support import (
     temporal_address,
     wfe_process,
 )
+from wfe_demo.triage import DEMO_TICKET
 
 # The search stays SUSPENDED about a second, long enough for --wait's progress to show it.
 SEARCH_QUICKLY = json.dumps({"similar-tickets": {"poll_interval": 0.5}})

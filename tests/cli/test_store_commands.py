@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine import Actor, RunCreate, RunCreateAnnotation, RunStatus
-from engine.records import Annotation
+from engine.core.records import Annotation
 from engine.store import SqlStore
 from tests.cli.support import Wfe, assert_one_line_error
 from tests.helpers import running_kernel, triage_workflow
@@ -205,7 +205,7 @@ async def test_bad_input_is_one_line_exit_2(wfe: Wfe, env: Any, store: SqlStore)
         "cannot import workflows module 'nowhere'",
     )
     assert_one_line_error(
-        await wfe("run", "create", "x", "--input", "{}", "--workflows", "engine.demo", *opts),
+        await wfe("run", "create", "x", "--input", "{}", "--workflows", "wfe_demo", *opts),
         "module:attribute",
     )
     # Temporal is needed to cancel: the server that does not answer is named.

@@ -11,8 +11,7 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.common import RetryPolicy
 
-from engine.errors import InvalidConfigError, InvalidInputError, WorkflowDefinitionError
-from engine.stages import (
+from engine.core.stages import (
     CompletionCheck,
     Stage,
     StageResult,
@@ -20,7 +19,8 @@ from engine.stages import (
     define_async_batch_stage,
     define_stage,
 )
-from engine.workflows import ConfigIssue, Workflow, define_workflow
+from engine.core.workflows import ConfigIssue, Workflow, define_workflow
+from engine.errors import InvalidConfigError, InvalidInputError, WorkflowDefinitionError
 
 
 class Ticket(BaseModel):

@@ -2,8 +2,9 @@
 
 A cycle ties designs together even when Python can import it (a type-only import still says
 that the lower module knows the upper one), and it is how layers start to leak. This walks
-every ``import`` statement of ``engine``, ``activities`` and ``temporal_workflows`` (inside
-functions and ``if TYPE_CHECKING:`` blocks too) and fails naming each cycle.
+every ``import`` statement of ``engine``, ``activities``, ``temporal_workflows`` and
+``wfe_demo`` (inside functions and ``if TYPE_CHECKING:`` blocks too) and fails naming each
+cycle.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("engine", "activities", "temporal_workflows")
+PACKAGES = ("engine", "activities", "temporal_workflows", "wfe_demo")
 
 
 def project_modules() -> dict[str, Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.workflow_code import _CompiledOnce, _WorkflowCodeFinder, cache_workflow_code
+from engine.worker.workflow_code import _CompiledOnce, _WorkflowCodeFinder, cache_workflow_code
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ from engine import (  # noqa: E402
     define_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id  # noqa: E402
+from engine.runtime.kernel import temporal_workflow_id  # noqa: E402
 from engine.store import SqlStore  # noqa: E402
 from tests.helpers import triage_workflow  # noqa: E402
 

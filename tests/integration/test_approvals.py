@@ -25,7 +25,7 @@ from engine import (
     define_workflow,
 )
 from engine.conventions import Decision, Trigger
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from tests.helpers import running_kernel
 
 ALICE = Actor(kind="user", id="alice@example.com")

@@ -17,7 +17,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.blobs import FileBlobStore
+from engine.runtime.blobs import FileBlobStore
 from engine.store.models import AICall as AICallRow
 from engine.store.models import WorkflowArtifact
 from tests.helpers import running_kernel

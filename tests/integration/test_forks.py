@@ -22,7 +22,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.store.models import ANNOTATIONS, LOGS, OUTBOX, RUNS, STAGES, WorkflowArtifact
 from tests.helpers import running_kernel, triage_workflow

@@ -20,7 +20,7 @@ from engine import (
     define_async_batch_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from tests.helpers import running_kernel
 
 

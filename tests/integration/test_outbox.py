@@ -25,7 +25,7 @@ from engine import (
     RunStatus,
     define_plugin,
 )
-from engine.outbox import run_outbox_relay
+from engine.runtime.outbox import run_outbox_relay
 from engine.store import SqlStore
 from engine.store.models import OutboxEvent, utcnow
 from engine.store.sql import append_events, lock_run

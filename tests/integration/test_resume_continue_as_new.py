@@ -27,7 +27,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from tests.helpers import running_kernel
 
 WAIT = timedelta(seconds=60)

@@ -32,9 +32,9 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.blobs import SqlBlobStore
-from engine.kernel import temporal_workflow_id
-from engine.storage import StageStorage
+from engine.runtime.blobs import SqlBlobStore
+from engine.runtime.kernel import temporal_workflow_id
+from engine.runtime.storage import StageStorage
 from engine.store import SqlStore
 from engine.store.contract import NewRun
 from engine.store.models import WorkflowRun

@@ -32,9 +32,9 @@ from engine import (
     define_workflow,
 )
 from engine.cli.render import run_summary
-from engine.kernel import temporal_workflow_id
-from engine.presentation import format_duration
-from engine.recovery import recovery_loop
+from engine.core.presentation import format_duration
+from engine.runtime.kernel import temporal_workflow_id
+from engine.runtime.recovery import recovery_loop
 from engine.store import SqlStore
 from engine.store.models import IdempotencyKey, OutboxEvent, WorkflowRun
 from tests.helpers import running_kernel

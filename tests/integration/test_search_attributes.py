@@ -23,13 +23,13 @@ from engine import (
     create_worker,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
-from engine.search_attributes import (
+from engine.core.search_attributes import (
     ATTEMPT_ATTRIBUTE,
     RUN_ID_ATTRIBUTE,
     RUNS_QUERY,
     projection_problems,
 )
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from tests.helpers import classify, enrich, notify, route, running_kernel
 

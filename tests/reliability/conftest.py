@@ -8,7 +8,7 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from engine.devserver import DevServer
+from engine.cli.devserver import DevServer
 from tests.reliability.support import FastEnv
 
 

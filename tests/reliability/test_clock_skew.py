@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import Kernel, RunCreate, clock
-from engine.records import StageRecord
+from engine import Kernel, RunCreate
+from engine.core import clock
+from engine.core.records import StageRecord
 from engine.store import SqlStore
 from tests.reliability.support import FastEnv, WorkerProcess, table_counts, wait_for_files
 from tests.reliability.workloads import (

@@ -43,7 +43,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.payloads import CommitResult, StageCommit
+from engine.core.payloads import CommitResult, StageCommit
 from engine.store import SqlStore, stage_rows
 from tests.reliability.support import pg_admin_url, table_counts, with_application_name
 from tests.reliability.workloads import CRASH_STAGES, assert_exactly_once, crash_workflow

@@ -38,8 +38,8 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
-from engine.payloads import CommitResult, StageCommit
+from engine.core.payloads import CommitResult, StageCommit
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters, NewRun
 from tests.helpers import workflow_closed

@@ -37,7 +37,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.devserver import DevServer
+from engine.cli.devserver import DevServer
 from engine.store import SqlStore
 from tests.reliability.support import table_counts
 

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine import Kernel, create_worker  # noqa: E402
-from engine.payloads import CommitResult, StageCommit  # noqa: E402
+from engine.core.payloads import CommitResult, StageCommit  # noqa: E402
 from engine.store import SqlStore, stage_rows  # noqa: E402
 from tests.reliability.workloads import (  # noqa: E402
     crash_workflow,

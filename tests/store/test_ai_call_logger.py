@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from engine.ai_calls import AICall
+from engine.core.ai_calls import AICall
 from engine.store import SqlAICallLogger, SqlStore
 from engine.store.models import AICall as AICallRow
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Select, insert, select, text
 from sqlalchemy.dialects import postgresql
 
-from engine.store.annotation_rows import _cross_run_conditions, _stored_query
+from engine.store.annotation_rows import _cross_run_conditions, _stored_query, count_runs_query
 from engine.store.contract import AnnotationFilters, CrossRunFilters
 from engine.store.models import WorkflowAnnotation, WorkflowRun
 
@@ -145,3 +145,19 @@ async def test_cross_run_query_by_value_uses_the_typed_value_index(store):
         condition = next(line for line in plan.splitlines() if "Index Cond" in line)
         assert "created_at" in condition, plan
         assert "Seq Scan" not in plan, plan
+
+
+async def test_count_runs_reads_only_the_typed_value_index(store):
+    """The value indexes carry the run id (revision 0013): counting runs never visits the
+    table once it is vacuumed (autovacuum's work in production)."""
+    _postgres_only(store)
+    _, base = await _seed(store)
+    async with store.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM workflow_annotations"))
+    for key, value, index in CROSS_RUN_CASES:
+        statement = count_runs_query(
+            {key: value}, since=base + timedelta(minutes=10), until=None, workflow_id=None
+        )
+        plan = await _explain(store, statement)
+        assert f"Index Only Scan using {index}" in plan, plan

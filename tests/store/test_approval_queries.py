@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from engine.annotations import AnnotationDraft, AnnotationLimits
+from engine.core.annotations import AnnotationDraft, AnnotationLimits
 from engine.errors import InvalidInputError
-from engine.kernel_approvals import KernelApprovals
+from engine.runtime.kernel_approvals import KernelApprovals
 from engine.store import SqlStore
 from engine.store.contract import NewRun, NewStage
 from temporal_workflows.payloads import StageCommit, StageOutcome

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from engine.annotations import AnnotationDraft
-from engine.evidence import ChainVerification, canonical_json, link_hash
+from engine.core.annotations import AnnotationDraft
+from engine.core.evidence import ChainVerification, canonical_json, link_hash
 from engine.store import SqlStore
 from engine.store.contract import NewStage, RowContext
 from engine.store.models import ChainLink, WorkflowAnnotation

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from engine.annotations import AnnotationDraft
-from engine.payloads import LogDraft, StageCommit
-from engine.records import RunStatus
+from engine.core.annotations import AnnotationDraft
+from engine.core.payloads import LogDraft, StageCommit
+from engine.core.records import RunStatus
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog

@@ -29,7 +29,9 @@ REVISION_5 = "0005"
 REVISION_6 = "0006"
 REVISION_9 = "0009"
 REVISION_7 = "0007"
-HEAD = "0011"
+REVISION_11 = "0011"
+REVISION_12 = "0012"
+HEAD = "0013"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -201,6 +203,8 @@ def test_migrations_have_a_single_linear_head() -> None:
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
     assert chain == [
         HEAD,
+        REVISION_12,
+        REVISION_11,
         REVISION_7,
         REVISION_9,
         REVISION_6,
@@ -218,7 +222,9 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_revision(REVISION_6).down_revision == REVISION_5
     assert script.get_revision(REVISION_9).down_revision == REVISION_6
     assert script.get_revision(REVISION_7).down_revision == REVISION_9
-    assert script.get_revision(HEAD).down_revision == REVISION_7
+    assert script.get_revision(REVISION_11).down_revision == REVISION_7
+    assert script.get_revision(REVISION_12).down_revision == REVISION_11
+    assert script.get_revision(HEAD).down_revision == REVISION_12
 
 
 LOOKUP_INDEXES = {

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
-from engine.annotations import Actor, AnnotationDraft
-from engine.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome
-from engine.records import RunStatus
+from engine.core.annotations import Actor, AnnotationDraft
+from engine.core.payloads import LogDraft, ProgressDraft, StageCommit, StageOutcome
+from engine.core.records import RunStatus
 from engine.store import SqlStore
 from engine.store import sql_store as sql_store_module
 from engine.store.contract import NewRun, NewStage
@@ -432,3 +432,21 @@ async def test_a_commit_of_many_annotations_takes_the_general_path(store: SqlSto
     assert not any(statement.lstrip().startswith("WITH") for statement in statements)
     rows = await written(store, run_id)
     assert len(rows["annotations"]) == 2 + len(many)
+
+
+async def test_psycopg_keeps_its_conversion_of_a_one_statement_commit(store: SqlStore) -> None:
+    """The commit's statement is over psycopg's default caching limits (4 KB, 50 parameters);
+    the store raises them, so a second commit of the same shape converts nothing again."""
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL only: psycopg's query conversion")
+    from psycopg import _queries
+
+    runs = [await running_first_stage(store) for _ in range(3)]
+    assert (await store.commit_stage(stage_commit(*runs[0]))).committed
+    with counted(store) as statements:
+        before = _queries._query2pg.cache_info()
+        for run_id, record_id in runs[1:]:
+            assert (await store.commit_stage(stage_commit(run_id, record_id))).committed
+        after = _queries._query2pg.cache_info()
+    assert len(statements) == 2 and len(statements[0]) > 4096
+    assert after.hits - before.hits == 2 and after.misses == before.misses

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.blobs import SqlBlobStore
-from engine.outbox import OutboxRelay
-from engine.storage import offload_output, resolve_outputs
+from engine.runtime.blobs import SqlBlobStore
+from engine.runtime.outbox import OutboxRelay
+from engine.runtime.storage import offload_output, resolve_outputs
 from engine.store import SqlStore
 from engine.store.run_queries import RunFilters, list_runs
 from tests.store.test_one_statement import new_run

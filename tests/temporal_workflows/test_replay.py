@@ -14,7 +14,7 @@ All of these are of the legacy Workflow Type ``wfe.run``; runs now execute under
 workflow's id (``v3-pipeline-type``, and ``test_temporal_view`` replays fresh ones), and
 workers keep serving ``wfe.run`` for the executions started before.
 
-Workers run the workflow outside Temporal's sandbox (see :mod:`engine.worker`); here it runs
+Workers run the workflow outside Temporal's sandbox (see :mod:`engine.worker.create`); here it runs
 and replays inside it, so a clock, I/O or randomness slipping into the workflow fails these
 tests.
 """
@@ -43,7 +43,7 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.worker import sandboxed_runner
 from temporal_workflows.pipeline import PipelineWorkflow

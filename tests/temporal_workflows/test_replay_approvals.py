@@ -18,7 +18,7 @@ from engine import (
     define_approval_stage,
     define_workflow,
 )
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from engine.worker import sandboxed_runner
 from tests.helpers import running_kernel
 from tests.integration.test_approvals import _waiting, propose

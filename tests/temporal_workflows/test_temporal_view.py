@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
 from engine import RunCreate, RunRerunFrom, RunStatus, StageContext, define_stage, define_workflow
-from engine.kernel import temporal_workflow_id
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from engine.worker import sandboxed_runner
 from temporal_workflows import PipelineWorkflow, RunWorkflow

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from engine.annotations import Actor, build_drafts
-from engine.records import RunRecord, StageRecord
+from engine.core.annotations import Actor, build_drafts
+from engine.core.records import RunRecord, StageRecord
 from engine.store import SqlStore
 from engine.store.contract import NewRun, NewStage
 from engine.web import start_server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.settings import Settings
+from engine.core.settings import Settings
 from engine.web import create_app
 from tests.web.support import SCRIPT, UI, Seeded, api_client, seed
 

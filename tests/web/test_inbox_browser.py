@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from engine import RunCreate, RunFork, RunStatus
-from engine.settings import Settings
+from engine.core.settings import Settings
 from engine.web import create_app, start_server
 from engine.web.auth import tokens_from_env
 from tests.helpers import running_kernel

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from engine.annotations import build_drafts
-from engine.ids import new_id
-from engine.settings import Settings
+from engine.core.annotations import build_drafts
+from engine.core.ids import new_id
+from engine.core.settings import Settings
 from engine.store.annotation_rows import RowContext
 from engine.store.models import LOGS
 from engine.web import create_app, start_server

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from engine.settings import Settings
+from engine.core.settings import Settings
 from engine.web import (
     AccessPolicy,
     Principal,

@@ -1,6 +1,6 @@
 """The Temporal Web UI as a Temporal user sees a run, in headless chromium.
 
-A dev server with its UI (``engine.devserver``, as ``wfe dev`` starts it) runs one triage run;
+A dev server with its UI (``engine.cli.devserver``, as ``wfe dev`` starts it) runs one triage run;
 the workflow's page shows the engine workflow's id as Workflow Type, the run's input, its
 output as the result and the link to the provenance viewer, and the workflows list filters
 by type. Screenshots go to ``tests/artifacts/``.
@@ -15,8 +15,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from engine import Kernel, RunCreate, create_worker
-from engine.devserver import DevServer
-from engine.kernel import temporal_workflow_id
+from engine.cli.devserver import DevServer
+from engine.runtime.kernel import temporal_workflow_id
 from engine.store import SqlStore
 from tests.helpers import triage_workflow
 from tests.web.test_viewer_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _require_chromium

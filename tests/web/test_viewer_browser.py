@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from engine.annotations import Actor
-from engine.demo import TRIAGE, run_triage_demo
-from engine.kernel import Kernel
-from engine.records import RunRecord, RunStatus
-from engine.settings import Settings
+from engine.core.annotations import Actor
+from engine.core.records import RunRecord, RunStatus
+from engine.core.settings import Settings
+from engine.runtime.kernel import Kernel
 from engine.web import create_app, start_server
 from tests.helpers import running_kernel
 from tests.web.support import SCRIPT
+from wfe_demo.triage import TRIAGE, run_triage_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

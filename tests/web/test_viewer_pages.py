@@ -5,7 +5,7 @@ from __future__ import annotations
 import html as html_lib
 import re
 
-from engine.settings import Settings
+from engine.core.settings import Settings
 from engine.web import create_app, views
 from engine.web.views import CONTENT_SECURITY_POLICY
 from tests.web.support import SCRIPT, UI, api_client, seed

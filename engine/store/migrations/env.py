@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from alembic import context
 from sqlalchemy import Connection
 
-from engine.settings import Settings
+from engine.core.settings import Settings
 from engine.store.database import create_engine_for_url
 from engine.store.migrate import compare_type, migration_transaction
 from engine.store.models import Base

@@ -1,0 +1,68 @@
+"""The stage commit without its record chain: the counterfactual issue 21's budget is judged on.
+
+The record chain (``engine.store.chain``) adds a link per stage outcome and per annotation to
+every stage commit. To show what that costs, the benchmarks run the same commits with and
+without it, interleaved in one process: :func:`chain_off` swaps the chain's functions, where
+the commit paths call them, for ones that do nothing, and restores them on exit. A run's
+first link, written when the run is created, is kept either way: the budget is about the
+commit, which every stage pays.
+
+Measurement only: the engine has no switch for this, and a store written with the chain off
+does not verify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Select, bindparam
+
+from engine.store import annotation_rows, one_statement, stage_rows
+from engine.store.models import STAGES
+
+__all__ = ["chain_off"]
+
+
+def _nothing(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+@lru_cache(maxsize=256)
+def _commit_statement_without_chain(
+    changes: tuple[str, ...], inserts: tuple[Any, ...]
+) -> Select[Any]:
+    """``one_statement._commit_statement`` without the chain's CTEs (cached apart, so that
+    switching does not rebuild either side's statements)."""
+    gate = (
+        stage_rows.outcome_update(changes, suspended=False)
+        .where(STAGES.c.id == bindparam("w_record_id"))
+        .cte("applied")
+    )
+    return one_statement._gated(gate, inserts)
+
+
+_SWAPS: list[tuple[Any, str, Any]] = [
+    (one_statement, "_commit_statement", _commit_statement_without_chain),
+    (one_statement, "chain_params", lambda _run_id, _links: {}),
+    (one_statement, "annotation_link", _nothing),
+    (one_statement, "outcome_link", _nothing),
+    (annotation_rows, "append_links", _nothing),
+    (annotation_rows, "annotation_link", _nothing),
+    (stage_rows, "outcome_link", _nothing),
+]
+
+
+@contextlib.contextmanager
+def chain_off() -> Iterator[None]:
+    """Stage commits inside the block write no chain links (see the module doc)."""
+    saved = [(module, name, getattr(module, name)) for module, name, _ in _SWAPS]
+    for module, name, replacement in _SWAPS:
+        setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)

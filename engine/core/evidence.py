@@ -1,0 +1,184 @@
+r"""The tamper-evident record chain's definitions: canonical JSON, link hashes, a check's result.
+
+Pure functions with no database, so that a third party (and ``wfe verify --bundle``) can
+recompute a chain from what a bundle holds.
+
+Canonical JSON (the text a link hashes):
+
+- objects with their keys sorted (by code point), no whitespace at all (``,`` and ``:``);
+- strings as JSON writes them, non-ASCII characters kept as themselves (not ``\u`` escapes),
+  the text encoded as UTF-8;
+- ``true``, ``false``, ``null``;
+- numbers: an integer, or a float with an integral value, in plain decimal digits (``1.0`` is
+  ``1``, ``1e300`` is ``1`` followed by 300 zeros); any other float as the shortest decimal
+  that reads back as the same double (Python's ``repr``, JSON's usual form: ``0.1``,
+  ``1.5e-07``). PostgreSQL's ``jsonb`` rewrites numbers this way (``1e3`` comes back ``1000``),
+  and this form is the same whichever the database gave back;
+- timestamps (record fields, not JSON values) as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC.
+
+A link's hash is ``sha256(previous link's hash ‖ canonical JSON of the record)`` in lowercase
+hex, the previous hash taken as its 64 hex characters (the empty string before the first link),
+both as UTF-8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "BadRecord",
+    "ChainVerification",
+    "canonical_json",
+    "canonical_record",
+    "digest",
+    "encode_canonical",
+    "link_hash",
+    "normal",
+    "timestamp",
+]
+
+
+def normal(value: Any) -> Any:
+    """``value`` with its numbers and timestamps in canonical form.
+
+    That is, as JSON would read back the canonical text.
+    """
+    # Dispatch on the exact type first: this runs for every field of every link a commit
+    # writes (engine.store.chain), so the common cases return at once.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise ValueError(f"{value} has no JSON form")
+        return int(Decimal(repr(value))) if value.is_integer() else value
+    if kind is dict:
+        return {k if type(k) is str else str(k): normal(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [normal(v) for v in value]
+    if isinstance(value, datetime):
+        return timestamp(value)
+    if isinstance(value, bool | int | str):  # subclasses (enums)
+        return value
+    if isinstance(value, float):
+        return normal(float(value))
+    if isinstance(value, dict):
+        return normal(dict(value))
+    if isinstance(value, list | tuple):
+        return [normal(v) for v in value]
+    raise TypeError(f"{type(value).__name__} has no canonical JSON form")
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON text (see the module doc)."""
+    return _ENCODER.encode(normal(value))
+
+
+# One encoder: json.dumps with options builds a new one per call, which cost more than the
+# encoding of a link's record.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+encode_canonical = _ENCODER.encode
+"""The canonical text of a value already in canonical form (:func:`normal`'s result)."""
+
+
+_FLAT = frozenset((str, int, bool, type(None)))
+
+
+def canonical_record(fields: dict[str, Any]) -> str:
+    """``canonical_json(fields)`` for a record's fields (a flat object with string keys).
+
+    It normalizes only the values that need it: this runs for every link a commit writes.
+    """
+    flat = _FLAT
+    return _ENCODER.encode(
+        {name: v if type(v) in flat else normal(v) for name, v in fields.items()}
+    )
+
+
+def digest(value: Any) -> str:
+    """sha256 of ``value``'s canonical JSON, lowercase hex (a stage output's digest)."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def link_hash(previous: str | None, body: str) -> str:
+    """The hash of a link whose canonical record is ``body``, after ``previous``."""
+    return hashlib.sha256(((previous or "") + body).encode()).hexdigest()
+
+
+def timestamp(value: datetime) -> str:
+    """A record timestamp in its canonical form (UTC, microseconds, ``Z``)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    elif value.utcoffset():
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """The first record of a run whose chain does not check out."""
+
+    sequence: int | None
+    """Position in the chain (1 is the run itself), or None for a record outside it."""
+    kind: str
+    """``run``, ``annotation``, ``stage``, ``rerun``, or ``head`` (the run's chain head)."""
+    record_id: str | None
+    label: str | None
+    """The annotation's key or the stage's id, when there is one."""
+    problem: str
+    holds: Any = None
+    """What the record holds now (its canonical fields), to show a reader."""
+
+    def describe(self) -> str:
+        """One line naming the record and what is wrong with it."""
+        where = f"link {self.sequence}: " if self.sequence is not None else ""
+        name = f" {self.label!r}" if self.label else ""
+        ident = f" ({self.record_id})" if self.record_id else ""
+        return f"{where}{self.kind}{name}{ident}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    """What ``kernel.verify(run_id)`` found.
+
+    ``ok`` with the links checked, or the first bad record.
+    """
+
+    workflow_run_id: str
+    ok: bool
+    links_checked: int
+    head: str | None
+    first_bad: BadRecord | None = None
+    links: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """The links in order (sequence, kind, record id, hash): what an export bundles."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The verification as JSON (``wfe verify --json``)."""
+        bad = self.first_bad
+        return {
+            "workflow_run_id": self.workflow_run_id,
+            "ok": self.ok,
+            "links_checked": self.links_checked,
+            "head": self.head,
+            "first_bad": None
+            if bad is None
+            else {
+                "sequence": bad.sequence,
+                "kind": bad.kind,
+                "record_id": bad.record_id,
+                "label": bad.label,
+                "problem": bad.problem,
+                "holds": bad.holds,
+            },
+        }
