@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.errors import engine_errors_translated
 from engine.core.payloads import (
     CommitResult,
     FinalizeRun,
@@ -21,8 +21,8 @@ from engine.core.payloads import (
     StartRun,
 )
 from engine.core.plans import plan_of
+from engine.core.records import RunStartStatus
 from engine.core.workflows import Workflow
-from engine.errors import CommitRefusedError
 from engine.store import SqlStore
 from engine.store.contract import NewStage
 
@@ -39,20 +39,24 @@ class RunActivities:
     @activity.defn(name="wfe.start_run")
     async def start_run(self, start: StartRun) -> RunPlan:
         """Mark the run RUNNING, open the starting group, and return the plan."""
+        with engine_errors_translated():
+            return await self._start_run(start)
+
+    async def _start_run(self, start: StartRun) -> RunPlan:
         workflow = self._workflows.get(start.workflow_id)
         if workflow is None:
             await self._store.start_run(start.run_id, None, causation_id=start.run_id)
-            return RunPlan(status="failed")
+            return RunPlan(status=RunStartStatus.FAILED)
         index = start.start_group - 1
 
         def first_group(config: dict[str, Any]) -> list[NewStage]:
             return [NewStage.of(spec) for spec in plan_of(workflow, config)[index]]
 
         started = await self._store.start_run(start.run_id, first_group, causation_id=start.run_id)
-        if started.status != "ok":
-            return RunPlan(status="not_running" if started.status == "not_running" else "failed")
+        if started.status != RunStartStatus.OK:
+            return RunPlan(status=started.status)
         return RunPlan(
-            status="ok",
+            status=RunStartStatus.OK,
             groups=plan_of(workflow, started.config),
             run_input=started.run_input,
             outputs=started.outputs,
@@ -61,27 +65,30 @@ class RunActivities:
 
     @activity.defn(name="wfe.commit_stage")
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
-        """Write a stage outcome, its logs, annotations and events in one transaction."""
-        try:
+        """Write a stage outcome, its logs, annotations and events in one transaction.
+
+        A ``CommitRefusedError`` (no retry can land it) fails the execution, non-retryable.
+        """
+        with engine_errors_translated():
             return await self._store.commit_stage(commit)
-        except CommitRefusedError as error:  # no retry can land it: fail the execution
-            raise ApplicationError(
-                error.message, type="CommitRefusedError", non_retryable=True
-            ) from error
 
     @activity.defn(name="wfe.cancel_run")
     async def cancel_run(self, run_id: str) -> bool:
         """Cancel the run in the side-store (its workflow was cancelled from Temporal)."""
-        return await self._store.cancel_run(run_id, "cancelled from Temporal", causation_id=run_id)
+        with engine_errors_translated():
+            return await self._store.cancel_run(
+                run_id, "cancelled from Temporal", causation_id=run_id
+            )
 
     @activity.defn(name="wfe.finalize_run")
     async def finalize_run(self, final: FinalizeRun) -> bool:
         """End the run COMPLETED or FAILED."""
-        return await self._store.finalize_run(
-            final.run_id,
-            status=final.status,
-            output=final.output,
-            error=final.error,
-            now=final.now,
-            commit_id=final.commit_id,
-        )
+        with engine_errors_translated():
+            return await self._store.finalize_run(
+                final.run_id,
+                status=final.status,
+                output=final.output,
+                error=final.error,
+                now=final.now,
+                commit_id=final.commit_id,
+            )

@@ -22,7 +22,8 @@ need the workflow's clock for their timers, always commit through that local act
 
 A stage's own exception is its outcome (FAILED on the first try) unless the stage declares a
 ``retry_policy``: then the activity raises so Temporal retries the user code, and only the
-last allowed attempt returns the failure.
+last allowed attempt returns the failure. The engine's own errors around the user code (the
+side-store, the blob store) leave as ``ApplicationError`` (see :mod:`activities.errors`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import describe_validation, error_message
+from activities.errors import application_error, engine_errors_translated, error_message
 from engine.core import clock as wall_clock
 from engine.core.annotations import AnnotationLimits
 from engine.core.payloads import CommitResult, StageCommit, StageOutcome, StageTask
-from engine.core.records import RunStatus
+from engine.core.presentation import describe_validation
+from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
 from engine.core.stages import CompletionCheck, Stage, StageResult, Suspend
 from engine.core.values import clean_text, locate_problem
 from engine.core.workflows import Workflow
@@ -114,7 +116,9 @@ def _outcome_builder(
 ) -> Callable[..., StageOutcome]:
     """A function making outcomes that carry everything the stage code buffered."""
 
-    def outcome(status: Any, buffered: StageBuffer | None, **fields: Any) -> StageOutcome:
+    def outcome(
+        status: StageOutcomeStatus, buffered: StageBuffer | None, **fields: Any
+    ) -> StageOutcome:
         if fields.get("error") is not None:
             fields["error"] = clean_text(fields["error"])  # a NUL in an exception's message
         built = StageOutcome(
@@ -138,10 +142,12 @@ def _outcome_builder(
 
 def _stored(start: StageStart) -> StageOutcome:
     """The outcome an earlier delivery of the task committed, or ``skipped``."""
-    if start.action != "settled":
-        return StageOutcome(status="skipped")
+    if start.action != StageStartAction.SETTLED:
+        return StageOutcome(status=StageOutcomeStatus.SKIPPED)
     return StageOutcome(
-        status="completed" if start.status == RunStatus.COMPLETED else "failed",
+        status=StageOutcomeStatus.COMPLETED
+        if start.status == RunStatus.COMPLETED
+        else StageOutcomeStatus.FAILED,
         stage_record_id=start.record_id,
         output=start.output,
         error=start.error,
@@ -178,14 +184,15 @@ class StageActivities:
         record_id = task.stage_record_id
         if record_id is None or activity.info().attempt > 1:
             first_group = [NewStage.of(s) for s in task.starts_run] if task.starts_run else None
-            start = await self._store.begin_stage(
-                task.run_id, task.stage, task.attempt, first_group
-            )
-            if start.action != "run" or start.record_id is None:
+            with engine_errors_translated():
+                start = await self._store.begin_stage(
+                    task.run_id, task.stage, task.attempt, first_group
+                )
+            if start.action != StageStartAction.RUN or start.record_id is None:
                 return _stored(start)
             record_id = start.record_id
         outcome = await self._execute(task, record_id)
-        if outcome.status not in ("completed", "failed"):
+        if outcome.status not in (StageOutcomeStatus.COMPLETED, StageOutcomeStatus.FAILED):
             return outcome
         return await self._commit(task, outcome)
 
@@ -195,9 +202,11 @@ class StageActivities:
         It fails the run if it is to start it (``WORKFLOW_NOT_FOUND``, as the original's claim did).
         """
         if task.starts_run:
-            await self._store.start_run(task.run_id, None, causation_id=task.run_id)
+            with engine_errors_translated():
+                await self._store.start_run(task.run_id, None, causation_id=task.run_id)
         return StageOutcome(
-            status="skipped", error=f"Workflow {task.workflow_id} not found in registry"
+            status=StageOutcomeStatus.SKIPPED,
+            error=f"Workflow {task.workflow_id} not found in registry",
         )
 
     async def _commit(self, task: StageTask, outcome: StageOutcome) -> StageOutcome:
@@ -219,10 +228,8 @@ class StageActivities:
             try:
                 result = await self._store.commit_stage(commit)
                 break
-            except CommitRefusedError as error:
-                raise ApplicationError(
-                    error.message, type="CommitRefusedError", non_retryable=True
-                ) from error
+            except CommitRefusedError as error:  # no retry can land it: fail the execution
+                raise application_error(error) from error
             except Exception:
                 if delay is None:
                     activity.logger.warning(
@@ -231,11 +238,18 @@ class StageActivities:
                     return outcome  # committed by the workflow's local activity, buffer intact
                 await asyncio.sleep(delay)
         if result.duplicate:  # another delivery of this task committed first: use its outcome
-            stored = await self._store.stage_outcome(task.run_id, task.stage.stage_id, task.attempt)
+            with engine_errors_translated():
+                stored = await self._store.stage_outcome(
+                    task.run_id, task.stage.stage_id, task.attempt
+                )
             return _stored(stored).model_copy(update={"commit": result})
         if result.failed_with is not None:
             outcome = outcome.model_copy(
-                update={"status": "failed", "output": None, "error": result.failed_with}
+                update={
+                    "status": StageOutcomeStatus.FAILED,
+                    "output": None,
+                    "error": result.failed_with,
+                }
             )
         return outcome.model_copy(
             update={"logs": [], "annotations": [], "progress": [], "ai_calls": [], "commit": result}
@@ -249,12 +263,18 @@ class StageActivities:
         ctx: StageContext[Any, Any] | None = None
         outcome = _outcome_builder(record_id, clock, started_at=started_at)
 
-        raw_input = await resolve_outputs(self._blobs, task.run_id, task.input)
+        with engine_errors_translated():
+            raw_input = await resolve_outputs(self._blobs, task.run_id, task.input)
         parsed_input, problem = _parsed(stage.parse_input, raw_input, "input", stage.id)
         if problem is None:
             config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
         if problem is not None:
-            return outcome("failed", None, error=problem)
+            return outcome(StageOutcomeStatus.FAILED, None, error=problem)
+        with engine_errors_translated():
+            upstream = {
+                stage_id: await resolve_outputs(self._blobs, task.run_id, value)
+                for stage_id, value in task.context.items()
+            }
         ctx = StageContext(
             input=parsed_input,
             config=config,
@@ -266,10 +286,7 @@ class StageActivities:
             stage_record_id=record_id,
             attempt=task.attempt,
             activity_attempt=activity.info().attempt,
-            workflow_context={
-                stage_id: await resolve_outputs(self._blobs, task.run_id, value)
-                for stage_id, value in task.context.items()
-            },
+            workflow_context=upstream,
             resume_state=task.suspended_state,
             storage=storage,
             limits=self._limits,
@@ -279,11 +296,11 @@ class StageActivities:
         except Exception as exc:
             if not _is_last_attempt(stage, exc):
                 raise
-            return outcome("failed", ctx, error=error_message(exc))
+            return outcome(StageOutcomeStatus.FAILED, ctx, error=error_message(exc))
 
         if isinstance(result, Suspend):
             return outcome(
-                "suspended",
+                StageOutcomeStatus.SUSPENDED,
                 ctx,
                 suspended_state=result.state,
                 poll_interval=result.poll_interval,
@@ -309,25 +326,30 @@ class StageActivities:
             required = [n for n, f in stage.output_model.model_fields.items() if f.is_required()]
             if required:
                 return outcome(
-                    "failed",
+                    StageOutcomeStatus.FAILED,
                     buffered,
                     error=f"Stage {stage.id} produced no output, but its output model "
                     f"{stage.output_model.__name__} requires: {', '.join(required)}",
                 )
-            return outcome("completed", buffered, output=None, metrics=metrics)
+            return outcome(StageOutcomeStatus.COMPLETED, buffered, output=None, metrics=metrics)
         try:
             output = stage.dump_output(stage.parse_output(raw_output))
         except ValidationError as exc:
             return outcome(
-                "failed",
+                StageOutcomeStatus.FAILED,
                 buffered,
                 error=f"Invalid output of stage {stage.id}: {describe_validation(exc)}",
             )
         if locate_problem(output, "output") is None:  # else the outcome is refused, unstored
-            output = await offload_output(
-                self._blobs, buffered.workflow_run_id, stage.id, output, self._large_output_bytes
-            )
-        return outcome("completed", buffered, output=output, metrics=metrics)
+            with engine_errors_translated():
+                output = await offload_output(
+                    self._blobs,
+                    buffered.workflow_run_id,
+                    stage.id,
+                    output,
+                    self._large_output_bytes,
+                )
+        return outcome(StageOutcomeStatus.COMPLETED, buffered, output=output, metrics=metrics)
 
     @activity.defn(name="wfe.check_completion")
     async def check_completion(self, task: StageTask) -> StageOutcome:
@@ -339,11 +361,13 @@ class StageActivities:
 
         if stage.check_completion is None:
             return outcome(
-                "failed", None, error=f"Stage {stage.id} does not support check_completion"
+                StageOutcomeStatus.FAILED,
+                None,
+                error=f"Stage {stage.id} does not support check_completion",
             )
         config, problem = _parsed(stage.parse_config, task.stage.config, "config", stage.id)
         if problem is not None:
-            return outcome("failed", None, error=problem)
+            return outcome(StageOutcomeStatus.FAILED, None, error=problem)
         ctx: CompletionContext[Any] = CompletionContext(
             config=config,
             workflow_run_id=task.run_id,
@@ -361,18 +385,18 @@ class StageActivities:
         try:
             check = await _call(stage.check_completion, task.suspended_state, ctx)
         except Exception as exc:
-            return outcome("failed", ctx, error=error_message(exc))
+            return outcome(StageOutcomeStatus.FAILED, ctx, error=error_message(exc))
         if not isinstance(check, CompletionCheck):
             return outcome(
-                "failed",
+                StageOutcomeStatus.FAILED,
                 ctx,
                 error=f"check_completion of stage {stage.id} returned {type(check).__name__}, "
                 "expected CompletionCheck",
             )
         if check.error is not None:
-            return outcome("failed", ctx, error=check.error)
+            return outcome(StageOutcomeStatus.FAILED, ctx, error=check.error)
         if check.ready:
             return await self._completed(
                 stage, check.output, ctx, outcome, _custom_metrics(check.metrics)
             )
-        return outcome("not_ready", ctx, next_check_in=check.next_check_in)
+        return outcome(StageOutcomeStatus.NOT_READY, ctx, next_check_in=check.next_check_in)

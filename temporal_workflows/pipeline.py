@@ -30,6 +30,7 @@ from temporal_workflows.run import RunWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from engine.core.payloads import RunWorkflowInput
+    from engine.core.records import RunEnd
 
 __all__ = ["RUN_CANCELLED_ERROR", "RUN_FAILED_ERROR", "PipelineWorkflow"]
 RUN_FAILED_ERROR = "WfeRunFailed"
@@ -63,10 +64,10 @@ class PipelineWorkflow(RunWorkflow):
                 update={"plan": input.plan.model_copy(update={"run_input": self._run_input})}
             )
         status = await super().run(input)
-        if status == "COMPLETED":
+        if status == RunEnd.COMPLETED:
             return self._output
         run = f"run {input.run_id} ({input.workflow_id})"
-        if status == "FAILED":
+        if status == RunEnd.FAILED:
             raise ApplicationError(
                 f"{run} failed: {self._error or 'see its stages in the side-store'}",
                 type=RUN_FAILED_ERROR,

@@ -49,6 +49,13 @@ with workflow.unsafe.imports_passed_through():
         StageTask,
         StartRun,
     )
+    from engine.core.records import (
+        RunEnd,
+        RunStartStatus,
+        RunStatus,
+        SettledRunStatus,
+        StageOutcomeStatus,
+    )
     from engine.core.search_attributes import RUN_STATUS_ATTRIBUTE
 
 __all__ = ["RunWorkflow"]
@@ -79,7 +86,9 @@ def _group_output(group: list[StageSpec], outputs: dict[str, Any]) -> Any:
 
 def _failed_with(outcome: StageOutcome, error: str) -> StageOutcome:
     """The outcome as the side-store committed it when it could not store it as it was."""
-    return outcome.model_copy(update={"status": "failed", "output": None, "error": error})
+    return outcome.model_copy(
+        update={"status": StageOutcomeStatus.FAILED, "output": None, "error": error}
+    )
 
 
 class _Group:
@@ -147,7 +156,7 @@ class RunWorkflow:
         """Why the run failed, once it did."""
 
     @workflow.run
-    async def run(self, input: RunWorkflowInput) -> str:
+    async def run(self, input: RunWorkflowInput) -> RunEnd:
         """Run the stages from ``input.start_group`` on; returns the run's final status."""
         self._input = input
         self._details = dict(input.details)
@@ -170,16 +179,16 @@ class RunWorkflow:
                 result_type=RunPlan,
                 start_to_close_timeout=LOCAL_TIMEOUT,
             )
-        if plan.status != "ok":
-            return "FAILED" if plan.status == "failed" else "NOT_RUNNING"
+        if plan.status != RunStartStatus.OK:
+            return RunEnd.FAILED if plan.status == RunStartStatus.FAILED else RunEnd.NOT_RUNNING
         self._plan = plan
-        self._set_status("RUNNING")
+        self._set_status(RunStatus.RUNNING)
         try:
             return await self._run_groups(input, plan)
         except _RunCancelled as stop:
-            status = "FAILED" if stop.failed else "CANCELLED"
-            self._set_status(status)
-            return status
+            end = RunEnd.FAILED if stop.failed else RunEnd.CANCELLED
+            self._set_status(RunStatus(end))
+            return end
         except asyncio.CancelledError:
             self._cancelled = True
             # Cancel the stages' activities: Temporal tells running stage code through its
@@ -193,10 +202,10 @@ class RunWorkflow:
             await workflow.execute_local_activity(
                 "wfe.cancel_run", input.run_id, start_to_close_timeout=LOCAL_TIMEOUT
             )
-            self._set_status("CANCELLED")
+            self._set_status(RunStatus.CANCELLED)
             raise
 
-    async def _run_groups(self, input: RunWorkflowInput, plan: RunPlan) -> str:
+    async def _run_groups(self, input: RunWorkflowInput, plan: RunPlan) -> RunEnd:
         outputs = dict(input.outputs if input.outputs is not None else plan.outputs)
         groups = plan.groups
         start = input.start_group - 1
@@ -230,19 +239,19 @@ class RunWorkflow:
                 self._continue_as_new(input, index + 1, outputs, group)
             for spec in specs:
                 outcome = group.settled[spec.stage_id]
-                if outcome.status == "completed":
+                if outcome.status == StageOutcomeStatus.COMPLETED:
                     outputs[spec.stage_id] = outcome.output
             failed = [
                 group.settled[s.stage_id]
                 for s in specs
-                if group.settled[s.stage_id].status == "failed"
+                if group.settled[s.stage_id].status == StageOutcomeStatus.FAILED
             ]
             if failed:
-                await self._finalize("FAILED", error=failed[0].error or "Stage failed")
-                return "FAILED"
+                await self._finalize(RunStatus.FAILED, error=failed[0].error or "Stage failed")
+                return RunEnd.FAILED
             previous = _group_output(specs, outputs)
-        await self._finalize("COMPLETED", output=previous)
-        return "COMPLETED"
+        await self._finalize(RunStatus.COMPLETED, output=previous)
+        return RunEnd.COMPLETED
 
     def _continue_as_new(
         self, input: RunWorkflowInput, group_number: int, outputs: dict[str, Any], group: _Group
@@ -317,14 +326,16 @@ class RunWorkflow:
             if self._cancelled:  # or the run's cancel cancelled it: nothing to commit
                 raise
             cause = err.cause or err
-            outcome = StageOutcome(status="failed", error=getattr(cause, "message", str(cause)))
-        if outcome.status == "skipped":
+            outcome = StageOutcome(
+                status=StageOutcomeStatus.FAILED, error=getattr(cause, "message", str(cause))
+            )
+        if outcome.status == StageOutcomeStatus.SKIPPED:
             raise _RunCancelled(failed=outcome.error is not None)
         if outcome.commit is not None:  # the activity committed it
             self._accept(spec.stage_id, outcome.commit)
             group.settled[spec.stage_id] = outcome
             return
-        if outcome.status != "suspended":
+        if outcome.status != StageOutcomeStatus.SUSPENDED:
             await self._settle(spec, outcome, group)
             return
         interval = outcome.poll_interval or DEFAULT_POLL_INTERVAL
@@ -394,7 +405,7 @@ class RunWorkflow:
             )
             if resume is not None and resume.annotations:
                 outcome.annotations = [*resume.annotations, *outcome.annotations]
-            if outcome.status == "not_ready":
+            if outcome.status == StageOutcomeStatus.NOT_READY:
                 now = workflow.now()
                 if wait.max_wait_until is None or now < wait.max_wait_until:
                     wait = wait.model_copy(
@@ -417,7 +428,7 @@ class RunWorkflow:
                     self._suspended.discard(spec.stage_id)
                     group.settled[spec.stage_id] = _failed_with(outcome, result.failed_with)
                     return
-                outcome.status = "failed"
+                outcome.status = StageOutcomeStatus.FAILED
                 outcome.error = (
                     f"Stage {spec.stage_id} did not become ready within its max_wait of "
                     f"{wait.max_wait} (max_wait_until {wait.max_wait_until.isoformat()})"
@@ -461,14 +472,16 @@ class RunWorkflow:
         if resume is None:
             asked = (wait.state or {}).get("approval", {}).get("requested_from") or "anyone"
             outcome = StageOutcome(
-                status="failed",
+                status=StageOutcomeStatus.FAILED,
                 stage_record_id=wait.stage_record_id,
                 error=f"Stage {stage_id} was not decided within its timeout of {wait.max_wait} "
                 f"(requested from {asked}; timed out at {wait.max_wait_until})",
             )
         else:
             outcome = StageOutcome(
-                status="failed" if resume.error is not None else "completed",
+                status=StageOutcomeStatus.FAILED
+                if resume.error is not None
+                else StageOutcomeStatus.COMPLETED,
                 stage_record_id=wait.stage_record_id,
                 output=resume.output,
                 error=resume.error,
@@ -569,10 +582,16 @@ class RunWorkflow:
         if result.decisions:
             self._show_decisions(stage_id, result.decisions)
 
-    async def _finalize(self, status: str, *, output: Any = None, error: str | None = None) -> None:
+    async def _finalize(
+        self,
+        status: SettledRunStatus,
+        *,
+        output: Any = None,
+        error: str | None = None,
+    ) -> None:
         assert self._input is not None
         self._output, self._error = output, error
-        if status == "COMPLETED" and self._run_completed:  # the last commit completed the run
+        if status == RunStatus.COMPLETED and self._run_completed:  # the last commit did it
             self._set_status(status)
             return
         await workflow.execute_local_activity(
@@ -580,7 +599,7 @@ class RunWorkflow:
             FinalizeRun(
                 run_id=self._input.run_id,
                 commit_id=f"{workflow.info().run_id}:final",
-                status="FAILED" if status == "FAILED" else "COMPLETED",
+                status=status,
                 output=output,
                 error=error,
                 now=workflow.now(),
@@ -589,9 +608,9 @@ class RunWorkflow:
         )
         self._set_status(status)
 
-    def _set_status(self, status: str) -> None:
+    def _set_status(self, status: RunStatus) -> None:
         if self._input is not None and self._input.search_attributes:
-            workflow.upsert_search_attributes([RUN_STATUS_ATTRIBUTE.value_set(status)])
+            workflow.upsert_search_attributes([RUN_STATUS_ATTRIBUTE.value_set(status.value)])
 
     def _show_decisions(self, stage_id: str, decisions: list[tuple[str, str]]) -> None:
         """Project the latest decision annotations into the Temporal UI (details, search)."""

@@ -33,7 +33,6 @@ from engine.cli.render import (
     Echo,
     annotation_table,
     dump,
-    format_duration,
     format_value,
     masked_url,
     stage_table,
@@ -43,6 +42,7 @@ from engine.cli.render import (
 from engine.commands import RunCreate, RunFork, RunForkResult, RunRerunFrom, RunRerunFromResult
 from engine.conventions import Decision, Trigger
 from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.presentation import format_duration
 from engine.core.records import (
     TERMINAL_STATUSES,
     Annotation,
@@ -587,7 +587,7 @@ async def run_demo(
         keep_running: Keep the server and worker up until Ctrl-C after ``on_result``.
     """
     # Imported here: the CLI package imports this module lazily, and this keeps it that way.
-    from engine.cli.common import wait_with_progress
+    from engine.cli.progress import wait_with_progress
     from engine.cli.stack import local_stack, wait_for_shutdown
 
     seen: dict[str, tuple[str, int]] = {}  # shared: the rerun's wait shows only what changed

@@ -7,18 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.cli.common import (
-    CommonOptions,
-    check_range,
-    execute,
-    fail,
-    open_store,
-    parse_attributes,
-    parse_json,
-    parse_time,
-    progress_echo,
-    with_common,
-)
+from engine.cli.connection import open_store
+from engine.cli.errors import fail
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.parsing import check_range, parse_attributes, parse_json, parse_time
+from engine.cli.progress import progress_echo
 from engine.cli.render import annotation_table, emit_json
 from engine.cli.runs import actor_of
 from engine.core.annotations import AnnotationLimits

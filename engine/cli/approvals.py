@@ -15,17 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.cli.common import (
-    CommonOptions,
-    execute,
-    fail,
-    open_kernel,
-    open_store,
-    parse_json,
-    with_common,
-)
-from engine.cli.render import emit_json, format_time, format_value, table
+from engine.cli.connection import open_kernel, open_store
+from engine.cli.errors import fail
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.parsing import parse_json
+from engine.cli.render import emit_json, format_value, table
 from engine.core.annotations import Actor, AnnotationLimits
+from engine.core.presentation import format_time
 from engine.runtime.kernel_approvals import KernelApprovals, PendingApproval
 
 __all__ = ["app", "cli_principal", "parse_duration"]
@@ -79,7 +75,7 @@ def _inbox_table(items: list[PendingApproval]) -> str:
     rows = [
         [
             _age(item.waiting_since),
-            format_time(item.waiting_since, full=True),
+            format_time(item.waiting_since),
             item.workflow_id,
             item.workflow_run_id,
             item.stage_id,

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.common import CommonOptions, execute, open_store, progress_echo, with_common
+from engine.cli.connection import open_store
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.progress import progress_echo
 from engine.cli.render import emit_json, masked_url
 from engine.commands import OutboxFlush
 from engine.runtime.outbox import OutboxRelay

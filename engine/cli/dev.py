@@ -12,20 +12,15 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.common import (
-    DEFAULT_WORKFLOWS,
-    CommonOptions,
-    WorkflowsOption,
-    execute,
-    fail,
-    load_workflows,
-    open_kernel,
-    progress_echo,
-    with_common,
-)
+from engine.cli.connection import open_kernel
+from engine.cli.errors import fail
 from engine.cli.hints import try_command, writes_hint
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.progress import progress_echo
 from engine.cli.render import Echo, emit_json, masked_url
 from engine.cli.stack import ConsoleSink, local_port, local_stack, run_until_shutdown
+from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows
+from engine.core.records import RunStatus
 from engine.core.settings import VIEWER_PORT_OFFSET
 from engine.runtime.recovery import RECOVERY_INTERVAL
 
@@ -101,7 +96,7 @@ async def _demo(options: CommonOptions, timeout: float, keep_running: bool) -> i
         keep_running=keep_running,
     )
     echo(f"Demo finished in {result.elapsed_seconds:.1f} s (run time, server start excluded)")
-    return 0 if result.rerun is not None and result.run.status.value == "COMPLETED" else 1
+    return 0 if result.rerun is not None and result.run.status is RunStatus.COMPLETED else 1
 
 
 @with_common

@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.common import CommonOptions, execute, fail, open_kernel, open_store, with_common
+from engine.cli.connection import open_kernel, open_store
+from engine.cli.errors import fail
+from engine.cli.options import CommonOptions, execute, with_common
 from engine.core.evidence import ChainVerification
 from engine.runtime.evidence_bundle import new_key_pair, sign_bundle, verify_bundle
 

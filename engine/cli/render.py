@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
-from engine.core.records import Annotation, RunRecord, StageRecord
+from engine.core.presentation import format_actor, format_duration, format_time, value_text
+from engine.core.records import Annotation, RunRecord, StageRecord, StageStatus
 
 __all__ = [
     "Echo",
     "annotation_table",
     "dump",
     "emit_json",
-    "format_actor",
-    "format_duration",
-    "format_time",
     "format_value",
     "masked_url",
     "run_document",
@@ -83,42 +80,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, indent: str 
     return "\n".join(lines)
 
 
-def format_time(moment: datetime | None, *, full: bool = False) -> str:
-    """``HH:MM:SS.mmm`` in UTC (``full``: the ISO date and time), ``-`` when unset."""
-    if moment is None:
-        return "-"
-    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if full:
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
-
-
-def format_duration(milliseconds: int | float | None) -> str:
-    """``35 ms``, ``1.24 s`` or ``3 min 05 s``; ``-`` when unknown."""
-    if milliseconds is None:
-        return "-"
-    if milliseconds < 1000:
-        return f"{milliseconds:.0f} ms"
-    seconds = milliseconds / 1000
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
 def format_value(value: Any, *, width: int = _VALUE_WIDTH) -> str:
     """Strings as they are, anything else as compact JSON; cut to ``width`` characters."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text.split())
+    text = " ".join(value_text(value).split())
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def format_actor(annotation: Annotation) -> str:
-    """``kind:id@version``, or ``-`` when the annotation has no actor."""
-    if annotation.actor_kind is None and annotation.actor_id is None:
-        return "-"
-    actor = f"{annotation.actor_kind or '?'}:{annotation.actor_id or '?'}"
-    return f"{actor}@{annotation.actor_version}" if annotation.actor_version else actor
 
 
 def _annotation_where(annotation: Annotation) -> str:
@@ -135,7 +100,7 @@ def annotation_table(annotations: Sequence[Annotation], *, indent: str = "") -> 
         return f"{indent}(no annotations)"
     rows = [
         [
-            format_time(a.created_at, full=True),  # a date and a zone (Z): no guessing
+            format_time(a.created_at),  # a date and a zone (Z): no guessing
             _annotation_where(a),
             str(a.attempt),
             a.key,
@@ -170,8 +135,8 @@ def stage_line(stage: StageRecord) -> str:
     parts = [f"{stage.stage_id:<18}", f"{stage.status.value:<10}", f"attempt {stage.attempt}"]
     if stage.duration_ms is not None:
         parts.append(format_duration(stage.duration_ms))
-    if stage.status.value == "SUSPENDED" and stage.next_poll_at is not None:
-        parts.append(f"next check {format_time(stage.next_poll_at)}")
+    if stage.status is StageStatus.SUSPENDED and stage.next_poll_at is not None:
+        parts.append(f"next check {format_time(stage.next_poll_at, date=False)}")
     if stage.error_message:
         parts.append(format_value(stage.error_message, width=100))
     return "  ".join(parts)
@@ -181,7 +146,7 @@ def _last_execution(run: RunRecord) -> str:
     """The last execution's duration, and when it started if a rerun made it."""
     text = format_duration(run.execution_duration_ms)
     if run.execution_started_at is not None and run.execution_started_at != run.started_at:
-        text += f" (rerun started {format_time(run.execution_started_at, full=True)})"
+        text += f" (rerun started {format_time(run.execution_started_at)})"
     return text
 
 
@@ -193,9 +158,9 @@ def run_summary(
         ("Run", run.id),
         ("Workflow", f"{run.workflow_id} ({run.workflow_name})"),
         ("Status", run.status.value),
-        ("Created", format_time(run.created_at, full=True)),
-        ("Started", format_time(run.started_at, full=True)),
-        ("Completed", format_time(run.completed_at, full=True)),
+        ("Created", format_time(run.created_at)),
+        ("Started", format_time(run.started_at)),
+        ("Completed", format_time(run.completed_at)),
         ("Last execution", _last_execution(run)),
         ("Run age", format_duration(run.duration_ms)),
         ("Input", format_value(run.input, width=100)),

@@ -7,23 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.cli.common import (
-    DEFAULT_WORKFLOWS,
-    CommonOptions,
-    WorkflowsOption,
-    execute,
-    fail,
-    load_workflows,
-    open_kernel,
-    open_store,
-    parse_attributes,
-    parse_json,
-    progress_echo,
-    registry,
-    wait_with_progress,
-    with_common,
-)
+from engine.cli.connection import open_kernel, open_store
+from engine.cli.errors import fail
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.parsing import parse_attributes, parse_json
+from engine.cli.progress import progress_echo, wait_with_progress
 from engine.cli.render import emit_json, run_document, run_summary, stage_table, temporal_ui_url
+from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows, registry
 from engine.commands import RunCancel, RunCreate, RunCreateResult, RunFork, RunRerunFrom
 from engine.core.annotations import Actor, RunCreateAnnotation
 from engine.core.records import RunStatus

@@ -8,17 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from engine.cli.common import (
-    DEFAULT_WORKFLOWS,
-    CommonOptions,
-    WorkflowsOption,
-    execute,
-    fail,
-    load_workflows,
-    open_kernel,
-    open_store,
-    with_common,
-)
+from engine.cli.connection import open_kernel, open_store
+from engine.cli.errors import fail
+from engine.cli.options import CommonOptions, execute, with_common
+from engine.cli.workflow_loading import DEFAULT_WORKFLOWS, WorkflowsOption, load_workflows
 
 if TYPE_CHECKING:
     from engine.runtime.kernel import Kernel

@@ -17,10 +17,11 @@ import typer
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from engine.cli.common import CliError, fail
 from engine.cli.devserver import DevServer
-from engine.cli.render import Echo, dump, format_time, masked_url
+from engine.cli.errors import CliError, fail
+from engine.cli.render import Echo, dump, masked_url
 from engine.commands import OutboxFlush
+from engine.core.presentation import format_time
 from engine.core.records import OutboxEventRecord
 from engine.core.search_attributes import ENGINE_SEARCH_ATTRIBUTE_TYPES
 from engine.core.workflows import Workflow
@@ -59,7 +60,7 @@ class ConsoleSink:
             return
         stage = event.payload.get("stage_id") or event.payload.get("key") or ""
         typer.echo(
-            f"event  {format_time(event.occurred_at)}  run {event.workflow_run_id}  "
+            f"event  {format_time(event.occurred_at, date=False)}  run {event.workflow_run_id}  "
             f"#{event.sequence:<3} {event.event_type:<20} {stage}".rstrip()
         )
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from engine.core.ai_calls import AICall
 from engine.core.annotations import AnnotationDraft
+from engine.core.records import RunStartStatus, SettledRunStatus, StageOutcomeStatus
 from engine.core.values import json_problem, locate_problem
 
 __all__ = [
@@ -121,7 +122,7 @@ class StartRun(BaseModel):
 class RunPlan(BaseModel):
     """What ``start_run`` found: the stages to run, the run input and earlier outputs."""
 
-    status: Literal["ok", "failed", "not_running"]
+    status: RunStartStatus
     groups: list[list[StageSpec]] = Field(default_factory=list)
     run_input: Any = None
     outputs: dict[str, Any] = Field(default_factory=dict)
@@ -180,9 +181,7 @@ class ProgressDraft(BaseModel):
 class StageOutcome(BaseModel):
     """What a stage activity produced, before it is committed."""
 
-    status: Literal["completed", "failed", "suspended", "not_ready", "skipped"]
-    """``not_ready`` is a poll that found the batch unfinished; ``skipped`` means the stage was
-    not run because its run or record is no longer RUNNING (nothing to commit but logs)."""
+    status: StageOutcomeStatus
     stage_record_id: str | None = None
     output: Any = None
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -231,7 +230,7 @@ class StageOutcome(BaseModel):
 
         return self.model_copy(
             update={
-                "status": "failed",
+                "status": StageOutcomeStatus.FAILED,
                 "output": None,
                 "metrics": {},
                 "suspended_state": None,
@@ -330,7 +329,7 @@ class FinalizeRun(BaseModel):
 
     run_id: str
     commit_id: str
-    status: Literal["COMPLETED", "FAILED"]
+    status: SettledRunStatus
     output: Any = None
     error: str | None = None
     now: datetime

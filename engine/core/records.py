@@ -1,10 +1,14 @@
-"""Read models returned by the kernel: runs, stages, logs, outbox events, annotations."""
+"""Read models returned by the kernel, and the engine's status vocabulary.
+
+The records are runs, stages, logs, outbox events and annotations. Every status a run, a stage
+or a step of the run workflow can have is declared here, once, with what it means.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -13,9 +17,14 @@ __all__ = [
     "LogLevel",
     "LogRecord",
     "OutboxEventRecord",
+    "RunEnd",
     "RunRecord",
+    "RunStartStatus",
     "RunStatus",
+    "SettledRunStatus",
+    "StageOutcomeStatus",
     "StageRecord",
+    "StageStartAction",
     "StageStatus",
     "TERMINAL_STATUSES",
 ]
@@ -48,6 +57,64 @@ CANCELLED when its run is cancelled. ``RunRerunFrom`` deletes records and recrea
 """
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+SettledRunStatus = Literal[RunStatus.COMPLETED, RunStatus.FAILED]
+"""The statuses a run's workflow ends it with (CANCELLED comes from ``RunCancel``)."""
+
+
+class RunEnd(StrEnum):
+    """How an execution of the run workflow ended: its result (the run's status then).
+
+    NOT_RUNNING: the side-store's run was not PENDING or RUNNING when the execution read its
+    plan (it was cancelled, or an earlier execution ended it), so it did nothing.
+    """
+
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    NOT_RUNNING = "NOT_RUNNING"
+
+
+class StageOutcomeStatus(StrEnum):
+    """What one attempt of a stage activity came to, as the workflow receives it.
+
+    Lowercase, unlike :class:`StageStatus`: the values are in recorded workflow histories.
+    COMPLETED, FAILED and SUSPENDED become the stage record's status of that name;
+    NOT_READY is a poll of a SUSPENDED stage that found its batch unfinished (it stays
+    SUSPENDED); SKIPPED means the stage was not run because its run or record is no longer
+    RUNNING (nothing to commit but logs).
+    """
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+    NOT_READY = "not_ready"
+    SKIPPED = "skipped"
+
+
+class RunStartStatus(StrEnum):
+    """What reading a run's plan (and starting it, when PENDING) found.
+
+    OK: the run is RUNNING and its plan follows; FAILED: the run was failed now (its
+    workflow is not registered); NOT_RUNNING: the run is unknown or no longer PENDING or
+    RUNNING, so there is nothing to run.
+    """
+
+    OK = "ok"
+    FAILED = "failed"
+    NOT_RUNNING = "not_running"
+
+
+class StageStartAction(StrEnum):
+    """What a stage activity does when it begins, from what the side-store holds.
+
+    RUN: run the stage (its record is RUNNING); SETTLED: return the outcome an earlier delivery
+    committed; SKIP: do neither, because the run or the record has moved on.
+    """
+
+    RUN = "run"
+    SETTLED = "settled"
+    SKIP = "skip"
 
 
 class LogLevel(StrEnum):

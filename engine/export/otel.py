@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from engine.core.records import Annotation, OutboxEventRecord, RunRecord, StageRecord
+from engine.core.records import Annotation, OutboxEventRecord, RunRecord, RunStatus, StageRecord
 from engine.runtime.plugins import Plugin, define_plugin
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
@@ -87,10 +87,10 @@ def _event(annotation: Annotation) -> Event:
     return Event(annotation.key, attributes, _ns(annotation.created_at))
 
 
-def _status(status: str, error: str | None) -> Status:
-    if status == "FAILED":
+def _status(status: RunStatus, error: str | None) -> Status:
+    if status is RunStatus.FAILED:
         return Status(StatusCode.ERROR, error)
-    return Status(StatusCode.OK) if status == "COMPLETED" else Status(StatusCode.UNSET)
+    return Status(StatusCode.OK) if status is RunStatus.COMPLETED else Status(StatusCode.UNSET)
 
 
 def _ai_span(
@@ -153,7 +153,7 @@ def run_spans(
             },
             events=events[run.id],
             kind=SpanKind.INTERNAL,
-            status=_status(str(run.status), None),
+            status=_status(run.status, None),
             start_time=_ns(run.started_at or run.created_at),
             end_time=_ns(run.completed_at),
         )
@@ -173,7 +173,7 @@ def run_spans(
                 },
                 events=events.get(stage.id, []),
                 kind=SpanKind.INTERNAL,
-                status=_status(str(stage.status), stage.error_message),
+                status=_status(stage.status, stage.error_message),
                 start_time=_ns(stage.started_at),
                 end_time=_ns(stage.completed_at or stage.started_at),
             )

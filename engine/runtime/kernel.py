@@ -55,6 +55,7 @@ from engine.core.records import (
     LogRecord,
     OutboxEventRecord,
     RunRecord,
+    RunStartStatus,
     RunStatus,
     StageRecord,
 )
@@ -368,7 +369,7 @@ class Kernel:
             # workflow id is derived from the run id and never reused, so this starts at
             # most one workflow.
             # The run input travels once, as the execution's first argument (see _start).
-            plan = RunPlan(status="ok", groups=plan_of(workflow, config))
+            plan = RunPlan(status=RunStartStatus.OK, groups=plan_of(workflow, config))
             await self._start_or_report(
                 run_id,
                 workflow.id,
@@ -429,7 +430,7 @@ class Kernel:
         usable = await self.search_attributes.usable()
         enabled = RUN_STATUS_ATTRIBUTE.name in usable
         pairs: list[SearchAttributePair[Any]] = [
-            SearchAttributePair(RUN_STATUS_ATTRIBUTE, "PENDING"),
+            SearchAttributePair(RUN_STATUS_ATTRIBUTE, RunStatus.PENDING.value),
             SearchAttributePair(WORKFLOW_ID_ATTRIBUTE, workflow_id),
             SearchAttributePair(RUN_ID_ATTRIBUTE, run_id),
             SearchAttributePair(ATTEMPT_ATTRIBUTE, attempt),

@@ -45,7 +45,9 @@ def read_artifact(session: Session, run_id: str, key: str) -> Any:
     return MISSING if row is None else row[0]
 
 
-def delete_artifacts(session: Session, run_id: str, *, key: str | None, prefix: str | None) -> None:
+def delete_artifacts(
+    session: Session, run_id: str, *, key: str | None = None, prefix: str | None = None
+) -> None:
     """Remove ``key``, or every key of the run starting with ``prefix``; missing ones are fine."""
     if key is not None:
         _delete(session, run_id, [key])

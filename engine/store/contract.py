@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from engine.core.annotations import AnnotationDraft
 from engine.core.payloads import StageSpec
+from engine.core.records import RunStartStatus, StageStartAction, StageStatus
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
@@ -65,7 +66,7 @@ class NewRun:
 class StartedRun:
     """What ``start_run`` found."""
 
-    status: str
+    status: RunStartStatus
     run_input: Any = None
     config: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -101,9 +102,9 @@ class StageStart:
     run or record moved on).
     """
 
-    action: Literal["run", "settled", "skip"]
+    action: StageStartAction
     record_id: str | None = None
-    status: str | None = None
+    status: StageStatus | None = None
     output: Any = None
     error: str | None = None
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from engine.core import clock
-from engine.core.records import RunRecord
+from engine.core.records import LogRecord, RunRecord, RunStatus
 
 __all__ = [
     "AI_CALLS",
@@ -138,7 +138,7 @@ class WorkflowRun(Base):
     workflow_id: Mapped[str] = mapped_column(String(255), index=True)
     workflow_name: Mapped[str] = mapped_column(String(255))
     workflow_type: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING.value, index=True)
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
@@ -181,7 +181,7 @@ class WorkflowStage(Base):
     stage_number: Mapped[int] = mapped_column(Integer)
     execution_group: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING.value, index=True)
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
@@ -394,6 +394,19 @@ CHAIN_LINKS: Table = ChainLink.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 IDEMPOTENCY_KEYS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
+
+
+def log_record(row: WorkflowLog) -> LogRecord:
+    """The public record of a log row (``metadata_`` as ``metadata``, as for runs)."""
+    return LogRecord(
+        id=row.id,
+        created_at=row.created_at,
+        workflow_run_id=row.workflow_run_id,
+        stage_id=row.stage_id,
+        level=row.level,
+        message=row.message,
+        metadata=row.metadata_,
+    )
 
 
 def run_record(row: WorkflowRun) -> RunRecord:

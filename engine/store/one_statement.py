@@ -50,7 +50,7 @@ from sqlalchemy.sql.expression import CTE
 
 from engine.core.ids import new_id
 from engine.core.payloads import CommitResult, StageCommit, StageSpec
-from engine.core.records import RunStatus
+from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
 from engine.store.annotation_rows import draft_rows
 from engine.store.chain import (
     annotation_link,
@@ -200,11 +200,11 @@ def fits_one_statement(commit: StageCommit) -> bool:
     """Whether every row ``commit`` writes is known before it runs (see the module doc)."""
     outcome = commit.outcome
     return (
-        outcome.status in ("completed", "failed")
+        outcome.status in (StageOutcomeStatus.COMPLETED, StageOutcomeStatus.FAILED)
         and outcome.stage_record_id is not None
         and commit.group_size == 1
         and not commit.after_suspend
-        and not (outcome.status == "completed" and commit.completes_run)
+        and not (outcome.status == StageOutcomeStatus.COMPLETED and commit.completes_run)
         and not outcome.ai_calls
         and all(draft.idempotency_key is None for draft in outcome.annotations)
     )
@@ -238,7 +238,7 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
         for draft, row in zip(outcome.annotations, annotations, strict=True)
         if draft.emit_event
     }
-    opening = commit.open_next if outcome.status == "completed" else []
+    opening = commit.open_next if outcome.status == StageOutcomeStatus.COMPLETED else []
     stages = stage_rows(
         commit.run_id, [NewStage.of(s) for s in opening], commit.attempt, now, running=True
     )
@@ -301,7 +301,7 @@ def begin_in_one_statement(
     if writes.run(connection, partial(_begin_statement, tuple(writes.inserts))) is None:
         return None
     record_id = next(str(row["id"]) for row in stages if row["stage_id"] == spec.stage_id)
-    return StageStart("run", record_id, RunStatus.RUNNING)
+    return StageStart(StageStartAction.RUN, record_id, RunStatus.RUNNING)
 
 
 @lru_cache(maxsize=64)

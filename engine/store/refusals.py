@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
 from engine.core.payloads import StageCommit
+from engine.core.records import StageOutcomeStatus
 from engine.core.values import clean_text
 
 __all__ = ["refused_commit", "unfixable"]
@@ -46,7 +47,7 @@ def refused_commit(commit: StageCommit, reason: str) -> StageCommit:
     """
     outcome = commit.outcome.model_copy(
         update={
-            "status": "failed",
+            "status": StageOutcomeStatus.FAILED,
             "output": None,
             "metrics": {},
             "suspended_state": None,

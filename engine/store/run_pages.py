@@ -10,15 +10,15 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 
 from engine.core.annotations import text_problem
 from engine.core.records import LogRecord, OutboxEventRecord
 from engine.errors import AnnotationError, RunNotFoundError
 from engine.store.annotation_rows import decode_cursor, encode_cursor
-from engine.store.models import OutboxEvent, WorkflowLog, WorkflowRun
+from engine.store.models import OutboxEvent, WorkflowLog, WorkflowRun, log_record
 from engine.store.sql_store import SqlStore
 
 __all__ = [
@@ -80,6 +80,19 @@ async def _check_run(store: SqlStore, run_id: str) -> None:
         raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
 
 
+async def _page_rows(
+    store: SqlStore, run_id: str, query: Select[Any], limit: int
+) -> tuple[list[Any], bool]:
+    """Up to ``limit`` rows of the run's ordered ``query``, and whether more follow.
+
+    An empty page is checked to belong to a run that exists (else RunNotFoundError).
+    """
+    rows = list(await store._read(lambda session: session.scalars(query.limit(limit + 1)).all()))
+    if not rows:
+        await _check_run(store, run_id)
+    return rows[:limit], len(rows) > limit
+
+
 async def list_logs_page(
     store: SqlStore, run_id: str, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
 ) -> Page[LogRecord]:
@@ -101,24 +114,8 @@ async def list_logs_page(
         query = query.where(
             or_(log.created_at > after_at, and_(log.created_at == after_at, log.id > after_id))
         )
-    query = query.order_by(log.created_at, log.id).limit(limit + 1)
-    rows = list(await store._read(lambda session: session.scalars(query).all()))
-    if not rows:
-        await _check_run(store, run_id)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    items = [
-        LogRecord(
-            id=r.id,
-            created_at=r.created_at,
-            workflow_run_id=r.workflow_run_id,
-            stage_id=r.stage_id,
-            level=r.level,
-            message=r.message,
-            metadata=r.metadata_,
-        )
-        for r in rows
-    ]
+    rows, more = await _page_rows(store, run_id, query.order_by(log.created_at, log.id), limit)
+    items = [log_record(r) for r in rows]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
     return Page(items=items, next_cursor=next_cursor)
 
@@ -152,11 +149,6 @@ async def list_events_page(
     query = select(event).where(event.workflow_run_id == run_id)
     if cursor is not None:
         query = query.where(event.sequence > _decode_sequence(cursor))
-    query = query.order_by(event.sequence).limit(limit + 1)
-    rows = list(await store._read(lambda session: session.scalars(query).all()))
-    if not rows:
-        await _check_run(store, run_id)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await _page_rows(store, run_id, query.order_by(event.sequence), limit)
     next_cursor = _encode_sequence(rows[-1].sequence) if more else None
     return Page(items=[OutboxEventRecord.model_validate(r) for r in rows], next_cursor=next_cursor)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from engine.core.annotations import AnnotationDraft
 from engine.core.ids import new_id
-from engine.core.records import RunStatus
+from engine.core.records import RunStartStatus, RunStatus, SettledRunStatus
 from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFoundError
 from engine.store.annotation_rows import insert_drafts
 from engine.store.chain import Link, append_links, link_rows, rerun_link, run_link
@@ -294,9 +294,9 @@ def start_run(
     """
     run = lock_run(session, run_id)
     if run is None:
-        return StartedRun(status="not_running")
+        return StartedRun(status=RunStartStatus.NOT_RUNNING)
     if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
-        return StartedRun(status="not_running")
+        return StartedRun(status=RunStartStatus.NOT_RUNNING)
     if first_group_of is None:
         message = f"Workflow {run.workflow_id} not found in registry"
         run.status = RunStatus.FAILED
@@ -314,7 +314,7 @@ def start_run(
             causation_id=causation_id,
             now=now,
         )
-        return StartedRun(status="failed")
+        return StartedRun(status=RunStartStatus.FAILED)
     if run.status == RunStatus.PENDING:
         run.status = RunStatus.RUNNING
         run.started_at = now
@@ -342,7 +342,11 @@ def start_run(
         if r.status == RunStatus.COMPLETED and r.execution_group < first
     }
     return StartedRun(
-        status="ok", run_input=run.input, config=run.config, outputs=outputs, attempt=attempt
+        status=RunStartStatus.OK,
+        run_input=run.input,
+        config=run.config,
+        outputs=outputs,
+        attempt=attempt,
     )
 
 
@@ -350,7 +354,7 @@ def finalize_run(
     session: Session,
     run_id: str,
     *,
-    status: str,
+    status: SettledRunStatus,
     output: Any,
     error: str | None,
     now: datetime,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
@@ -36,14 +35,11 @@ from engine.store import (
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.chain_check import ChainRecords, read_chain, verify_chain
 from engine.store.contract import (
-    ActiveRun,
     AnnotationFilters,
-    CrossRunFilters,
     NewRun,
     NewStage,
     Rerun,
     RowContext,
-    StageStart,
     StartedRun,
 )
 from engine.store.database import (
@@ -60,6 +56,7 @@ from engine.store.models import (
     WorkflowLog,
     WorkflowRun,
     WorkflowStage,
+    log_record,
     run_record,
     utcnow,
 )
@@ -74,6 +71,7 @@ from engine.store.sql import append_events, lock_run
 
 __all__ = ["SqlStore"]
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 SQLITE_READERS = 2
@@ -91,6 +89,27 @@ def _unknown(run_id: object) -> bool:
 
 def _not_found(run_id: object) -> RunNotFoundError:
     return RunNotFoundError(f"Run {run_id!r} not found", workflow_run_id=None)
+
+
+# A store method that does nothing but run one row function is that function, bound: its
+# parameters (after the session), defaults and docstring are declared once, where the work is.
+
+
+def _bound(
+    work: Callable[Concatenate[Session, P], T], *, transaction: bool
+) -> Callable[Concatenate[SqlStore, P], Awaitable[T]]:
+    """A method running ``work`` on a store thread (see ``SqlStore._on_thread``).
+
+    With ``transaction``, in a write transaction of its own; else in a read-only session.
+    """
+
+    async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._on_thread(
+            lambda session: work(session, *args, **kwargs), transaction=transaction
+        )
+
+    method.__doc__ = work.__doc__
+    return method
 
 
 class SqlStore:
@@ -256,28 +275,7 @@ class SqlStore:
             lambda session: runs.start_run(session, run_id, first_group_of, utcnow(), causation_id)
         )
 
-    async def finalize_run(
-        self,
-        run_id: str,
-        *,
-        status: str,
-        output: Any,
-        error: str | None,
-        now: datetime,
-        commit_id: str,
-    ) -> bool:
-        """End the run COMPLETED or FAILED (idempotent)."""
-        return await self._write(
-            lambda session: runs.finalize_run(
-                session,
-                run_id,
-                status=status,
-                output=output,
-                error=error,
-                now=now,
-                commit_id=commit_id,
-            )
-        )
+    finalize_run = _bound(runs.finalize_run, transaction=True)
 
     async def cancel_run(self, run_id: str, reason: str | None, causation_id: str) -> bool:
         """Cancel a PENDING or RUNNING run; False when unknown or already terminal."""
@@ -318,26 +316,11 @@ class SqlStore:
             )
         )
 
-    async def pending_runs(self, limit: int) -> list[ActiveRun]:
-        """PENDING runs, highest priority then oldest first."""
-        return await self._read(lambda session: runs.pending_runs(session, limit))
+    pending_runs = _bound(runs.pending_runs, transaction=False)
 
-    async def running_runs(self, limit: int) -> list[ActiveRun]:
-        """RUNNING runs, least recently updated first."""
-        return await self._read(lambda session: runs.running_runs(session, limit))
+    running_runs = _bound(runs.running_runs, transaction=False)
 
-    async def restart_run(
-        self, run_id: str, *, expected_temporal_id: str | None, temporal_id: str
-    ) -> int | None:
-        """Hand a RUNNING run to a new execution (see :func:`runs.restart_run`)."""
-        return await self._write(
-            lambda session: runs.restart_run(
-                session,
-                run_id,
-                expected_temporal_id=expected_temporal_id,
-                temporal_id=temporal_id,
-            )
-        )
+    restart_run = _bound(runs.restart_run, transaction=True)
 
     async def temporal_workflow_id(self, run_id: str) -> str | None:
         """Id of the Temporal workflow currently driving the run."""
@@ -382,14 +365,7 @@ class SqlStore:
             ),
         )
 
-    async def stage_outcome(self, run_id: str, stage_id: str, attempt: int) -> StageStart:
-        """The stage record's state for a delivery of its activity, in any run status.
-
-        See :func:`stage_rows.stage_start`.
-        """
-        return await self._read(
-            lambda session: stage_rows.stage_start(session, run_id, stage_id, attempt)
-        )
+    stage_outcome = _bound(stage_rows.stage_start, transaction=False)
 
     async def commit_stage(self, commit: StageCommit) -> CommitResult:
         """Write one stage outcome in one transaction (see :func:`stage_rows.commit_stage`).
@@ -498,37 +474,17 @@ class SqlStore:
         finally:
             await self._in_thread(session.close, True)  # rolls back what did not commit
 
-    async def replay_dead_letters(self, max_events: int) -> int:
-        """Put up to ``max_events`` dead-lettered events back in the outbox."""
-        return await self._write(partial(outbox_rows.replay_dead_letters, max_events=max_events))
+    replay_dead_letters = _bound(outbox_rows.replay_dead_letters, transaction=True)
 
-    async def delivered_plugins(self, event_id: str) -> set[str]:
-        """Ids of the plugins that handled ``event_id`` already."""
-        return await self._read(partial(delivery_rows.delivered_plugins, event_id=event_id))
+    delivered_plugins = _bound(delivery_rows.delivered_plugins, transaction=False)
 
-    async def record_delivery(self, event_id: str, plugin_id: str) -> None:
-        """Note that ``plugin_id`` handled ``event_id``, in a transaction of its own."""
-        await self._write(
-            partial(delivery_rows.record_delivery, event_id=event_id, plugin_id=plugin_id)
-        )
+    record_delivery = _bound(delivery_rows.record_delivery, transaction=True)
 
-    async def put_artifact(self, run_id: str, key: str, data: Any, kind: str) -> None:
-        """Store a blob of the run under ``key``, replacing what was there."""
-        await self._write(
-            partial(artifact_rows.put_artifact, run_id=run_id, key=key, data=data, kind=kind)
-        )
+    put_artifact = _bound(artifact_rows.put_artifact, transaction=True)
 
-    async def read_artifact(self, run_id: str, key: str) -> Any:
-        """The blob under ``key``, or :data:`artifact_rows.MISSING`."""
-        return await self._read(partial(artifact_rows.read_artifact, run_id=run_id, key=key))
+    read_artifact = _bound(artifact_rows.read_artifact, transaction=False)
 
-    async def delete_artifacts(
-        self, run_id: str, *, key: str | None = None, prefix: str | None = None
-    ) -> None:
-        """Remove the blob under ``key``, or every blob of the run under ``prefix``."""
-        await self._write(
-            partial(artifact_rows.delete_artifacts, run_id=run_id, key=key, prefix=prefix)
-        )
+    delete_artifacts = _bound(artifact_rows.delete_artifacts, transaction=True)
 
     # -- AI calls -----------------------------------------------------------------------------
 
@@ -582,30 +538,9 @@ class SqlStore:
             raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
         return rows
 
-    async def query_annotations(
-        self, filters: CrossRunFilters, *, limit: int, cursor: str | None
-    ) -> tuple[list[Annotation], str | None]:
-        """Annotations across runs, one keyset page at a time."""
-        return await self._read(
-            lambda session: annotation_rows.query_annotations(
-                session, filters, limit=limit, cursor=cursor
-            )
-        )
+    query_annotations = _bound(annotation_rows.query_annotations, transaction=False)
 
-    async def count_runs(
-        self,
-        match: Mapping[str, Any],
-        *,
-        since: datetime | None,
-        until: datetime | None,
-        workflow_id: str | None,
-    ) -> int:
-        """Runs carrying every ``key = value`` pair of ``match``."""
-        return await self._read(
-            lambda session: annotation_rows.count_runs(
-                session, match, since=since, until=until, workflow_id=workflow_id
-            )
-        )
+    count_runs = _bound(annotation_rows.count_runs, transaction=False)
 
     async def fork_run(
         self,
@@ -632,56 +567,28 @@ class SqlStore:
             )
         )
 
-    async def forks_of(self, run_id: str) -> list[str]:
-        """Ids of the runs forked from ``run_id`` (``revision.previous_run_id``), oldest first."""
-        return await self._read(lambda session: fork_rows.forks_of(session, run_id))
+    forks_of = _bound(fork_rows.forks_of, transaction=False)
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def pending_approvals(
-        self, filters: approval_rows.PendingFilters
-    ) -> list[approval_rows.PendingRow]:
-        """Approval stages waiting for a decision, oldest first (the approvals inbox)."""
-        return await self._read(lambda session: approval_rows.pending_rows(session, filters))
+    pending_approvals = _bound(approval_rows.pending_rows, transaction=False)
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`RunNotFoundError`."""
-        if _unknown(run_id):
-            raise _not_found(run_id)
 
-        def read(session: Session) -> RunRecord:
+        def read(session: Session) -> RunRecord | None:
             row = session.get(WorkflowRun, run_id)
-            if row is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return run_record(row)
+            return None if row is None else run_record(row)
 
-        return await self._read(read)
+        return await self._read_of_run(run_id, read)
 
     async def verify_chain(self, run_id: str) -> ChainVerification:
         """Check the run's tamper-evident record chain (:mod:`engine.store.chain_check`)."""
-        if _unknown(run_id):
-            raise _not_found(run_id)
-
-        def read(session: Session) -> ChainVerification:
-            found = verify_chain(session, run_id)
-            if found is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return found
-
-        return await self._read(read)
+        return await self._read_of_run(run_id, lambda session: verify_chain(session, run_id))
 
     async def chain_records(self, run_id: str) -> ChainRecords:
         """The run's chain and the records it covers (what an evidence bundle holds)."""
-        if _unknown(run_id):
-            raise _not_found(run_id)
-
-        def read(session: Session) -> ChainRecords:
-            found = read_chain(session, run_id)
-            if found is None:
-                raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return found
-
-        return await self._read(read)
+        return await self._read_of_run(run_id, lambda session: read_chain(session, run_id))
 
     async def list_ai_calls(self, run_id: str) -> list[dict[str, Any]]:
         """The run's recorded AI calls, oldest first, as column mappings (exporters read them)."""
@@ -696,17 +603,32 @@ class SqlStore:
 
         return await self._read(read)
 
-    async def _read_run_rows(self, run_id: str, query: Any) -> list[Any]:
-        """The rows ``query`` selects for a run that must exist (else RunNotFoundError)."""
+    async def _read_of_run(self, run_id: str, work: Callable[[Session], T | None]) -> T:
+        """What ``work`` reads of a run, in a read-only session.
+
+        ``None`` from it means the run does not exist: then (or for an id no backend can
+        compare) RunNotFoundError.
+        """
         if _unknown(run_id):
             raise _not_found(run_id)
 
-        def read(session: Session) -> list[Any]:
-            if session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
+        def read(session: Session) -> T:
+            found = work(session)
+            if found is None:
                 raise RunNotFoundError(f"Run {run_id} not found", workflow_run_id=run_id)
-            return list(session.scalars(query).all())
+            return found
 
         return await self._read(read)
+
+    async def _read_run_rows(self, run_id: str, query: Any) -> list[Any]:
+        """The rows ``query`` selects for a run that must exist (else RunNotFoundError)."""
+
+        def read(session: Session) -> list[Any] | None:
+            if session.scalar(select(WorkflowRun.id).where(WorkflowRun.id == run_id)) is None:
+                return None
+            return list(session.scalars(query).all())
+
+        return await self._read_of_run(run_id, read)
 
     async def list_stages(self, run_id: str) -> list[StageRecord]:
         """The run's stage records in execution order."""
@@ -726,18 +648,7 @@ class SqlStore:
             .where(WorkflowLog.workflow_run_id == run_id)
             .order_by(WorkflowLog.created_at, WorkflowLog.id),
         )
-        return [
-            LogRecord(
-                id=r.id,
-                created_at=r.created_at,
-                workflow_run_id=r.workflow_run_id,
-                stage_id=r.stage_id,
-                level=r.level,
-                message=r.message,
-                metadata=r.metadata_,
-            )
-            for r in rows
-        ]
+        return [log_record(r) for r in rows]
 
     async def list_outbox_events(self, run_id: str) -> list[OutboxEventRecord]:
         """The run's outbox events in sequence order; raises :class:`RunNotFoundError`."""

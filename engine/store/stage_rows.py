@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from engine.core.ids import derived_id, new_id
 from engine.core.payloads import CommitResult, LogDraft, StageCommit, StageSpec
-from engine.core.records import RunStatus
+from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction, StageStatus
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.chain import Link, outcome_link
 from engine.store.contract import NewStage, RowContext, StageStart
@@ -80,9 +80,9 @@ def stage_changes(commit: StageCommit) -> dict[str, Any]:
     """
     outcome, now = commit.outcome, commit.now
     values: dict[str, Any] = {"updated_at": now}
-    if outcome.status in ("completed", "failed"):
+    if outcome.status in (StageOutcomeStatus.COMPLETED, StageOutcomeStatus.FAILED):
         values.update(completed_at=now, duration_ms=outcome.duration_ms, next_poll_at=None)
-        if outcome.status == "completed":
+        if outcome.status == StageOutcomeStatus.COMPLETED:
             values.update(
                 status=RunStatus.COMPLETED, output_data=outcome.output, metrics=outcome.metrics
             )
@@ -90,7 +90,7 @@ def stage_changes(commit: StageCommit) -> dict[str, Any]:
             values.update(status=RunStatus.FAILED, error_message=outcome.error)
             if outcome.metrics:
                 values["metrics"] = outcome.metrics
-    elif outcome.status == "suspended":
+    elif outcome.status == StageOutcomeStatus.SUSPENDED:
         poll_interval = outcome.poll_interval
         values.update(
             status=RunStatus.SUSPENDED,
@@ -115,8 +115,8 @@ def expects_suspended(commit: StageCommit) -> bool:
 
     A poll, or the end of a wait, applies to the record at the poll count the workflow knows.
     """
-    return commit.outcome.status == "not_ready" or (
-        commit.after_suspend and commit.outcome.status != "suspended"
+    return commit.outcome.status == StageOutcomeStatus.NOT_READY or (
+        commit.after_suspend and commit.outcome.status != StageOutcomeStatus.SUSPENDED
     )
 
 
@@ -178,9 +178,9 @@ def _applied_before(session: Session, commit: StageCommit, run_status: str) -> b
         return True  # nothing else moves a record of a RUNNING run past its expected state
     settled = (RunStatus.COMPLETED, RunStatus.FAILED)
     status = commit.outcome.status
-    if status == "suspended":
+    if status == StageOutcomeStatus.SUSPENDED:
         return row.status in (RunStatus.SUSPENDED, *settled)
-    if status == "not_ready":
+    if status == StageOutcomeStatus.NOT_READY:
         return row.status in settled or (
             row.status == RunStatus.SUSPENDED and row.poll_count > commit.poll_count
         )
@@ -221,7 +221,7 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
     outcome, spec = commit.outcome, commit.stage
     applied = None
     changes: dict[str, Any] = {}
-    if outcome.status != "skipped":
+    if outcome.status != StageOutcomeStatus.SKIPPED:
         changes = stage_changes(commit)
         params = {f"v_{name}": value for name, value in changes.items()}
         params.update(
@@ -237,7 +237,9 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
         run_status = lock_run_status(session, commit.run_id)
         if run_status is None:
             return CommitResult(committed=False)
-        if outcome.status != "skipped" and _applied_before(session, commit, run_status):
+        if outcome.status != StageOutcomeStatus.SKIPPED and _applied_before(
+            session, commit, run_status
+        ):
             return CommitResult(
                 committed=True,
                 duplicate=True,
@@ -270,21 +272,21 @@ def outcome_events(commit: StageCommit, duration: int | None) -> list[tuple[str,
         )
         for p in outcome.progress
     ]
-    if outcome.status == "completed":
+    if outcome.status == StageOutcomeStatus.COMPLETED:
         events.append(
             (
                 "stage:completed",
                 {"stage_id": spec.stage_id, "stage_name": spec.name, "duration": duration},
             )
         )
-    elif outcome.status == "failed":
+    elif outcome.status == StageOutcomeStatus.FAILED:
         events.append(
             (
                 "stage:failed",
                 {"stage_id": spec.stage_id, "stage_name": spec.name, "error": outcome.error},
             )
         )
-    elif outcome.status == "suspended":
+    elif outcome.status == StageOutcomeStatus.SUSPENDED:
         next_poll_at = commit.next_poll_at.isoformat() if commit.next_poll_at else None
         events.append(
             (
@@ -300,7 +302,7 @@ def outcome_logs(commit: StageCommit, record_id: str) -> list[dict[str, Any]]:
     """The log rows an applied outcome writes: the stage's own, and an ERROR if it failed."""
     outcome, spec = commit.outcome, commit.stage
     logs = _log_rows(commit.commit_id, commit.run_id, spec.stage_id, record_id, outcome.logs)
-    if outcome.status == "failed":
+    if outcome.status == StageOutcomeStatus.FAILED:
         logs.append(
             {
                 "id": new_id(),
@@ -363,7 +365,7 @@ def _write_rows(
     events.extend(annotation_events)
     opened: dict[str, str] = {}
     if (
-        outcome.status == "completed"
+        outcome.status == StageOutcomeStatus.COMPLETED
         and commit.open_next
         and (commit.group_size == 1 or _group_completed(session, commit.run_id, spec.group))
     ):
@@ -380,7 +382,7 @@ def _write_rows(
         events.extend(started_event(s) for s in commit.open_next if s.stage_id in opened)
     completed_run = False
     if (
-        outcome.status == "completed"
+        outcome.status == StageOutcomeStatus.COMPLETED
         and commit.completes_run
         and (commit.group_size == 1 or _group_completed(session, commit.run_id, spec.group))
     ):
@@ -444,10 +446,10 @@ def begin_stage(
             events.append(started_event(spec))
         append_events(session, run_id, events, causation_id=run_id, now=now)
         if spec.stage_id in opened:
-            return StageStart("run", opened[spec.stage_id], RunStatus.RUNNING)
+            return StageStart(StageStartAction.RUN, opened[spec.stage_id], RunStatus.RUNNING)
         status = RunStatus.RUNNING
     if status != RunStatus.RUNNING:
-        return StageStart("skip")
+        return StageStart(StageStartAction.SKIP)
     key = _record_key(run_id, spec.stage_id, attempt)
     started = session.scalar(
         STAGES.update()
@@ -457,7 +459,7 @@ def begin_stage(
     )
     if started is not None:
         append_events(session, run_id, [started_event(spec)], causation_id=started, now=now)
-        return StageStart("run", started, RunStatus.RUNNING)
+        return StageStart(StageStartAction.RUN, started, RunStatus.RUNNING)
     return stage_start(session, run_id, spec.stage_id, attempt)
 
 
@@ -482,11 +484,15 @@ def stage_start(session: Session, run_id: str, stage_id: str, attempt: int) -> S
         )
     ).first()
     if record is None:
-        return StageStart("skip")
+        return StageStart(StageStartAction.SKIP)
     if record.status == RunStatus.RUNNING:
-        return StageStart("run", record.id, record.status)
+        return StageStart(StageStartAction.RUN, record.id, StageStatus(record.status))
     if record.status in (RunStatus.COMPLETED, RunStatus.FAILED):
         return StageStart(
-            "settled", record.id, record.status, record.output_data, record.error_message
+            StageStartAction.SETTLED,
+            record.id,
+            StageStatus(record.status),
+            record.output_data,
+            record.error_message,
         )
-    return StageStart("skip")
+    return StageStart(StageStartAction.SKIP)

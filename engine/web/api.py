@@ -26,6 +26,7 @@ from engine.commands import (
     RunRerunFromResult,
 )
 from engine.core.annotations import Actor, RunCreateAnnotation
+from engine.core.key_values import parse_value
 from engine.core.records import (
     Annotation,
     LogRecord,
@@ -58,7 +59,6 @@ from engine.web.state import (
     engine_error,
     get_state,
     parse_annotation_filters,
-    parse_filter_value,
     validation_error,
 )
 
@@ -654,7 +654,7 @@ async def query_annotations(
     """Annotations across runs, oldest first (``annotations.query``)."""
     typed: Any = None
     if value is not None:
-        typed = parse_filter_value(value)
+        typed = parse_value(value)
         if isinstance(typed, dict | list) or typed is None:
             raise ApiError(
                 422,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from engine.core.annotations import AnnotationLimits
+from engine.core.key_values import parse_key_value
 from engine.core.settings import Settings
 from engine.errors import (
     AnnotationError,
@@ -43,7 +43,6 @@ __all__ = [
     "field_name",
     "get_state",
     "parse_annotation_filters",
-    "parse_filter_value",
     "require_token",
     "validation_error",
 ]
@@ -219,14 +218,6 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def parse_filter_value(raw: str) -> Any:
-    """A filter value: JSON when it parses as JSON (``true``, ``4``, ``"4"``), else the text."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def parse_annotation_filters(items: Iterable[str], *, field: str) -> dict[str, Any]:
     """``key=value`` filters as a dict of typed values.
 
@@ -236,17 +227,17 @@ def parse_annotation_filters(items: Iterable[str], *, field: str) -> dict[str, A
     """
     pairs: dict[str, Any] = {}
     for item in items:
-        key, separator, raw = item.partition("=")
-        key = key.strip()
-        if not separator or not key:
+        try:
+            key, value = parse_key_value(item)
+        except ValueError:
             raise ApiError(
                 422,
                 "invalid_request",
                 f"{field} must be key=value (e.g. decision.outcome=low), got {item!r}",
                 field=field,
-            )
-        value = parse_filter_value(raw)
+            ) from None
         if isinstance(value, dict | list) or value is None:
+            raw = item.partition("=")[2]
             raise ApiError(
                 422,
                 "invalid_request",

@@ -10,6 +10,7 @@ allows no script at all, so a stored ``<script>`` renders as inert text.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from engine.core.presentation import format_actor, format_duration, format_time, value_text
 from engine.core.records import Annotation, RunRecord, RunStatus, StageRecord
 from engine.errors import AnnotationError, RunNotFoundError
 from engine.store.run_pages import InvalidPageError, list_logs_page
@@ -51,6 +53,8 @@ LOGS_PER_PAGE = 200
 """Log lines shown per page of the run page's log section."""
 LONG_VALUE = 160
 """Values longer than this (as text) are shown folded, expandable."""
+MISSING = "—"
+"""What a page shows for a time or a duration that is not known (yet)."""
 
 # Every page shows run data: all need the read right (see engine.web.auth).
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require(Right.READ))])
@@ -68,32 +72,6 @@ _templates = Environment(
 # -- formatting -------------------------------------------------------------------------------
 
 
-def format_time(moment: datetime | None, *, date: bool = True) -> str:
-    """``2026-11-26 10:00:01`` (UTC), or ``HH:MM:SS.mmm`` without the date."""
-    if moment is None:
-        return "—"
-    moment = moment.astimezone(UTC)
-    if date:
-        return moment.strftime("%Y-%m-%d %H:%M:%S")
-    return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
-
-
-def format_duration(ms: int | float | None) -> str:
-    """``120 ms``, ``2.4 s``, ``3 min 05 s``, ``2 h 01 min``."""
-    if ms is None:
-        return "—"
-    if ms < 1000:
-        return f"{int(ms)} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def to_json(value: Any, *, pretty: bool = False) -> str:
     """A value as JSON text (pretty: indented), for display."""
     if pretty:
@@ -101,23 +79,15 @@ def to_json(value: Any, *, pretty: bool = False) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def value_text(value: Any) -> str:
-    """An annotation value as shown: strings as they are, anything else as JSON."""
-    return value if isinstance(value, str) else to_json(value)
-
-
-def actor_label(annotation: Annotation) -> str:
-    """``kind:id@version`` of the annotation's actor, or ``""``."""
-    if annotation.actor_id is None and annotation.actor_kind is None:
-        return ""
-    label = f"{annotation.actor_kind or '?'}:{annotation.actor_id or '?'}"
-    return f"{label}@{annotation.actor_version}" if annotation.actor_version else label
-
-
 _templates.filters.update(
-    time=format_time, duration=format_duration, json=to_json, value_text=value_text
+    time=functools.partial(format_time, missing=MISSING),
+    duration=functools.partial(format_duration, missing=MISSING),
+    json=to_json,
+    value_text=value_text,
 )
-_templates.globals.update(LONG_VALUE=LONG_VALUE, actor_label=actor_label)
+_templates.globals.update(
+    LONG_VALUE=LONG_VALUE, actor_label=functools.partial(format_actor, missing="")
+)
 
 
 def render(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -282,7 +252,7 @@ def timeline(stages: Sequence[StageRecord], now: datetime) -> tuple[list[Timelin
                 waited_ms=wall_ms if waited else None,
             )
         )
-    return rows, format_duration(span * 1000)
+    return rows, format_duration(span * 1000, missing=MISSING)
 
 
 def group_annotations(

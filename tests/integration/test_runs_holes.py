@@ -31,7 +31,8 @@ from engine import (
     define_stage,
     define_workflow,
 )
-from engine.cli.render import format_duration, run_summary
+from engine.cli.render import run_summary
+from engine.core.presentation import format_duration
 from engine.runtime.kernel import temporal_workflow_id
 from engine.runtime.recovery import recovery_loop
 from engine.store import SqlStore
