@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -122,7 +123,9 @@ def annotation_link(row: Mapping[Any, Any]) -> Link:
     # canonical_record() by hand: every commit builds ten of these or more, and only these
     # four fields can hold a value that is not already canonical (6.5 against 10.8 µs a row).
     body = {name: row[name] for name in _PLAIN_FIELDS}
-    body["created_at"] = _timestamp(row["created_at"])
+    created = row["created_at"]
+    # A bundle's rows hold the timestamp as its canonical text already.
+    body["created_at"] = _timestamp(created) if isinstance(created, datetime) else normal(created)
     body["value"] = normal(row["value"])
     body["value_number"] = normal(row["value_number"])
     body["payload"] = normal(row["payload"])
