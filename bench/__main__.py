@@ -54,7 +54,9 @@ def write_results(
         "- Sides: **plain** = plain temporalio on `UnsandboxedWorkflowRunner()` with the engine "
         "worker's options (temporalio's defaults), no side-store: every overhead target is "
         "judged against it; **plain, sandboxed** = the same on temporalio's default sandbox, a "
-        "reference only; **engine** = `create_worker(kernel)` with a SQLite or PostgreSQL "
+        "reference only; **plain + SQL** = the plain pipeline writing a run row and each stage's "
+        "result in one transaction with hand-written SQL (sqlite3 / psycopg), a reference for the "
+        "durable commit's floor; **engine** = `create_worker(kernel)` with a SQLite or PostgreSQL "
         "side-store. Overhead ratios are the median of interleaved rounds; each round's value "
         "and the spread are in the figure's note.",
         "",

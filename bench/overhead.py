@@ -14,6 +14,9 @@ Everything runs against one local Temporal dev server (``history.transferProcess
   the side every target is judged against;
 - **plain, sandboxed** (reference only): the same plain workflow and worker with temporalio's
   default ``SandboxedWorkflowRunner``, as a user's own workflow runs unless they opt out.
+- **engine, chain off** (single runs only): the engine side with its stage commits' record
+  chain switched off (:mod:`bench.chain_off`), so the chain's share of the latency (issue 21:
+  at most 10%) is measured in the same rounds.
 
 The ratios are measured in ``--rounds`` rounds (3 by default), every side in every round:
 single runs interleaved (the engine's runs of one side-store alternating with both plain
@@ -65,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+    from bench.annotations import CHAIN_COST_TARGET_PERCENT
     from bench.breakdown import (
         Breakdown,
         StoreTimer,
@@ -76,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         sample_peak_rss,
         thread_cpu,
     )
+    from bench.chain_off import chain_off
     from bench.common import (
         Report,
         dev_server,
@@ -84,6 +89,7 @@ with workflow.unsafe.imports_passed_through():
         percentile,
         postgres_server_url,
     )
+    from bench.plain_sql import PLAIN_SQL_TEXT, open_sql_steps, plain_sql_worker, start_sql_run
     from engine import Kernel, RunCreate, RunStatus, create_worker, define_stage, define_workflow
     from engine.store import SqlStore
 
@@ -305,6 +311,35 @@ def plain_side(name: str, client: Client, task_queue: str) -> Side:
     return Side(name, start, finish, history)
 
 
+async def _open_plain_sql(
+    stack: contextlib.AsyncExitStack,
+    backend: str,
+    client: Client,
+    args: argparse.Namespace,
+) -> Side:
+    """The plain + SQL side (:mod:`bench.plain_sql`) on a database of its own."""
+    if backend == "sqlite":
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wfe-bench-sql-"))
+        url = f"sqlite:///{Path(folder) / 'plain.db'}"
+    else:
+        url = stack.enter_context(fresh_postgres_database(postgres_server_url(args.postgres_url)))
+    steps = await stack.enter_async_context(open_sql_steps(url))
+    queue = f"bench-plain-sql-{uuid.uuid4().hex[:8]}"
+    await stack.enter_async_context(plain_sql_worker(client, queue, steps, **WORKER_OPTIONS))
+
+    async def start() -> Any:
+        return await start_sql_run(client, steps, queue)
+
+    async def finish(handle: Any) -> None:
+        await handle.result()
+
+    async def history(handle: Any) -> WorkflowHistory:
+        return await handle.fetch_history()
+
+    pids = None if backend == "sqlite" else (lambda: postgres_backend_pids(url))
+    return Side(f"plain + SQL ({backend})", start, finish, history, database_pids=pids)
+
+
 def engine_side(
     name: str, kernel: Kernel, timer: StoreTimer, url: str, timeout: timedelta = RUN_TIMEOUT
 ) -> Side:
@@ -327,6 +362,32 @@ def engine_side(
 
     pids = None if url.startswith("sqlite") else (lambda: postgres_backend_pids(url))
     return Side(name, start, finish, history, timer=timer, database_pids=pids)
+
+
+def unchained_side(side: Side) -> Side:
+    """``side`` with the record chain off for its runs (:mod:`bench.chain_off`): the
+    counterfactual issue 21's budget is judged on. Single runs only, which run one at a
+    time, so the swap covers exactly this side's run."""
+    switches: dict[Any, contextlib.ExitStack] = {}
+
+    async def start() -> Any:
+        switch = contextlib.ExitStack()
+        switch.enter_context(chain_off())
+        try:
+            token = await side.start()
+        except BaseException:
+            switch.close()
+            raise
+        switches[token] = switch
+        return token
+
+    async def finish(token: Any) -> None:
+        try:
+            await side.finish(token)
+        finally:
+            switches.pop(token).close()
+
+    return Side(f"{side.name}, chain off", start, finish, side.history)
 
 
 async def _diagnose(kernel: Kernel, run_id: str, timeout: timedelta) -> str:
@@ -382,10 +443,18 @@ class EngineResult:
     plain: Side
     """The plain (unsandboxed) single runs of this side-store's blocks."""
     sandboxed: Side
+    unchained: Side
+    """The engine side with the record chain off (single runs only)."""
+    plain_sql: Side
+    """Plain temporalio writing each stage's result with hand-written SQL (a reference)."""
     latency: Ratios = field(default_factory=Ratios)
     latency_vs_sandboxed: Ratios = field(default_factory=Ratios)
+    latency_of_chain: Ratios = field(default_factory=Ratios)
+    """Per round: the engine's latency over the same engine's with the chain off."""
     throughput: Ratios = field(default_factory=Ratios)
     throughput_vs_sandboxed: Ratios = field(default_factory=Ratios)
+    latency_vs_plain_sql: Ratios = field(default_factory=Ratios)
+    throughput_vs_plain_sql: Ratios = field(default_factory=Ratios)
     plain_phases: list[Phase] = field(default_factory=list)
     """The plain phases either side of each engine phase."""
 
@@ -412,6 +481,10 @@ async def _open_engine(
     return kernel, timer, url, worker
 
 
+def _single_sides(result: EngineResult) -> list[Side]:
+    return [result.engine, result.unchained, result.plain, result.sandboxed, result.plain_sql]
+
+
 def _mean_phase(before: Phase, after: Phase) -> float:
     return (before.runs_per_s + after.runs_per_s) / 2
 
@@ -427,7 +500,8 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
             raise SystemExit(f"unknown backend {backend!r} (sqlite, postgresql)")
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
-    print(f"   {PLAIN_TEXT}\n   {SANDBOXED_TEXT}", file=sys.stderr, flush=True)
+    for text in (PLAIN_TEXT, SANDBOXED_TEXT, PLAIN_SQL_TEXT):
+        print(f"   {text}", file=sys.stderr, flush=True)
     async with dev_server() as server, contextlib.AsyncExitStack() as stack:
         plain_client = await Client.connect(server.address)
         engine_client = await Client.connect(server.address, data_converter=pydantic_data_converter)
@@ -444,21 +518,22 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
             differing = differing_options(worker, unsandboxed)
             if differing:  # the comparison would not be like for like
                 raise SystemExit("plain worker options differ: " + "; ".join(differing))
+            engine = engine_side(f"engine ({backend})", kernel, timer, url)
             results.append(
                 EngineResult(
                     backend,
-                    engine_side(f"engine ({backend})", kernel, timer, url),
+                    engine,
                     plain_side(PLAIN, plain_client, queues[PLAIN]),
                     plain_side(SANDBOXED, plain_client, queues[SANDBOXED]),
+                    unchained_side(engine),
+                    await _open_plain_sql(stack, backend, plain_client, args),
                 )
             )
         plain_phases = plain_side(PLAIN, plain_client, queues[PLAIN])  # throughput only
         # Warm every side up (worker caches, connection pools, the sandbox's module cache).
         for result in results:
-            await single_runs(
-                [result.engine, result.plain, result.sandboxed], runs=0, warmups=args.warmups
-            )
-            for side in (result.engine, result.plain, result.sandboxed):
+            await single_runs(_single_sides(result), runs=0, warmups=args.warmups)
+            for side in _single_sides(result):
                 side.latencies.clear()
 
         def progress(round_number: int, text: str) -> None:
@@ -473,14 +548,16 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
             ordered = results if round_number % 2 == 0 else results[::-1]
             for result in ordered:
                 progress(round_number, f"single runs: engine ({result.backend}), plain sides")
-                await single_runs(
-                    [result.engine, result.plain, result.sandboxed],
-                    runs=args.runs,
-                    warmups=1,
-                )
+                await single_runs(_single_sides(result), runs=args.runs, warmups=1)
                 result.latency.values.append(_round_latency(result.engine, result.plain))
+                result.latency_of_chain.values.append(
+                    _round_latency(result.engine, result.unchained)
+                )
                 result.latency_vs_sandboxed.values.append(
                     _round_latency(result.engine, result.sandboxed)
+                )
+                result.latency_vs_plain_sql.values.append(
+                    _round_latency(result.engine, result.plain_sql)
                 )
             for result in ordered:
                 progress(round_number, f"throughput: engine ({result.backend}) between plains")
@@ -498,6 +575,12 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
                     result.engine.phases[-1].runs_per_s / sandboxed_phase.runs_per_s
                 )
             before = after
+            for result in results:
+                progress(round_number, f"throughput: plain + SQL ({result.backend}) (reference)")
+                sql_phase = await phase(result.plain_sql)
+                result.throughput_vs_plain_sql.values.append(
+                    result.engine.phases[-1].runs_per_s / sql_phase.runs_per_s
+                )
         for result in results:
             for side in (result.engine, result.plain, result.sandboxed):
                 side.details = [breakdown(await side.history(token)) for token in side.tokens]
@@ -574,6 +657,14 @@ def _report(result: EngineResult, sandboxed: Side, args: argparse.Namespace) -> 
         note=result.throughput.text(),
     )
     add(
+        "record chain's cost on the run's latency (engine / engine with the chain off)",
+        (result.latency_of_chain.median - 1) * 100,
+        "%",
+        CHAIN_COST_TARGET_PERCENT,
+        note=f"issue 21; {result.latency_of_chain.text()} (as ratios); chain off "
+        f"{_ms(result.unchained.all_latencies()):.0f} ms",
+    )
+    add(
         "latency ratio engine/plain sandboxed (reference)",
         result.latency_vs_sandboxed.median,
         "x",
@@ -584,6 +675,23 @@ def _report(result: EngineResult, sandboxed: Side, args: argparse.Namespace) -> 
         result.throughput_vs_sandboxed.median,
         "x",
         note=result.throughput_vs_sandboxed.text(),
+    )
+    sql = result.plain_sql
+    add(
+        "latency ratio engine/plain + SQL (reference: the durable commit's floor)",
+        result.latency_vs_plain_sql.median,
+        "x",
+        note=f"{result.latency_vs_plain_sql.text()}; plain + SQL {_ms(sql.all_latencies()):.0f} ms",
+    )
+    sql_cpu = _mean([p.cpu_ms_per_run + p.database_cpu_ms_per_run for p in sql.phases])
+    add(
+        "throughput ratio engine/plain + SQL (reference: the durable commit's floor)",
+        result.throughput_vs_plain_sql.median,
+        "x",
+        note=f"{result.throughput_vs_plain_sql.text()}; plain + SQL "
+        f"{median([p.runs_per_s for p in sql.phases]):.1f} runs/s, CPU per run (process and "
+        f"database) {sql_cpu:.0f} ms, dev server "
+        f"{_mean([p.server_cpu_ms_per_run for p in sql.phases]):.0f} ms",
     )
     peak = max(engine.phases, key=lambda p: p.peak_rss_mib)
     add(
@@ -680,6 +788,7 @@ def _report(result: EngineResult, sandboxed: Side, args: argparse.Namespace) -> 
         )
     report.notes.append(PLAIN_TEXT)
     report.notes.append(SANDBOXED_TEXT)
+    report.notes.append(PLAIN_SQL_TEXT)
     report.notes.append(
         f"engine = create_worker(kernel) (run workflow unsandboxed, same default worker "
         f"options), pydantic data converter, {backend} side-store, RunCreate + wait_for_run"
