@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import (
@@ -120,29 +121,56 @@ def run_link(row: Mapping[Any, Any]) -> Link:
 
 def annotation_link(row: Mapping[Any, Any]) -> Link:
     """The link of an annotation row (a mapping of its columns)."""
-    # canonical_record() by hand: every commit builds ten of these or more, and only these
-    # four fields can hold a value that is not already canonical (6.5 against 10.8 µs a row).
-    body = {name: row[name] for name in _PLAIN_FIELDS}
+    return Link("annotation", str(row["id"]), annotation_text(row), stored=False)
+
+
+def annotation_text(row: Mapping[Any, Any]) -> str:
+    """The canonical JSON of an annotation row's link: ``canonical_json`` of its fields.
+
+    Written out field by field: every commit builds ten of these or more, and the keys are
+    always the same, so sorting them and encoding the object as a whole each time (the
+    general way, 7.5 µs a row) was a third of the chain's cost on a SQLite commit. A property
+    test holds this to ``canonical_json`` for any row.
+    """
     created = row["created_at"]
-    # A bundle's rows hold the timestamp as its canonical text already.
-    body["created_at"] = _timestamp(created) if isinstance(created, datetime) else normal(created)
-    body["value"] = normal(row["value"])
-    body["value_number"] = normal(row["value_number"])
-    body["payload"] = normal(row["payload"])
-    body["kind"] = "annotation"
-    return Link("annotation", str(row["id"]), encode_canonical(body), stored=False)
+    values = [
+        # A bundle's rows hold the timestamp as its canonical text already.
+        _quoted_timestamp(created)
+        if name == "created_at" and isinstance(created, datetime)
+        else _canonical(row[name])
+        if name != "kind"
+        else '"annotation"'
+        for name in _ANNOTATION_NAMES
+    ]
+    return "{" + ",".join(map(str.__add__, _ANNOTATION_PREFIXES, values)) + "}"
 
 
-_PLAIN_FIELDS = tuple(
-    name
-    for name in ANNOTATION_FIELDS
-    if name not in ("created_at", "value", "value_number", "payload")
-)
-"""The annotation fields that hold strings, integers, booleans or NULL: canonical as they
-are."""
+_ANNOTATION_NAMES = tuple(sorted((*ANNOTATION_FIELDS, "kind")))
+"""A link's keys in canonical (code point) order."""
+_ANNOTATION_PREFIXES = tuple(encode_basestring(name) + ":" for name in _ANNOTATION_NAMES)
 
-_timestamp = lru_cache(maxsize=64)(timestamp)
-"""A commit's rows share one timestamp: formatted once."""
+
+def _canonical(value: Any) -> str:
+    """``canonical_json(value)``, the scalars without the JSON encoder's set-up per call."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        number = normal(value)
+        return int.__repr__(number) if type(number) is int else float.__repr__(number)
+    return encode_canonical(normal(value))
+
+
+@lru_cache(maxsize=64)
+def _quoted_timestamp(value: datetime) -> str:
+    """A commit's rows share one timestamp: formatted once."""
+    return '"' + timestamp(value) + '"'
 
 
 def stage_link(
