@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,7 @@ if not __package__:  # run as ``python bench/annotations.py``: make ``bench`` im
 from sqlalchemy import event, func, select, text, update  # noqa: E402
 from sqlalchemy.dialects import postgresql, sqlite  # noqa: E402
 
+from bench.breakdown import cpu_seconds, postgres_backend_pids  # noqa: E402
 from bench.chain_off import chain_off  # noqa: E402
 from bench.common import (  # noqa: E402
     Report,
@@ -438,6 +440,12 @@ class CommitFigures:
     without_chain_per_second: float
     """The engine's commit with the record chain switched off (:mod:`bench.chain_off`),
     interleaved with the others."""
+    cpu_us: float = 0.0
+    """CPU per engine commit: this process (client and store threads) and, on PostgreSQL, the
+    server processes of its database."""
+    without_chain_cpu_us: float = 0.0
+    server_share: float = 0.0
+    """The database server's part of ``cpu_us``."""
 
     @property
     def chain_cost(self) -> float:
@@ -445,6 +453,13 @@ class CommitFigures:
         if not self.per_second:
             return 0.0
         return 1 - self.per_second / self.without_chain_per_second
+
+    @property
+    def chain_cpu_cost(self) -> float:
+        """The chain's share of a commit's CPU (steadier than wall time on a shared machine)."""
+        if not self.cpu_us:
+            return 0.0
+        return 1 - self.without_chain_cpu_us / self.cpu_us
 
 
 async def reference_commit(store: SqlStore, commit: StageCommit) -> None:
@@ -558,6 +573,19 @@ async def measure_commits(store: SqlStore, commits: list[StageCommit], seconds: 
     durations: list[float] = []
     engine_seconds = reference_seconds = unchained_seconds = 0.0
     reference_done = unchained_done = 0
+    url = store.sync_engine.url.render_as_string(hide_password=False)
+    pids = [] if url.startswith("sqlite") else postgres_backend_pids(url)
+    cpu = {"engine": 0.0, "unchained": 0.0, "server": 0.0}
+
+    @contextlib.contextmanager
+    def cpu_of(side: str) -> Iterator[None]:
+        process, server = time.process_time(), sum(cpu_seconds(p) for p in pids)
+        yield
+        used_server = sum(cpu_seconds(p) for p in pids) - server
+        cpu[side] += time.process_time() - process + used_server
+        if side == "engine":
+            cpu["server"] += used_server
+
     with chain_off():  # warm its statement cache too
         for commit in [c for _, c in zip(range(20), queue, strict=False)]:
             assert (await store.commit_stage(commit)).committed
@@ -568,16 +596,17 @@ async def measure_commits(store: SqlStore, commits: list[StageCommit], seconds: 
             if len(chunk) < 25:
                 break  # prepared too few: the figures stand on what ran
             counting = True
-            for commit in chunk:
-                started = time.perf_counter()
-                result = await store.commit_stage(commit)
-                durations.append(time.perf_counter() - started)
-                assert result.committed, commit.run_id
+            with cpu_of("engine"):
+                for commit in chunk:
+                    started = time.perf_counter()
+                    result = await store.commit_stage(commit)
+                    durations.append(time.perf_counter() - started)
+                    assert result.committed, commit.run_id
             counting = False
             engine_seconds += sum(durations[-len(chunk) :])
             engine_done += [c.run_id for c in chunk]
             chunk = [c for _, c in zip(range(25), queue, strict=False)]
-            with chain_off(), stopwatch() as clock:
+            with chain_off(), stopwatch() as clock, cpu_of("unchained"):
                 for commit in chunk:
                     assert (await store.commit_stage(commit)).committed
             unchained_seconds += clock.seconds
@@ -616,6 +645,9 @@ async def measure_commits(store: SqlStore, commits: list[StageCommit], seconds: 
         median_ms=percentile(durations, 50) * 1000,
         reference_per_second=reference_done / reference_seconds if reference_seconds else 0.0,
         without_chain_per_second=unchained_done / unchained_seconds if unchained_seconds else 0.0,
+        cpu_us=cpu["engine"] / max(timed, 1) * 1e6,
+        without_chain_cpu_us=cpu["unchained"] / max(unchained_done, 1) * 1e6,
+        server_share=cpu["server"] / cpu["engine"] if cpu["engine"] else 0.0,
     )
 
 
@@ -759,6 +791,16 @@ async def bench(url: str, args: argparse.Namespace, backend: str) -> Report:
         CHAIN_COST_TARGET_PERCENT,
         note="issue 21: the chain may cost the commit at most 10%",
     )
+    report.add(
+        "record chain's cost on the stage commit's CPU (1 - without/with)",
+        committed.chain_cpu_cost * 100,
+        "%",
+        CHAIN_COST_TARGET_PERCENT,
+        note=f"CPU per commit {committed.cpu_us:.0f} µs with the chain, "
+        f"{committed.without_chain_cpu_us:.0f} without (this process and the database's "
+        f"server processes; server {committed.server_share:.0%} of it): on a CPU-bound "
+        "machine the chain's share of throughput",
+    )
     report.add("SQL statements per stage commit", committed.statements_per_commit, "statements")
     return report
 
@@ -798,8 +840,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="runs they belong to")
     parser.add_argument("--samples", type=int, default=500, help="runs listed for list p50/p99")
     parser.add_argument("--repeat", type=int, default=30, help="timed cross-run queries")
-    parser.add_argument("--commits", type=int, default=4000, help="commits prepared (upper bound)")
-    parser.add_argument("--commit-seconds", type=float, default=2.0)
+    parser.add_argument("--commits", type=int, default=8000, help="commits prepared (upper bound)")
+    parser.add_argument("--commit-seconds", type=float, default=4.0)
     parser.add_argument(
         "--skip-commits", action="store_true", help="measure the reads only (bench.scale)"
     )
