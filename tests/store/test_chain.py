@@ -7,6 +7,7 @@ names the first record that was changed, deleted or inserted by hand in SQL afte
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,13 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from engine.core.annotations import AnnotationDraft
-from engine.core.evidence import ChainVerification, canonical_json, link_hash, timestamp
+from engine.core.evidence import (
+    ChainVerification,
+    canonical_json,
+    link_hash,
+    normal,
+    timestamp,
+)
 from engine.store import SqlStore
 from engine.store.chain import ANNOTATION_FIELDS, annotation_text
 from engine.store.contract import NewStage, RowContext
@@ -82,6 +89,20 @@ def annotation_rows(draw: st.DrawFn) -> dict[str, Any]:
     return row
 
 
+def _defined(value: Any) -> str:
+    """Canonical JSON as the module doc of ``engine.core.evidence`` defines it: the encoder
+    over the normal form, with none of the shortcuts the engine takes."""
+    return json.dumps(
+        normal(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+@given(_JSON)
+@settings(max_examples=300, deadline=None)
+def test_canonical_json_is_the_defined_form(value: Any) -> None:
+    assert canonical_json(value) == _defined(value)
+
+
 @given(annotation_rows())
 @settings(max_examples=300, deadline=None)
 def test_an_annotations_link_text_is_its_canonical_json(row: dict[str, Any]) -> None:
@@ -90,7 +111,7 @@ def test_an_annotations_link_text_is_its_canonical_json(row: dict[str, Any]) -> 
     fields = {name: row[name] for name in ANNOTATION_FIELDS}
     created = row["created_at"]
     fields["created_at"] = timestamp(created) if isinstance(created, datetime) else created
-    assert annotation_text(row) == canonical_json({**fields, "kind": "annotation"})
+    assert annotation_text(row) == _defined({**fields, "kind": "annotation"})
 
 
 async def test_every_write_adds_a_link_and_the_chain_verifies(store: SqlStore) -> None:
