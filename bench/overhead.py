@@ -296,11 +296,12 @@ async def throughput(side: Side, *, concurrent: int, server_pid: int | None) -> 
     return phase
 
 
-def plain_side(name: str, client: Client, task_queue: str) -> Side:
-    async def start() -> Any:
-        return await client.start_workflow(
-            RawPipeline.run, {"n": 1}, id=f"raw-{uuid.uuid4()}", task_queue=task_queue
-        )
+def _handle_side(
+    name: str,
+    start: Callable[[], Awaitable[Any]],
+    database_pids: Callable[[], list[int]] | None = None,
+) -> Side:
+    """A side whose ``start`` returns a workflow handle: done when its result is."""
 
     async def finish(handle: Any) -> None:
         await handle.result()
@@ -308,7 +309,16 @@ def plain_side(name: str, client: Client, task_queue: str) -> Side:
     async def history(handle: Any) -> WorkflowHistory:
         return await handle.fetch_history()
 
-    return Side(name, start, finish, history)
+    return Side(name, start, finish, history, database_pids=database_pids)
+
+
+def plain_side(name: str, client: Client, task_queue: str) -> Side:
+    async def start() -> Any:
+        return await client.start_workflow(
+            RawPipeline.run, {"n": 1}, id=f"raw-{uuid.uuid4()}", task_queue=task_queue
+        )
+
+    return _handle_side(name, start)
 
 
 async def _open_plain_sql(
@@ -318,26 +328,14 @@ async def _open_plain_sql(
     args: argparse.Namespace,
 ) -> Side:
     """The plain + SQL side (:mod:`bench.plain_sql`) on a database of its own."""
-    if backend == "sqlite":
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wfe-bench-sql-"))
-        url = f"sqlite:///{Path(folder) / 'plain.db'}"
-    else:
-        url = stack.enter_context(fresh_postgres_database(postgres_server_url(args.postgres_url)))
+    url = _side_database(stack, backend, args)
     steps = await stack.enter_async_context(open_sql_steps(url))
     queue = f"bench-plain-sql-{uuid.uuid4().hex[:8]}"
     await stack.enter_async_context(plain_sql_worker(client, queue, steps, **WORKER_OPTIONS))
-
-    async def start() -> Any:
-        return await start_sql_run(client, steps, queue)
-
-    async def finish(handle: Any) -> None:
-        await handle.result()
-
-    async def history(handle: Any) -> WorkflowHistory:
-        return await handle.fetch_history()
-
     pids = None if backend == "sqlite" else (lambda: postgres_backend_pids(url))
-    return Side(f"plain + SQL ({backend})", start, finish, history, database_pids=pids)
+    return _handle_side(
+        f"plain + SQL ({backend})", lambda: start_sql_run(client, steps, queue), pids
+    )
 
 
 def engine_side(
@@ -459,14 +457,19 @@ class EngineResult:
     """The plain phases either side of each engine phase."""
 
 
+def _side_database(stack: contextlib.AsyncExitStack, backend: str, args: argparse.Namespace) -> str:
+    """A database of a side's own, removed when ``stack`` closes: a SQLite temp file or a fresh
+    PostgreSQL database (SQLAlchemy URL)."""
+    if backend == "sqlite":
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wfe-bench-"))
+        return f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}"
+    return stack.enter_context(fresh_postgres_database(postgres_server_url(args.postgres_url)))
+
+
 async def _open_engine(
     stack: contextlib.AsyncExitStack, backend: str, client: Client, args: argparse.Namespace
 ) -> tuple[Kernel, StoreTimer, str, Worker]:
-    if backend == "sqlite":
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wfe-bench-"))
-        url = f"sqlite+aiosqlite:///{Path(folder) / 'engine.db'}"
-    else:
-        url = stack.enter_context(fresh_postgres_database(postgres_server_url(args.postgres_url)))
+    url = _side_database(stack, backend, args)
     store = SqlStore(url)
     stack.push_async_callback(store.dispose)
     await store.upgrade()
