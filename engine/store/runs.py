@@ -16,6 +16,7 @@ from engine.core.annotations import AnnotationDraft
 from engine.core.ids import new_id
 from engine.core.records import RunStartStatus, RunStatus, SettledRunStatus
 from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFoundError
+from engine.store import direct
 from engine.store.annotation_rows import insert_drafts
 from engine.store.chain import Link, append_links, link_rows, rerun_link, run_link
 from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun
@@ -237,7 +238,11 @@ def open_stages(
         return {}
     rows = stage_rows(run_id, stages, attempt, now, running=running)
     statement = _insert_stages(insert_ignore(session, STAGES))
-    created = set(session.connection().execute(statement, rows).scalars().all())
+    connection = session.connection()
+    if len(rows) == 1:  # a sequential pipeline's next stage: the hot case
+        created = {row[0] for row in direct.execute(connection, statement, rows[0])}
+    else:
+        created = set(connection.execute(statement, rows).scalars().all())
     return {str(row["stage_id"]): str(row["id"]) for row in rows if row["id"] in created}
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from engine.core.ids import new_id
+from engine.store import direct
 from engine.store.models import OUTBOX, RUNS, WorkflowRun
 
 __all__ = [
@@ -96,7 +97,7 @@ def append_events(
             params[f"id_{number}"] = row["id"]
             params[f"type_{number}"] = row["event_type"]
             params[f"payload_{number}"] = row["payload"]
-        connection.execute(_numbered_insert(len(chunk)), params)
+        direct.execute(connection, _numbered_insert(len(chunk)), params)
 
 
 def event_rows(

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from engine.core.ids import derived_id, new_id
 from engine.core.payloads import CommitResult, LogDraft, StageCommit, StageSpec
 from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction, StageStatus
+from engine.store import direct
 from engine.store.ai_call_rows import ai_call_rows
 from engine.store.chain import Link, outcome_link
 from engine.store.contract import NewStage, RowContext, StageStart
@@ -231,7 +232,8 @@ def commit_stage(session: Session, commit: StageCommit) -> CommitResult:
             w_poll_count=commit.poll_count,
         )
         statement = outcome_update(tuple(changes), expects_suspended(commit))
-        applied = session.connection().execute(statement, params).first()
+        returned = direct.execute(session.connection(), statement, params)
+        applied = returned[0] if returned else None
     if applied is None:
         # Nothing applied: a cancelled or finished run, a skip, a ghost or a duplicate.
         run_status = lock_run_status(session, commit.run_id)

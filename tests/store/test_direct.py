@@ -1,0 +1,123 @@
+"""Hot statements through the driver (:mod:`engine.store.direct`) against ``Connection.execute``.
+
+On SQLite the statement goes to the driver as SQLAlchemy compiled it; on PostgreSQL, and for
+any statement SQLAlchemy has work to do at execution, it is ``Connection.execute``. Either way
+the caller must see the same rows, the same types, the same errors and the same statements.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, bindparam, event, select, update
+from sqlalchemy.exc import IntegrityError
+
+from engine.store import SqlStore, direct
+from engine.store.models import RUNS, STAGES
+from tests.store.test_one_statement import running_first_stage
+
+TOUCH = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("run_id"))
+    .values(
+        updated_at=bindparam("at"),
+        config=bindparam("config"),
+        version=RUNS.c.version + 1,
+    )
+    .returning(RUNS.c.id, RUNS.c.updated_at, RUNS.c.config, RUNS.c.version, RUNS.c.started_at)
+)
+"""A cached statement with a literal bind (``+ 1``), typed binds and typed results."""
+
+STAGE_WITHOUT_DEFAULTS = STAGES.insert()
+"""An insert that leaves columns to their Python-side defaults when its row omits them."""
+
+
+def via_sqlalchemy(connection: Connection, statement: Any, params: dict[str, Any]) -> list[Any]:
+    return [tuple(row) for row in connection.execute(statement, params)]
+
+
+async def test_returns_what_sqlalchemy_returns_and_stores_the_same(store: SqlStore) -> None:
+    ours, theirs = (await running_first_stage(store))[0], (await running_first_stage(store))[0]
+    at = datetime(2026, 12, 7, 14, 0, 0, 123456, tzinfo=UTC)
+    config = {"b": [1, 2.5, None], "a": {"ü": True}}
+    with store.sync_engine.begin() as connection:
+        direct_rows = direct.execute(
+            connection, TOUCH, {"run_id": ours, "at": at, "config": config}
+        )
+        plain_rows = via_sqlalchemy(
+            connection, TOUCH, {"run_id": theirs, "at": at, "config": config}
+        )
+    [(run_id, updated_at, stored_config, version, started_at)] = direct_rows
+    assert run_id == ours
+    assert updated_at == at and updated_at.tzinfo is not None
+    assert stored_config == config
+    assert isinstance(started_at, datetime) and started_at.tzinfo is not None
+    assert direct_rows[0][1:4] == plain_rows[0][1:4]
+    assert version == plain_rows[0][3]
+    with store.sync_engine.connect() as connection:
+        stored = connection.execute(
+            select(RUNS.c.id, RUNS.c.updated_at, RUNS.c.config).where(RUNS.c.id.in_([ours, theirs]))
+        ).all()
+    assert {(updated, tuple(sorted(cfg))) for _, updated, cfg in stored} == {(at, ("a", "b"))}
+    assert all(cfg == config for _, _, cfg in stored)
+
+
+async def test_a_refused_row_raises_sqlalchemys_error(store: SqlStore) -> None:
+    run_id, record_id = await running_first_stage(store)
+    [stage] = [s for s in await store.list_stages(run_id) if s.id == record_id]
+    now = datetime.now(UTC)
+    row = {
+        "id": record_id,  # taken
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        "workflow_run_id": run_id,
+        "stage_id": "other",
+        "stage_name": "Other",
+        "stage_number": 9,
+        "execution_group": 9,
+        "attempt": 0,
+        "status": "PENDING",
+        "config": {},
+        "poll_count": 0,
+    }
+    with pytest.raises(IntegrityError), store.sync_engine.begin() as connection:
+        direct.execute(connection, STAGE_WITHOUT_DEFAULTS, row)
+    assert [s.stage_id for s in await store.list_stages(run_id)] == [stage.stage_id]
+
+
+async def test_python_side_defaults_are_left_to_sqlalchemy(store: SqlStore) -> None:
+    run_id, _ = await running_first_stage(store)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    row = {
+        "id": f"{run_id}-late",
+        "workflow_run_id": run_id,
+        "stage_id": "late",
+        "stage_name": "Late",
+        "stage_number": 2,
+        "execution_group": 2,
+    }  # no created_at, updated_at, version, attempt, status, poll_count: their defaults
+    with store.sync_engine.begin() as connection:
+        assert direct.execute(connection, STAGE_WITHOUT_DEFAULTS, row) == []
+        stored = connection.execute(select(STAGES).where(STAGES.c.id == row["id"])).one()
+    assert stored.created_at >= before and stored.version == 1 and stored.status == "PENDING"
+
+
+async def test_statement_listeners_see_each_statement(store: SqlStore) -> None:
+    run_id, _ = await running_first_stage(store)
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(" ".join(str(args[2]).split()))
+
+    event.listen(store.sync_engine, "before_cursor_execute", record)
+    try:
+        with store.sync_engine.begin() as connection:
+            direct.execute(
+                connection, TOUCH, {"run_id": run_id, "at": datetime.now(UTC), "config": {}}
+            )
+    finally:
+        event.remove(store.sync_engine, "before_cursor_execute", record)
+    assert any(statement.startswith("UPDATE workflow_runs SET") for statement in seen)
