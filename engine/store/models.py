@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,8 @@ __all__ = [
     "LOGS",
     "OUTBOX",
     "RUNS",
+    "RUN_COLUMNS",
+    "RUN_FIELDS",
     "STAGES",
     "AICall",
     "Base",
@@ -409,8 +412,18 @@ def log_record(row: WorkflowLog) -> LogRecord:
     )
 
 
-def run_record(row: WorkflowRun) -> RunRecord:
-    """The public record of a run row (every read of runs returns these)."""
-    # The ORM attribute is ``metadata_`` (``metadata`` is SQLAlchemy's own on mapped classes).
-    values = {name: getattr(row, name) for name in RunRecord.model_fields if name != "metadata"}
-    return RunRecord.model_validate({**values, "metadata": row.metadata_})
+RUN_FIELDS = tuple(RunRecord.model_fields)
+RUN_COLUMNS = tuple(RUNS.c[name] for name in RUN_FIELDS)
+"""The columns of a run's record, in :data:`RUN_FIELDS` order (``metadata`` is a column's name)."""
+
+
+def run_record(row: WorkflowRun | Sequence[Any]) -> RunRecord:
+    """The public record of a run (every read of runs returns these).
+
+    From an ORM row, or from the values of :data:`RUN_COLUMNS` (a Core read skips the ORM's
+    identity map, which the hottest read, ``get_run`` in every ``wait_for_run``, does not need).
+    """
+    if isinstance(row, WorkflowRun):
+        # The ORM attribute is ``metadata_`` (``metadata`` is SQLAlchemy's own on mapped classes).
+        row = [getattr(row, "metadata_" if name == "metadata" else name) for name in RUN_FIELDS]
+    return RunRecord.model_validate(dict(zip(RUN_FIELDS, row, strict=True)))

@@ -22,6 +22,7 @@ from engine.store.chain import Link, append_links, link_rows, rerun_link, run_li
 from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun
 from engine.store.models import (
     CHAIN_LINKS,
+    IDEMPOTENCY_KEYS,
     RUNS,
     STAGES,
     IdempotencyKey,
@@ -104,13 +105,15 @@ def claim_idempotency(
     Returns ``None`` when this transaction claimed it (so its work goes ahead and commits with
     the key), or the result stored by the transaction that claimed it first.
     """
-    table = IdempotencyKey.__table__
-    claimed = session.execute(
-        insert_ignore(session, table)
-        .values(id=new_id(), created_at=now, key=key, command_type=command_type, result=result)
-        .returning(table.c.id)
-    )
-    if claimed.scalar_one_or_none() is not None:
+    claim = {
+        "id": new_id(),
+        "created_at": now,
+        "key": key,
+        "command_type": command_type,
+        "result": result,
+    }
+    statement = _claim(insert_ignore(session, IDEMPOTENCY_KEYS))
+    if direct.execute(session.connection(), statement, claim):
         return None
     return session.scalar(
         select(IdempotencyKey.result).where(
@@ -137,8 +140,10 @@ def create_run(
     row = run_row(new, run_id, now, temporal_workflow_id)
     links, row["chain_head"] = link_rows(run_id, None, 0, [run_link(row)])
     row["chain_length"] = 1
-    session.execute(RUNS.insert(), [row])
-    session.execute(CHAIN_LINKS.insert(), links)
+    connection = session.connection()
+    direct.execute(connection, _INSERT_RUN, row)
+    (link,) = links
+    direct.execute(connection, _INSERT_LINK, link)
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
     ]
@@ -213,6 +218,15 @@ def same_request(session: Session, run_id: str, new: NewRun) -> None:
             workflow_run_id=run_id,
             key=new.idempotency_key,
         )
+
+
+_INSERT_RUN = RUNS.insert()
+_INSERT_LINK = CHAIN_LINKS.insert()
+
+
+@cache
+def _claim(insert: Any) -> Any:
+    return insert.returning(IDEMPOTENCY_KEYS.c.id)
 
 
 @cache

@@ -69,7 +69,8 @@ def lock_run_status(session: Session, run_id: str, *, lock: bool = True) -> str 
     config and output JSON on every stage. ``lock=False`` reads it without the lock.
     """
     query = _LOCKED_RUN_STATUS if lock else _RUN_STATUS
-    return session.connection().execute(query, {"run_id": run_id}).scalar_one_or_none()
+    rows = direct.execute(session.connection(), query, {"run_id": run_id})
+    return rows[0][0] if rows else None
 
 
 def append_events(

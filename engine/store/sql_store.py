@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +26,7 @@ from engine.store import (
     approval_rows,
     artifact_rows,
     delivery_rows,
+    direct,
     fork_rows,
     migrate,
     outbox_rows,
@@ -51,6 +52,8 @@ from engine.store.database import (
 )
 from engine.store.models import (
     AI_CALLS,
+    RUN_COLUMNS,
+    RUNS,
     Base,
     OutboxEvent,
     WorkflowLog,
@@ -73,6 +76,8 @@ __all__ = ["SqlStore"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+_RUN_BY_ID = select(*RUN_COLUMNS).where(RUNS.c.id == bindparam("run_id"))
 
 SQLITE_READERS = 2
 """Reader threads on SQLite (WAL: they run beside the one writer)."""
@@ -577,8 +582,8 @@ class SqlStore:
         """The run, or :class:`RunNotFoundError`."""
 
         def read(session: Session) -> RunRecord | None:
-            row = session.get(WorkflowRun, run_id)
-            return None if row is None else run_record(row)
+            rows = direct.execute(session.connection(), _RUN_BY_ID, {"run_id": run_id})
+            return run_record(rows[0]) if rows else None
 
         return await self._read_of_run(run_id, read)
 

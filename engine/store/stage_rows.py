@@ -418,6 +418,17 @@ def decisions(inserted: Sequence[dict[str, Any]], report_keys: Sequence[str]) ->
     ]
 
 
+_START_RUN = (
+    RUNS.update()
+    .where(RUNS.c.id == bindparam("run_id"))
+    .values(
+        status=RunStatus.RUNNING,
+        started_at=bindparam("now", type_=RUNS.c.started_at.type),
+        updated_at=bindparam("now", type_=RUNS.c.updated_at.type),
+    )
+)
+
+
 def begin_stage(
     session: Session,
     run_id: str,
@@ -437,11 +448,7 @@ def begin_stage(
     """
     status = lock_run_status(session, run_id)
     if status == RunStatus.PENDING and first_group is not None:
-        session.execute(
-            RUNS.update()
-            .where(RUNS.c.id == run_id)
-            .values(status=RunStatus.RUNNING, started_at=now, updated_at=now)
-        )
+        direct.execute(session.connection(), _START_RUN, {"run_id": run_id, "now": now})
         opened = open_stages(session, run_id, first_group, attempt, now, running={spec.stage_id})
         events: list[tuple[str, dict[str, Any]]] = [("workflow:started", {})]
         if spec.stage_id in opened:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.store import SqlStore, direct
 from engine.store.models import RUNS, STAGES
-from tests.store.test_one_statement import running_first_stage
+from tests.store.test_one_statement import running_first_stage, stage_commit
 
 TOUCH = (
     update(RUNS)
@@ -121,3 +121,14 @@ async def test_statement_listeners_see_each_statement(store: SqlStore) -> None:
     finally:
         event.remove(store.sync_engine, "before_cursor_execute", record)
     assert any(statement.startswith("UPDATE workflow_runs SET") for statement in seen)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+async def test_a_runs_hot_statements_all_go_to_the_driver_on_sqlite(store: SqlStore) -> None:
+    """Nothing on the hot path falls back to ``Connection.execute`` (a missed default would)."""
+    direct._cache.clear()
+    run_id, record_id = await running_first_stage(store)  # RunCreate, the first stage's begin
+    await store.commit_stage(stage_commit(run_id, record_id))
+    await store.get_run(run_id)
+    fallbacks = [form for form in direct._cache.values() if form is None]
+    assert len(direct._cache) >= 8 and not fallbacks
