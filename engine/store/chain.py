@@ -48,6 +48,7 @@ from engine.core.evidence import (
     timestamp,
 )
 from engine.core.records import RunStatus
+from engine.store import direct
 from engine.store.models import ANNOTATIONS, CHAIN_LINKS, RUNS, STAGES
 
 __all__ = [
@@ -220,6 +221,7 @@ _HEAD = (
     .where(RUNS.c.id == bindparam("run_id"))
     .with_for_update()
 )
+_INSERT_LINKS = CHAIN_LINKS.insert()
 _SET_HEAD = (
     RUNS.update()
     .where(RUNS.c.id == bindparam("run_id"))
@@ -242,40 +244,17 @@ def append_links(session: Session | Connection, run_id: str, links: Sequence[Lin
     if not links:
         return
     connection = session.connection() if isinstance(session, Session) else session
-    if connection.dialect.name == "sqlite":
-        _append_on_sqlite(connection, run_id, links)
-        return
-    found = connection.execute(_HEAD, {"run_id": run_id}).first()
-    if found is None:
+    # Through the driver on SQLite (engine.store.direct): SQLAlchemy's work per statement
+    # (about 50 µs) was most of the chain's cost on the stage commit, where SQLite runs each
+    # of these in a few µs.
+    found = direct.execute(connection, _HEAD, {"run_id": run_id})
+    if not found:
         return  # the run is gone: so are its records
-    rows, head = link_rows(run_id, found.chain_head, found.chain_length or 0, links)
-    connection.execute(CHAIN_LINKS.insert(), rows)
-    connection.execute(_SET_HEAD, {"run_id": run_id, "head": head, "length": rows[-1]["sequence"]})
-
-
-def _append_on_sqlite(connection: Connection, run_id: str, links: Sequence[Link]) -> None:
-    """:func:`append_links` through the driver, in the connection's transaction.
-
-    SQLAlchemy's work per statement (about 50 µs) was most of the chain's cost on the stage
-    commit, where SQLite runs each of these in a few µs. The connection's transaction holds
-    SQLite's write lock.
-    """
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    found = raw.execute(
-        "SELECT chain_head, chain_length FROM workflow_runs WHERE id = ?", (run_id,)
-    ).fetchone()
-    if found is None:
-        return
-    rows, head = link_rows(run_id, found[0], found[1] or 0, links)
-    raw.executemany(
-        "INSERT INTO workflow_chain_links (workflow_run_id, sequence, kind, record_id, body, "
-        "hash) VALUES (?, ?, ?, ?, ?, ?)",
-        [tuple(row.values()) for row in rows],
-    )
-    raw.execute(
-        "UPDATE workflow_runs SET chain_head = ?, chain_length = ? WHERE id = ?",
-        (head, rows[-1]["sequence"], run_id),
+    head, length = found[0]
+    rows, head = link_rows(run_id, head, length or 0, links)
+    direct.execute_many(connection, _INSERT_LINKS, rows)
+    direct.execute(
+        connection, _SET_HEAD, {"run_id": run_id, "head": head, "length": rows[-1]["sequence"]}
     )
 
 

@@ -16,15 +16,16 @@ process (``bench/README.md``).
 
 Only statements that need nothing from SQLAlchemy at execution go this way: no Python-side
 column defaults to compute (every column with one is given), no expanding ``IN`` or literal
-binds, one row of parameters, on the synchronous driver (the store's threads). Anything else,
-and every statement on PostgreSQL (whose hot writes are one statement already, see
+binds, on the synchronous driver (the store's threads); several rows of the same parameters
+go through :func:`execute_many`, which returns nothing. Anything else, and every statement on
+PostgreSQL (whose hot writes are one statement already, see
 :mod:`engine.store.one_statement`), runs through ``Connection.execute``. Listeners of
 ``before_cursor_execute`` still see each statement (the benchmarks count them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["execute"]
+__all__ = ["execute", "execute_many"]
 
 Processor = Callable[[Any], Any] | None
 
@@ -91,6 +92,55 @@ def _compile(connection: Connection, statement: Any, keys: frozenset[str]) -> _C
     return _Compiled(statement, compiled.string, tuple(binds), results)
 
 
+def _compiled_for(
+    connection: Connection, statement: Any, params: Mapping[str, Any]
+) -> _Compiled | None:
+    """The statement's driver form for these parameter names, or ``None``: not this way."""
+    if connection.dialect.driver != "pysqlite":  # the store's threads (not aiosqlite's)
+        return None
+    key = (id(statement), frozenset(params))
+    if key not in _cache:
+        if len(_cache) >= _MOST_SHAPES:  # statements built per call: do not keep them all
+            _cache.clear()
+        _cache[key] = _compile(connection, statement, key[1])
+    return _cache[key]
+
+
+def _values(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
+    values = []
+    for name, given, fixed, processor in compiled.binds:
+        value = params[name] if given else fixed
+        values.append(processor(value) if processor else value)
+    return values
+
+
+def _run(
+    connection: Connection, compiled: _Compiled, rows: list[list[Any]], many: bool
+) -> list[tuple[Any, ...]]:
+    """The driver call, seen by statement listeners, failing as SQLAlchemy would."""
+    parameters: Any = rows if many else rows[0]
+    if connection.dispatch.before_cursor_execute:
+        for listener in connection.dispatch.before_cursor_execute:
+            listener(connection, None, compiled.sql, parameters, None, many)
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    try:
+        if many:
+            raw.executemany(compiled.sql, rows)
+            return []
+        result: list[tuple[Any, ...]] = raw.execute(compiled.sql, parameters).fetchall()
+        return result
+    except connection.dialect.loaded_dbapi.Error as error:
+        # As SQLAlchemy raises it (IntegrityError, OperationalError, ...): callers tell them apart.
+        raise DBAPIError.instance(
+            compiled.sql,
+            parameters,
+            error,
+            connection.dialect.loaded_dbapi.Error,
+            dialect=connection.dialect,
+        ) from error
+
+
 def execute(
     connection: Connection, statement: Any, params: Mapping[str, Any]
 ) -> list[tuple[Any, ...]]:
@@ -99,37 +149,11 @@ def execute(
     ``statement`` must be built once and reused (a module-level or cached statement): compiled
     forms are kept per statement object.
     """
-    compiled = None
-    if connection.dialect.driver == "pysqlite":  # the store's threads (not aiosqlite's)
-        key = (id(statement), frozenset(params))
-        if key not in _cache:
-            if len(_cache) >= _MOST_SHAPES:  # statements built per call: do not keep them all
-                _cache.clear()
-            _cache[key] = _compile(connection, statement, key[1])
-        compiled = _cache[key]
+    compiled = _compiled_for(connection, statement, params)
     if compiled is None:
         result = connection.execute(statement, params)
         return [tuple(row) for row in result] if result.returns_rows else []
-    values = []
-    for name, given, fixed, processor in compiled.binds:
-        value = params[name] if given else fixed
-        values.append(processor(value) if processor else value)
-    if connection.dispatch.before_cursor_execute:
-        for listener in connection.dispatch.before_cursor_execute:
-            listener(connection, None, compiled.sql, values, None, False)
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    try:
-        rows: list[tuple[Any, ...]] = raw.execute(compiled.sql, values).fetchall()
-    except connection.dialect.loaded_dbapi.Error as error:
-        # As SQLAlchemy raises it (IntegrityError, OperationalError, ...): callers tell them apart.
-        raise DBAPIError.instance(
-            compiled.sql,
-            values,
-            error,
-            connection.dialect.loaded_dbapi.Error,
-            dialect=connection.dialect,
-        ) from error
+    rows = _run(connection, compiled, [_values(compiled, params)], many=False)
     if not compiled.results:
         return rows
     return [
@@ -139,3 +163,14 @@ def execute(
         )
         for row in rows
     ]
+
+
+def execute_many(connection: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run a statement that returns nothing once per row of ``rows`` (all with the same keys)."""
+    if not rows:
+        return
+    compiled = _compiled_for(connection, statement, rows[0])
+    if compiled is None:
+        connection.execute(statement, list(rows))
+        return
+    _run(connection, compiled, [_values(compiled, row) for row in rows], many=True)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, bindparam, event, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.store import SqlStore, direct
-from engine.store.models import RUNS, STAGES
+from engine.store.models import CHAIN_LINKS, RUNS, STAGES
 from tests.store.test_one_statement import running_first_stage, stage_commit
 
 TOUCH = (
@@ -30,6 +30,7 @@ TOUCH = (
 )
 """A cached statement with a literal bind (``+ 1``), typed binds and typed results."""
 
+LINKS = CHAIN_LINKS.insert()
 STAGE_WITHOUT_DEFAULTS = STAGES.insert()
 """An insert that leaves columns to their Python-side defaults when its row omits them."""
 
@@ -132,3 +133,33 @@ async def test_a_runs_hot_statements_all_go_to_the_driver_on_sqlite(store: SqlSt
     await store.get_run(run_id)
     fallbacks = [form for form in direct._cache.values() if form is None]
     assert len(direct._cache) >= 8 and not fallbacks
+
+
+async def test_many_rows_store_what_sqlalchemy_stores(store: SqlStore) -> None:
+    ours, theirs = (await running_first_stage(store))[0], (await running_first_stage(store))[0]
+
+    def links(run_id: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "workflow_run_id": run_id,
+                "sequence": 100 + n,
+                "kind": "test",
+                "record_id": f"r{n}",
+                "body": None if n else '{"ü":1}',
+                "hash": f"{n:064x}",
+            }
+            for n in range(3)
+        ]
+
+    with store.sync_engine.begin() as connection:
+        direct.execute_many(connection, LINKS, links(ours))
+        connection.execute(LINKS, links(theirs))
+        stored = connection.execute(
+            select(CHAIN_LINKS)
+            .where(CHAIN_LINKS.c.sequence >= 100)
+            .order_by(CHAIN_LINKS.c.sequence)
+        ).all()
+    by_run = {run: [row[1:] for row in stored if row[0] == run] for run in (ours, theirs)}
+    assert by_run[ours] == by_run[theirs] and len(by_run[ours]) == 3
+    with pytest.raises(IntegrityError), store.sync_engine.begin() as connection:
+        direct.execute_many(connection, LINKS, links(ours))  # the same sequences again
