@@ -99,11 +99,14 @@ def _compiled_for(
     if connection.dialect.driver != "pysqlite":  # the store's threads (not aiosqlite's)
         return None
     key = (id(statement), frozenset(params))
-    if key not in _cache:
-        if len(_cache) >= _MOST_SHAPES:  # statements built per call: do not keep them all
-            _cache.clear()
-        _cache[key] = _compile(connection, statement, key[1])
-    return _cache[key]
+    try:
+        return _cache[key]
+    except KeyError:
+        pass
+    if len(_cache) >= _MOST_SHAPES:  # statements built per call: do not keep them all
+        _cache.clear()
+    compiled = _cache[key] = _compile(connection, statement, key[1])
+    return compiled
 
 
 def _values(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
@@ -115,23 +118,32 @@ def _values(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
 
 
 def _run(
-    connection: Connection, compiled: _Compiled, rows: list[list[Any]], many: bool
+    connection: Connection,
+    compiled: _Compiled,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    many: bool,
 ) -> list[tuple[Any, ...]]:
-    """The driver call, seen by statement listeners, failing as SQLAlchemy would."""
-    parameters: Any = rows if many else rows[0]
-    if connection.dispatch.before_cursor_execute:
-        for listener in connection.dispatch.before_cursor_execute:
-            listener(connection, None, compiled.sql, parameters, None, many)
-    raw = connection.connection.driver_connection
-    assert raw is not None
+    """The driver call, seen by statement listeners, failing as SQLAlchemy would.
+
+    A value a type processor refuses is a ``StatementError``, a refusal of the database's a
+    ``DBAPIError`` (``IntegrityError``, ``OperationalError``, ...): callers tell them apart.
+    """
+    parameters: Any = rows
     try:
+        values = [_values(compiled, row) for row in rows]
+        parameters = values if many else values[0]
+        if connection.dispatch.before_cursor_execute:
+            for listener in connection.dispatch.before_cursor_execute:
+                listener(connection, None, compiled.sql, parameters, None, many)
+        raw = connection.connection.driver_connection
+        assert raw is not None
         if many:
-            raw.executemany(compiled.sql, rows)
+            raw.executemany(compiled.sql, values)
             return []
         result: list[tuple[Any, ...]] = raw.execute(compiled.sql, parameters).fetchall()
         return result
-    except connection.dialect.loaded_dbapi.Error as error:
-        # As SQLAlchemy raises it (IntegrityError, OperationalError, ...): callers tell them apart.
+    except Exception as error:
         raise DBAPIError.instance(
             compiled.sql,
             parameters,
@@ -153,7 +165,7 @@ def execute(
     if compiled is None:
         result = connection.execute(statement, params)
         return [tuple(row) for row in result] if result.returns_rows else []
-    rows = _run(connection, compiled, [_values(compiled, params)], many=False)
+    rows = _run(connection, compiled, [params], many=False)
     if not compiled.results:
         return rows
     return [
@@ -173,4 +185,4 @@ def execute_many(connection: Connection, statement: Any, rows: Sequence[Mapping[
     if compiled is None:
         connection.execute(statement, list(rows))
         return
-    _run(connection, compiled, [_values(compiled, row) for row in rows], many=True)
+    _run(connection, compiled, rows, many=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, bindparam, event, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from engine.store import SqlStore, direct
 from engine.store.models import CHAIN_LINKS, RUNS, STAGES
@@ -163,3 +163,14 @@ async def test_many_rows_store_what_sqlalchemy_stores(store: SqlStore) -> None:
     assert by_run[ours] == by_run[theirs] and len(by_run[ours]) == 3
     with pytest.raises(IntegrityError), store.sync_engine.begin() as connection:
         direct.execute_many(connection, LINKS, links(ours))  # the same sequences again
+
+
+async def test_a_value_the_types_refuse_fails_as_with_sqlalchemy(store: SqlStore) -> None:
+    """SQLite's type processors fail as ``StatementError``; psycopg's JSON dump as TypeError."""
+    run_id, _ = await running_first_stage(store)
+    params = {"run_id": run_id, "at": datetime.now(UTC), "config": {"x": object()}}
+    with pytest.raises(Exception) as theirs, store.sync_engine.begin() as connection:
+        via_sqlalchemy(connection, TOUCH, params)
+    with pytest.raises(type(theirs.value)), store.sync_engine.begin() as connection:
+        direct.execute(connection, TOUCH, params)
+    assert store.is_sqlite == isinstance(theirs.value, StatementError)
