@@ -53,6 +53,7 @@ from engine.store.models import ANNOTATIONS, CHAIN_LINKS, RUNS, STAGES
 
 __all__ = [
     "ANNOTATION_FIELDS",
+    "INSERT_LINKS",
     "Link",
     "annotation_link",
     "append_links",
@@ -221,7 +222,8 @@ _HEAD = (
     .where(RUNS.c.id == bindparam("run_id"))
     .with_for_update()
 )
-_INSERT_LINKS = CHAIN_LINKS.insert()
+INSERT_LINKS = CHAIN_LINKS.insert()
+"""The links' insert, one statement for every writer of links (compiled once for the driver)."""
 _SET_HEAD = (
     RUNS.update()
     .where(RUNS.c.id == bindparam("run_id"))
@@ -252,7 +254,7 @@ def append_links(session: Session | Connection, run_id: str, links: Sequence[Lin
         return  # the run is gone: so are its records
     head, length = found[0]
     rows, head = link_rows(run_id, head, length or 0, links)
-    direct.execute_many(connection, _INSERT_LINKS, rows)
+    direct.execute_many(connection, INSERT_LINKS, rows)
     direct.execute(
         connection, _SET_HEAD, {"run_id": run_id, "head": head, "length": rows[-1]["sequence"]}
     )

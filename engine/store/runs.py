@@ -18,10 +18,16 @@ from engine.core.records import RunStartStatus, RunStatus, SettledRunStatus
 from engine.errors import IdempotencyConflictError, InvalidStateError, RunNotFoundError
 from engine.store import direct
 from engine.store.annotation_rows import insert_drafts
-from engine.store.chain import Link, append_links, link_rows, rerun_link, run_link
+from engine.store.chain import (
+    INSERT_LINKS,
+    Link,
+    append_links,
+    link_rows,
+    rerun_link,
+    run_link,
+)
 from engine.store.contract import ActiveRun, NewRun, NewStage, Rerun, RowContext, StartedRun
 from engine.store.models import (
-    CHAIN_LINKS,
     IDEMPOTENCY_KEYS,
     RUNS,
     STAGES,
@@ -142,8 +148,7 @@ def create_run(
     row["chain_length"] = 1
     connection = session.connection()
     direct.execute(connection, _INSERT_RUN, row)
-    (link,) = links
-    direct.execute(connection, _INSERT_LINK, link)
+    direct.execute_many(connection, INSERT_LINKS, links)
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
     ]
@@ -221,7 +226,6 @@ def same_request(session: Session, run_id: str, new: NewRun) -> None:
 
 
 _INSERT_RUN = RUNS.insert()
-_INSERT_LINK = CHAIN_LINKS.insert()
 
 
 @cache
