@@ -47,10 +47,10 @@ def _commit_statement_without_chain(
 _SWAPS: list[tuple[Any, str, Any]] = [
     (one_statement, "_commit_statement", _commit_statement_without_chain),
     (one_statement, "chain_params", lambda _run_id, _links: {}),
-    (one_statement, "annotation_link", _nothing),
+    (one_statement, "annotation_links", lambda _rows: []),
     (one_statement, "outcome_link", _nothing),
     (annotation_rows, "append_links", _nothing),
-    (annotation_rows, "annotation_link", _nothing),
+    (annotation_rows, "annotation_links", lambda _rows: []),
     (stage_rows, "outcome_link", _nothing),
 ]
 

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import (
@@ -56,6 +55,7 @@ __all__ = [
     "INSERT_LINKS",
     "Link",
     "annotation_link",
+    "annotation_links",
     "append_links",
     "chain_ctes",
     "chain_existing",
@@ -121,34 +121,123 @@ def run_link(row: Mapping[Any, Any]) -> Link:
 
 def annotation_link(row: Mapping[Any, Any]) -> Link:
     """The link of an annotation row (a mapping of its columns)."""
-    return Link("annotation", str(row["id"]), annotation_text(row), stored=False)
+    return annotation_links([row])[0]
+
+
+def annotation_links(rows: Sequence[Mapping[Any, Any]]) -> list[Link]:
+    """The links of annotation rows written together (one per row, in order)."""
+    return [
+        Link("annotation", str(row["id"]), text, stored=False)
+        for row, text in zip(rows, annotation_texts(rows), strict=True)
+    ]
 
 
 def annotation_text(row: Mapping[Any, Any]) -> str:
-    """The canonical JSON of an annotation row's link: ``canonical_json`` of its fields.
+    """The canonical JSON of an annotation row's link: ``canonical_json`` of its fields."""
+    return annotation_texts([row])[0]
 
-    Written out field by field: every commit builds ten of these or more, and the keys are
-    always the same, so sorting them and encoding the object as a whole each time (the
-    general way, 7.5 against 4.7 µs a row) was about a quarter of the chain's cost on a
-    10-annotation SQLite commit. A property test holds it, for any row, to canonical JSON as
-    :mod:`engine.core.evidence` defines it (the encoder over the normal form).
+
+def annotation_texts(rows: Sequence[Mapping[Any, Any]]) -> list[str]:
+    """The canonical JSON of each row's link (:func:`annotation_text`), for rows written together.
+
+    Written out field by field, in canonical key order, and the runs of fields that the rows
+    of one write share (who wrote them and when, on whose behalf, where) encoded once: every
+    stage commit builds ten of these or more. The general way (sorting the keys and encoding
+    each row as a whole) took 7.5 µs a row; field by field 3.7; with the shared runs 1.3
+    (ten rows of one commit, tight loop). A property test holds the result, for any rows, to
+    canonical JSON as :mod:`engine.core.evidence` defines it (the encoder over the normal
+    form).
     """
-    created = row["created_at"]
-    texts = [
-        '"annotation"'
-        if name == "kind"
-        # Formatted once per commit; a bundle's rows hold the canonical text already.
-        else _quoted_timestamp(created)
-        if name == "created_at" and isinstance(created, datetime)
-        else canonical_json(row[name])
-        for name in _ANNOTATION_NAMES
-    ]
-    return "{" + ",".join(map(str.__add__, _ANNOTATION_PREFIXES, texts)) + "}"
+    texts: list[str] = []
+    previous: Mapping[Any, Any] | None = None
+    actor = behalf = where = ""
+    for row in rows:
+        if previous is None or not _shared(row, previous, _ACTOR_RUN):
+            actor = (
+                '{"actor_id":'
+                + canonical_json(row["actor_id"])
+                + ',"actor_kind":'
+                + canonical_json(row["actor_kind"])
+                + ',"actor_version":'
+                + canonical_json(row["actor_version"])
+                + ',"attempt":'
+                + canonical_json(row["attempt"])
+                + ',"created_at":'
+                + _created_at(row["created_at"])
+                + ',"id":'
+            )
+        if previous is None or not _shared(row, previous, _BEHALF_RUN):
+            behalf = (
+                ',"kind":"annotation","on_behalf_of_id":'
+                + canonical_json(row["on_behalf_of_id"])
+                + ',"on_behalf_of_kind":'
+                + canonical_json(row["on_behalf_of_kind"])
+                + ',"on_behalf_of_version":'
+                + canonical_json(row["on_behalf_of_version"])
+                + ',"payload":'
+            )
+        if previous is None or not _shared(row, previous, _WHERE_RUN):
+            where = (
+                ',"scope":'
+                + canonical_json(row["scope"])
+                + ',"scope_id":'
+                + canonical_json(row["scope_id"])
+                + ',"value":'
+            )
+        previous = row
+        texts.append(
+            "".join(
+                (
+                    actor,
+                    canonical_json(row["id"]),
+                    ',"idempotency_key":',
+                    canonical_json(row["idempotency_key"]),
+                    ',"key":',
+                    canonical_json(row["key"]),
+                    behalf,
+                    canonical_json(row["payload"]),
+                    where,
+                    canonical_json(row["value"]),
+                    ',"value_bool":',
+                    canonical_json(row["value_bool"]),
+                    ',"value_number":',
+                    canonical_json(row["value_number"]),
+                    ',"value_text":',
+                    canonical_json(row["value_text"]),
+                    "}",
+                )
+            )
+        )
+    return texts
 
 
-_ANNOTATION_NAMES = tuple(sorted((*ANNOTATION_FIELDS, "kind")))
-"""A link's keys in canonical (code point) order."""
-_ANNOTATION_PREFIXES = tuple(encode_basestring(name) + ":" for name in _ANNOTATION_NAMES)
+# The link's keys in canonical (code point) order are: actor_id, actor_kind, actor_version,
+# attempt, created_at | id, idempotency_key, key | kind, on_behalf_of_id, on_behalf_of_kind,
+# on_behalf_of_version | payload | scope, scope_id | value, value_bool, value_number,
+# value_text. The runs between the bars that a write's rows share are encoded once.
+_ACTOR_RUN = ("actor_id", "actor_kind", "actor_version", "attempt", "created_at")
+_BEHALF_RUN = ("on_behalf_of_id", "on_behalf_of_kind", "on_behalf_of_version")
+_WHERE_RUN = ("scope", "scope_id")
+_SHAREABLE = frozenset((str, int, datetime, type(None)))
+
+
+def _shared(row: Mapping[Any, Any], previous: Mapping[Any, Any], names: tuple[str, ...]) -> bool:
+    """Whether ``row`` holds what ``previous`` held in ``names``: then their text is the same.
+
+    Same type and equal, for scalars only (``1 == True``, but their texts differ).
+    """
+    for name in names:
+        value, before = row[name], previous[name]
+        if value is before:
+            continue
+        if type(value) is not type(before) or type(value) not in _SHAREABLE or value != before:
+            return False
+    return True
+
+
+def _created_at(value: Any) -> str:
+    # Formatted once per write; a bundle's rows hold the canonical text already.
+    return _quoted_timestamp(value) if isinstance(value, datetime) else canonical_json(value)
 
 
 @lru_cache(maxsize=64)

@@ -53,7 +53,7 @@ from engine.core.payloads import CommitResult, StageCommit, StageSpec
 from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
 from engine.store.annotation_rows import draft_rows
 from engine.store.chain import (
-    annotation_link,
+    annotation_links,
     chain_ctes,
     chain_params,
     link_rows,
@@ -250,7 +250,7 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     writes.add(LOGS, "l", outcome_logs(commit, record_id))
     writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now)
     links = [outcome_link(record_id, spec.stage_id, commit.attempt, changes)]
-    links.extend(annotation_link(row) for row in annotations)
+    links.extend(annotation_links(annotations))
     writes.params.update(chain_params(commit.run_id, links))
     statement = partial(_commit_statement, tuple(changes), tuple(writes.inserts))
     if writes.run(connection, statement) is None:
@@ -352,7 +352,7 @@ def create_in_one_statement(
         annotations.extend(rows)
         events.extend(annotation_events(rows, emitting))
     # A new run's chain starts here: every link is known, hashed in Python.
-    links.extend(annotation_link(a) for a in annotations)
+    links.extend(annotation_links(annotations))
     chain, row["chain_head"] = link_rows(run_id, None, 0, links)
     row["chain_length"] = len(chain)
     writes.add(RUNS, "r", [row])

@@ -24,7 +24,7 @@ from engine.core.evidence import (
     timestamp,
 )
 from engine.store import SqlStore
-from engine.store.chain import ANNOTATION_FIELDS, annotation_text
+from engine.store.chain import ANNOTATION_FIELDS, annotation_text, annotation_texts
 from engine.store.contract import NewStage, RowContext
 from engine.store.models import ChainLink, WorkflowAnnotation
 from tests.store.test_one_statement import (
@@ -112,6 +112,37 @@ def test_an_annotations_link_text_is_its_canonical_json(row: dict[str, Any]) -> 
     created = row["created_at"]
     fields["created_at"] = timestamp(created) if isinstance(created, datetime) else created
     assert annotation_text(row) == _defined({**fields, "kind": "annotation"})
+
+
+@st.composite
+def annotation_batches(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Rows written together: each takes some of its fields from the row before (the runs that
+    ``annotation_texts`` encodes once), as it is or as an equal value of another type."""
+    rows = [draw(annotation_rows())]
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        row = draw(annotation_rows())
+        for name in ANNOTATION_FIELDS:
+            kept = rows[-1][name]
+            choice = draw(st.sampled_from(["own", "kept", "equal"]))
+            if choice == "kept":
+                row[name] = kept
+            elif choice == "equal" and type(kept) in (int, bool):
+                row[name] = bool(kept) if type(kept) is int else int(kept)
+        rows.append(row)
+    return rows
+
+
+@given(annotation_batches())
+@settings(max_examples=300, deadline=None)
+def test_the_link_texts_of_rows_written_together_are_each_rows_own(
+    rows: list[dict[str, Any]],
+) -> None:
+    assert annotation_texts(rows) == [annotation_text(row) for row in rows]
+    for row, written in zip(rows, annotation_texts(rows), strict=True):
+        fields = {name: row[name] for name in ANNOTATION_FIELDS}
+        created = row["created_at"]
+        fields["created_at"] = timestamp(created) if isinstance(created, datetime) else created
+        assert written == _defined({**fields, "kind": "annotation"})
 
 
 async def test_every_write_adds_a_link_and_the_chain_verifies(store: SqlStore) -> None:
