@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import (
@@ -143,8 +144,9 @@ def annotation_texts(rows: Sequence[Mapping[Any, Any]]) -> list[str]:
     Written out field by field, in canonical key order, and the runs of fields that the rows
     of one write share (who wrote them and when, on whose behalf, where) encoded once: every
     stage commit builds ten of these or more. The general way (sorting the keys and encoding
-    each row as a whole) took 7.5 µs a row; field by field 3.7; with the shared runs 1.3
-    (ten rows of one commit, tight loop). A property test holds the result, for any rows, to
+    each row as a whole) took 7.5 µs a row; field by field 3.7; with the shared runs 1.9
+    (ten rows of one commit, tight loop; the row's own fields stay written out, as a loop
+    over them took twice as long). A property test holds the result, for any rows, to
     canonical JSON as :mod:`engine.core.evidence` defines it (the encoder over the normal
     form).
     """
@@ -153,50 +155,30 @@ def annotation_texts(rows: Sequence[Mapping[Any, Any]]) -> list[str]:
     actor = behalf = where = ""
     for row in rows:
         if previous is None or not _shared(row, previous, _ACTOR_RUN):
-            actor = (
-                '{"actor_id":'
-                + canonical_json(row["actor_id"])
-                + ',"actor_kind":'
-                + canonical_json(row["actor_kind"])
-                + ',"actor_version":'
-                + canonical_json(row["actor_version"])
-                + ',"attempt":'
-                + canonical_json(row["attempt"])
-                + ',"created_at":'
-                + _created_at(row["created_at"])
-                + ',"id":'
-            )
+            actor = _run_text(row, _ACTOR_RUN)
         if previous is None or not _shared(row, previous, _BEHALF_RUN):
-            behalf = (
-                ',"kind":"annotation","on_behalf_of_id":'
-                + canonical_json(row["on_behalf_of_id"])
-                + ',"on_behalf_of_kind":'
-                + canonical_json(row["on_behalf_of_kind"])
-                + ',"on_behalf_of_version":'
-                + canonical_json(row["on_behalf_of_version"])
-                + ',"payload":'
-            )
+            behalf = _run_text(row, _BEHALF_RUN)
         if previous is None or not _shared(row, previous, _WHERE_RUN):
-            where = (
-                ',"scope":'
-                + canonical_json(row["scope"])
-                + ',"scope_id":'
-                + canonical_json(row["scope_id"])
-                + ',"value":'
-            )
+            where = _run_text(row, _WHERE_RUN)
         previous = row
         texts.append(
             "".join(
                 (
+                    "{",
                     actor,
+                    ',"id":',
                     canonical_json(row["id"]),
                     ',"idempotency_key":',
                     canonical_json(row["idempotency_key"]),
                     ',"key":',
                     canonical_json(row["key"]),
+                    ",",
                     behalf,
+                    ',"payload":',
                     canonical_json(row["payload"]),
+                    ",",
                     where,
+                    ',"value":',
                     canonical_json(row["value"]),
                     ',"value_bool":',
                     canonical_json(row["value_bool"]),
@@ -211,14 +193,25 @@ def annotation_texts(rows: Sequence[Mapping[Any, Any]]) -> list[str]:
     return texts
 
 
-# The link's keys in canonical (code point) order are: actor_id, actor_kind, actor_version,
+# A link's keys in canonical (code point) order are: actor_id, actor_kind, actor_version,
 # attempt, created_at | id, idempotency_key, key | kind, on_behalf_of_id, on_behalf_of_kind,
 # on_behalf_of_version | payload | scope, scope_id | value, value_bool, value_number,
-# value_text. The runs between the bars that a write's rows share are encoded once.
+# value_text. The runs a write's rows share (kind is constant):
 _ACTOR_RUN = ("actor_id", "actor_kind", "actor_version", "attempt", "created_at")
 _BEHALF_RUN = ("on_behalf_of_id", "on_behalf_of_kind", "on_behalf_of_version")
 _WHERE_RUN = ("scope", "scope_id")
 _SHAREABLE = frozenset((str, int, datetime, type(None)))
+
+
+def _run_text(row: Mapping[Any, Any], names: tuple[str, ...]) -> str:
+    """``"a":…,"b":…`` for the fields ``names`` of ``row``: the text of one shared run."""
+    return ",".join(
+        ('"kind":"annotation",' if name == "on_behalf_of_id" else "")
+        + encode_basestring(name)
+        + ":"
+        + (_created_at(row[name]) if name == "created_at" else canonical_json(row[name]))
+        for name in names
+    )
 
 
 def _shared(row: Mapping[Any, Any], previous: Mapping[Any, Any], names: tuple[str, ...]) -> bool:
