@@ -28,17 +28,18 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Integer,
     Text,
     Update,
     bindparam,
     case,
     func,
-    literal,
+    literal_column,
     select,
     true,
 )
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import CTE
+from sqlalchemy.sql.expression import CTE, ColumnClause
 
 from engine.core.evidence import (
     canonical_json,
@@ -349,6 +350,12 @@ _SEPARATOR = "\x1f"
 """Between the links' fields in :func:`chain_params`' texts: no canonical JSON, kind or record
 id holds it (JSON escapes every control character)."""
 
+# The statement's constants, written into its text rather than bound: each bound value is
+# converted and sent on every execution (eleven of them here), and these never change.
+_SEPARATOR_SQL: ColumnClause[str] = literal_column("E'\\x1f'", Text)
+_EMPTY: ColumnClause[str] = literal_column("''", Text)
+_ZERO: ColumnClause[int] = literal_column("0", Integer)
+
 
 def chain_params(run_id: str, links: Sequence[Link]) -> dict[str, Any]:
     """The bound values :func:`chain_ctes` reads.
@@ -383,8 +390,8 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
     head = (
         select(
             RUNS.c.id,
-            func.coalesce(RUNS.c.chain_head, "").label("h"),
-            func.coalesce(RUNS.c.chain_length, 0).label("n"),
+            func.coalesce(RUNS.c.chain_head, _EMPTY).label("h"),
+            func.coalesce(RUNS.c.chain_length, _ZERO).label("n"),
         )
         .select_from(RUNS.join(gate, true()))
         .where(RUNS.c.id == bindparam("c_run_id"))
@@ -396,14 +403,14 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
     # links were parsed again for every field of every link (55 times for a commit with ten
     # annotations).
     def split(name: str) -> Any:
-        return func.string_to_array(bindparam(name, type_=Text), _SEPARATOR)
+        return func.string_to_array(bindparam(name, type_=Text), _SEPARATOR_SQL)
 
     element = (
         func.unnest(
             split("c_kinds"),
             split("c_ids"),
             split("c_texts"),
-            func.regexp_split_to_array(bindparam("c_stored", type_=Text), ""),
+            func.regexp_split_to_array(bindparam("c_stored", type_=Text), _EMPTY),
         )
         .table_valued("kind", "record_id", "text", "stored", with_ordinality="i")
         .render_derived()
@@ -412,18 +419,19 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
         element.c.i,
         element.c.kind,
         element.c.record_id,
-        case((element.c.stored == "1", element.c.text)).label("body"),
+        case((element.c.stored == literal_column("'1'"), element.c.text)).label("body"),
         element.c.text,
     ).cte("chain_given")
-    chain = select(literal(0, BigInteger).label("i"), head.c.h.label("h")).cte(
-        "chain", recursive=True
-    )
+    chain = select(
+        literal_column("CAST(0 AS BIGINT)", BigInteger).label("i"), head.c.h.label("h")
+    ).cte("chain", recursive=True)
     step = func.encode(
-        func.sha256(func.convert_to(chain.c.h.op("||")(given.c.text), "UTF8")), "hex"
+        func.sha256(func.convert_to(chain.c.h.op("||")(given.c.text), literal_column("'UTF8'"))),
+        literal_column("'hex'"),
     )
     chain = chain.union_all(
         select(given.c.i, step.label("h")).select_from(
-            chain.join(given, given.c.i == chain.c.i + 1)
+            chain.join(given, given.c.i == chain.c.i + literal_column("1"))
         )
     )
     links = select(
