@@ -95,6 +95,32 @@ async def terminate(
         return [str(row[0]) for row in await cursor.fetchall()]
 
 
+async def kill_one_at_work(url: str, application_name: str, *, within: float) -> int:
+    """Terminate one backend of ``application_name`` running a statement or inside a
+    transaction, as soon as one is (watching ``pg_stat_activity`` every millisecond or so),
+    within ``within`` seconds; returns how many it terminated (0 or 1).
+
+    It reads the state and terminates in one statement, so the backend is caught at work.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with await psycopg.AsyncConnection.connect(pg_admin_url(url), autocommit=True) as conn:
+        while loop.time() < deadline:
+            cursor = await conn.execute(
+                "WITH victims AS MATERIALIZED ("
+                "  SELECT pid FROM pg_stat_activity"
+                "  WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "  AND application_name = %s AND state <> 'idle' LIMIT 1"
+                ") SELECT count(*) FROM victims WHERE pg_terminate_backend(pid, 5000)",
+                (application_name,),
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                return 1
+            await asyncio.sleep(0.001)
+    return 0
+
+
 async def connections_killed_while_committing(
     env: Any, store: SqlStore, directory: Path, *, runs: int, killing_for: float, seed: int
 ) -> dict[str, int]:
@@ -145,7 +171,14 @@ async def connections_killed_while_committing(
                 states = await terminate(store.url, application_name=application_name)
                 stats["background"] += len(states)
                 stats["in_transaction"] += sum(s != "idle" for s in states)
-                await asyncio.sleep(rng.uniform(0.02, 0.15))  # fault cadence, not a wait
+                # Between those, one connection caught at work: a killer that only struck at
+                # random moments met busy connections by luck, and a faster commit (a
+                # statement of about a millisecond) made that luck rare.
+                at_work = await kill_one_at_work(
+                    store.url, application_name, within=rng.uniform(0.02, 0.15)
+                )
+                stats["background"] += at_work
+                stats["in_transaction"] += at_work
 
         killing = asyncio.create_task(killer())
         try:
