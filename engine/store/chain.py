@@ -352,7 +352,7 @@ id holds it (JSON escapes every control character)."""
 
 # The statement's constants, written into its text rather than bound: each bound value is
 # converted and sent on every execution (eleven of them here), and these never change.
-_SEPARATOR_SQL: ColumnClause[str] = literal_column("E'\\x1f'", Text)
+_SEPARATOR_SQL: ColumnClause[str] = literal_column(f"E'\\x{ord(_SEPARATOR):02x}'", Text)
 _EMPTY: ColumnClause[str] = literal_column("''", Text)
 _ZERO: ColumnClause[int] = literal_column("0", Integer)
 
@@ -411,6 +411,7 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
         .with_for_update(of=RUNS)
         .cte("chain_head")
     )
+    count = bindparam("c_count", type_=Integer)
     chain = select(_ZERO.label("i"), head.c.h.label("h")).cte("chain", recursive=True)
     following = chain.c.i + literal_column("1")
     step = func.encode(
@@ -422,7 +423,7 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
     chain = chain.union_all(
         select(following, step.label("h"))
         .select_from(chain.join(head, true()))
-        .where(chain.c.i < bindparam("c_count", type_=Integer))
+        .where(chain.c.i < count)
     )
     stored = func.substr(bindparam("c_stored", type_=Text), chain.c.i, literal_column("1"))
     links = (
@@ -444,10 +445,8 @@ def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
         RUNS.update()
         .where(RUNS.c.id == head.c.id)
         .values(
-            chain_head=select(chain.c.h)
-            .where(chain.c.i == bindparam("c_count", type_=Integer))
-            .scalar_subquery(),
-            chain_length=head.c.n + bindparam("c_count", type_=Integer),
+            chain_head=select(chain.c.h).where(chain.c.i == count).scalar_subquery(),
+            chain_length=head.c.n + count,
             updated_at=RUNS.c.updated_at,
         )
     )
@@ -485,7 +484,7 @@ def chain_existing(connection: Connection, run_id: str) -> None:
         .where(ANNOTATIONS.c.workflow_run_id == run_id)
         .order_by(ANNOTATIONS.c.created_at, ANNOTATIONS.c.id)
     ).mappings()
-    links.extend(annotation_link(row) for row in annotations)
+    links.extend(annotation_links(annotations.all()))
     stage_columns = ("id", "stage_id", "attempt", "status", "output_data", "error_message")
     stages = connection.execute(
         select(*(STAGES.c[name] for name in stage_columns))
