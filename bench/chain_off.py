@@ -1,11 +1,11 @@
 """The stage commit without its record chain: the counterfactual issue 21's budget is judged on.
 
-The record chain (``engine.store.chain``) adds a link per stage outcome and per annotation to
-every stage commit. To show what that costs, the benchmarks run the same commits with and
-without it, interleaved in one process: :func:`chain_off` swaps the chain's functions, where
-the commit paths call them, for ones that do nothing, and restores them on exit. A run's
-first link, written when the run is created, is kept either way: the budget is about the
-commit, which every stage pays.
+The record chain (``engine.store.chain``) adds a link covering the stage outcome and its
+annotations to every stage commit. To show what that costs, the benchmarks run the same
+commits with and without it, interleaved in one process: :func:`chain_off` swaps the chain's
+functions, where the commit paths call them, for ones that do nothing, and restores them on
+exit. A run's first link, written when the run is created, is kept either way: the budget is
+about the commit, which every stage pays.
 
 Measurement only: the engine has no switch for this, and a store written with the chain off
 does not verify.
@@ -46,11 +46,9 @@ def _commit_statement_without_chain(
 
 _SWAPS: list[tuple[Any, str, Any]] = [
     (one_statement, "_commit_statement", _commit_statement_without_chain),
-    (one_statement, "chain_params", lambda _run_id, _links: {}),
-    (one_statement, "annotation_links", lambda _rows: []),
+    (one_statement, "chain_params", lambda _run_id, _links, _annotations: {}),
     (one_statement, "outcome_link", _nothing),
     (annotation_rows, "append_links", _nothing),
-    (annotation_rows, "annotation_links", lambda _rows: []),
     (stage_rows, "outcome_link", _nothing),
 ]
 

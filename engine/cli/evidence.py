@@ -36,8 +36,8 @@ def _read(path: Path, what: str) -> bytes:
 def _report(options: CommonOptions, found: ChainVerification, extra: list[str]) -> None:
     if found.ok and not extra:
         options.echo(
-            f"intact: run {found.workflow_run_id}, {found.links_checked} links checked, "
-            f"head {found.head}"
+            f"intact: run {found.workflow_run_id}, {found.links_checked} links "
+            f"({found.records_checked} records) checked, head {found.head}"
         )
         return
     if found.first_bad is not None:

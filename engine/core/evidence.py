@@ -19,6 +19,18 @@ Canonical JSON (the text a link hashes):
 A link's hash is ``sha256(previous link's hash ‖ canonical JSON of the record)`` in lowercase
 hex, the previous hash taken as its 64 hex characters (the empty string before the first link),
 both as UTF-8.
+
+The records one transaction writes together (a stage's outcome and its annotations, a new run
+and its annotations) share one link, of kind ``write``. Its canonical JSON is the array of
+those records, in the order written, each one either:
+
+- the record itself, for a record that moves on or goes later (a stage outcome, a rerun), so
+  the link keeps what it was; or
+- a reference ``{"id":…,"kind":…,"sha256":…}`` to a record that never changes (the run, an
+  annotation), holding the sha256 of the record's canonical JSON (lowercase hex), so that a
+  change to the record is found by its own digest.
+
+A write of one record has that record's own link.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -40,7 +53,10 @@ __all__ = [
     "digest",
     "encode_canonical",
     "link_hash",
+    "link_records",
     "normal",
+    "reference",
+    "text_digest",
     "timestamp",
 ]
 
@@ -154,6 +170,37 @@ def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
+def text_digest(text: str) -> str:
+    """sha256 of a canonical text, lowercase hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reference(kind: str, record_id: str, text: str) -> str:
+    """The canonical JSON of a write link's reference to a record whose canonical JSON is ``text``.
+
+    Written out: the keys are in order already, and a commit writes ten of these or more.
+    """
+    return (
+        '{"id":'
+        + encode_basestring(record_id)
+        + ',"kind":'
+        + encode_basestring(kind)
+        + ',"sha256":"'
+        + text_digest(text)
+        + '"}'
+    )
+
+
+def link_records(link: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """The kind and id of each record a link (a ``workflow_chain_links`` row) covers, in order.
+
+    A rerun's record is the run's: its body names no id of its own.
+    """
+    if link["kind"] != "write":
+        return [(str(link["kind"]), link["record_id"])]
+    return [(str(m.get("kind")), m.get("id")) for m in json.loads(link["body"] or "[]")]
+
+
 def link_hash(previous: str | None, body: str) -> str:
     """The hash of a link whose canonical record is ``body``, after ``previous``."""
     return hashlib.sha256(((previous or "") + body).encode()).hexdigest()
@@ -208,6 +255,8 @@ class ChainVerification:
     first_bad: BadRecord | None = None
     links: list[dict[str, Any]] = field(default_factory=list, repr=False)
     """The links in order (sequence, kind, record id, hash): what an export bundles."""
+    records_checked: int = 0
+    """The records the checked links cover (a write's link covers each record it wrote)."""
 
     def to_json(self) -> dict[str, Any]:
         """The verification as JSON (``wfe verify --json``)."""
@@ -216,6 +265,7 @@ class ChainVerification:
             "workflow_run_id": self.workflow_run_id,
             "ok": self.ok,
             "links_checked": self.links_checked,
+            "records_checked": self.records_checked,
             "head": self.head,
             "first_bad": None
             if bad is None

@@ -15,7 +15,7 @@ from engine.core.annotations import AnnotationDraft, text_problem, typed_columns
 from engine.core.ids import new_id
 from engine.core.records import Annotation
 from engine.errors import AnnotationError
-from engine.store.chain import Link, annotation_links, append_links
+from engine.store.chain import Link, append_links
 from engine.store.contract import (
     AnnotationFilters,
     CrossRunFilters,
@@ -106,7 +106,7 @@ def insert_drafts(
     what the caller wrote before them in this transaction), in one append.
     """
     pairs = _insert_drafts(session, drafts, where, now)
-    append_links(session, where.run_id, [*chain, *annotation_links([row for _, row in pairs])])
+    append_links(session, where.run_id, chain, [row for _, row in pairs])
     return pairs
 
 

@@ -1,13 +1,20 @@
 """The run's tamper-evident record chain: the links its writes append.
 
-Every record of a run that is evidence gets a link in ``workflow_chain_links``, in the order
-the run's writes committed them: the run itself (its identity and input, link 1), each
+Every record of a run that is evidence is covered by a link in ``workflow_chain_links``, in
+the order the run's writes committed them: the run itself (its identity and input), each
 annotation, each stage outcome (status, a digest of its output, error, attempt), and each
-rerun (which stage records it deleted). A link's hash covers the previous link's hash and the
-record's canonical JSON (:mod:`engine.core.evidence`), so changing, deleting or inserting a record
-or a link afterwards breaks the chain from there on (:mod:`engine.store.chain_check` finds
-where). The run row keeps the chain's head and length, so a link appended at the end is
-checked against it too.
+rerun (which stage records it deleted). The records one transaction writes share one link (a
+``write``: :func:`write_link`), which holds each record, or for a record that never changes a
+digest of it; a write of one record has that record's own link. A link's hash covers the
+previous link's hash and its canonical JSON (:mod:`engine.core.evidence`), so changing,
+deleting or inserting a record or a link afterwards breaks the chain from there on
+(:mod:`engine.store.chain_check` finds where). The run row keeps the chain's head and length,
+so a link appended at the end is checked against it too.
+
+One link per write, not one per record: a stage commit with ten annotations wrote eleven link
+rows, hashed one after another in SQL on PostgreSQL, and the chain cost 15.8% of that commit
+(``make bench``, session 9); as one row and one hash it is the run row's ``UPDATE`` and one
+insert.
 
 Links are appended inside the transaction that writes their records, under the run's row
 lock, which every writer of a run takes: concurrent writers to one run (parallel stages,
@@ -22,22 +29,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from hashlib import sha256
 from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     Integer,
     Text,
-    Update,
     bindparam,
     case,
     func,
     literal_column,
     select,
-    true,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import CTE, ColumnClause
 
@@ -46,6 +52,7 @@ from engine.core.evidence import (
     canonical_record,
     digest,
     link_hash,
+    reference,
     timestamp,
 )
 from engine.core.records import RunStatus
@@ -58,15 +65,17 @@ __all__ = [
     "Link",
     "annotation_link",
     "annotation_links",
+    "annotation_references",
     "append_links",
     "chain_ctes",
     "chain_existing",
     "chain_params",
-    "link_rows",
+    "link_row",
     "outcome_link",
     "rerun_link",
     "run_link",
     "stage_link",
+    "write_link",
 ]
 
 ANNOTATION_FIELDS = (
@@ -126,7 +135,7 @@ def annotation_link(row: Mapping[Any, Any]) -> Link:
     return annotation_links([row])[0]
 
 
-def annotation_links(rows: Sequence[Mapping[Any, Any]]) -> list[Link]:
+def annotation_links(rows: Rows) -> list[Link]:
     """The links of annotation rows written together (one per row, in order)."""
     return [
         Link("annotation", str(row["id"]), text, stored=False)
@@ -139,7 +148,7 @@ def annotation_text(row: Mapping[Any, Any]) -> str:
     return annotation_texts([row])[0]
 
 
-def annotation_texts(rows: Sequence[Mapping[Any, Any]]) -> list[str]:
+def annotation_texts(rows: Rows) -> list[str]:
     """The canonical JSON of each row's link (:func:`annotation_text`), for rows written together.
 
     Written out field by field, in canonical key order, and the runs of fields that the rows
@@ -277,27 +286,58 @@ def rerun_link(run_id: str, attempt: int, removed: Sequence[str]) -> Link:
     return Link("rerun", run_id, canonical_json(body), stored=True)
 
 
-def link_rows(
-    run_id: str, head: str | None, length: int, links: Sequence[Link]
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The rows of ``links`` appended after ``head``, and the new head.
+Rows = Sequence[Mapping[Any, Any]]
+"""Annotation rows (mappings of their columns), written together."""
 
-    ``head`` is the chain's ``length``-th hash.
+
+def write_link(links: Sequence[Link], annotations: Rows = ()) -> Link:
+    """The one link of the records one write wrote, in order (see :mod:`engine.core.evidence`).
+
+    The records are ``links``' then the ``annotations`` rows'. The links of records that change
+    or go later are kept whole in it, the others as a reference holding their digest.
     """
-    rows = []
-    for number, link in enumerate(links, start=length + 1):
-        head = link_hash(head, link.text)
-        rows.append(
-            {
-                "workflow_run_id": run_id,
-                "sequence": number,
-                "kind": link.kind,
-                "record_id": link.record_id,
-                "body": link.text if link.stored else None,
-                "hash": head,
-            }
-        )
-    return rows, head
+    if len(links) + len(annotations) == 1:
+        return links[0] if links else annotation_link(annotations[0])
+    parts = [
+        link.text if link.stored else reference(link.kind, link.record_id, link.text)
+        for link in links
+    ]
+    parts.extend(annotation_references(annotations))
+    first = links[0].record_id if links else str(annotations[0]["id"])
+    return Link("write", first, "[" + ",".join(parts) + "]", stored=True)
+
+
+def annotation_references(rows: Rows) -> list[str]:
+    """A write link's references to annotation rows (:func:`engine.core.evidence.reference`).
+
+    From the rows, with no :class:`Link` of each in between: a stage commit writes ten or more,
+    and the links and the general reference took a third of the chain's client CPU.
+    """
+    return [
+        f'{{"id":{encode_basestring(str(row["id"]))},"kind":"annotation","sha256":"'
+        f'{sha256(text.encode()).hexdigest()}"}}'
+        for row, text in zip(rows, annotation_texts(rows), strict=True)
+    ]
+
+
+def link_row(
+    run_id: str, head: str | None, length: int, links: Sequence[Link], annotations: Rows = ()
+) -> tuple[dict[str, Any], str]:
+    """The row of one write's records (:func:`write_link`), appended after ``head``.
+
+    ``head`` is the chain's ``length``-th hash; returns the row and the new head.
+    """
+    link = write_link(links, annotations)
+    head = link_hash(head, link.text)
+    row = {
+        "workflow_run_id": run_id,
+        "sequence": length + 1,
+        "kind": link.kind,
+        "record_id": link.record_id,
+        "body": link.text if link.stored else None,
+        "hash": head,
+    }
+    return row, head
 
 
 _HEAD = (
@@ -320,13 +360,16 @@ _SET_HEAD = (
 )
 
 
-def append_links(session: Session | Connection, run_id: str, links: Sequence[Link]) -> None:
-    """Append ``links`` to the run's chain in the caller's transaction.
+def append_links(
+    session: Session | Connection, run_id: str, links: Sequence[Link], annotations: Rows = ()
+) -> None:
+    """Append the link of one write's records to the run's chain in the caller's transaction.
 
-    Takes the run's row lock (``FOR UPDATE``; SQLite holds the write lock already) if the
-    caller does not hold it yet, so the head it reads is the last committed one.
+    The records are ``links``' then the ``annotations`` rows' (:func:`write_link`). Takes the
+    run's row lock (``FOR UPDATE``; SQLite holds the write lock already) if the caller does not
+    hold it yet, so the head it reads is the last committed one.
     """
-    if not links:
+    if not links and not annotations:
         return
     connection = session.connection() if isinstance(session, Session) else session
     # Through the driver on SQLite (engine.store.direct): SQLAlchemy's work per statement
@@ -336,121 +379,77 @@ def append_links(session: Session | Connection, run_id: str, links: Sequence[Lin
     if not found:
         return  # the run is gone: so are its records
     head, length = found[0]
-    rows, head = link_rows(run_id, head, length or 0, links)
-    direct.execute_many(connection, INSERT_LINKS, rows)
+    row, head = link_row(run_id, head, length or 0, links, annotations)
+    direct.execute(connection, INSERT_LINKS, row)
     direct.execute(
-        connection, _SET_HEAD, {"run_id": run_id, "head": head, "length": rows[-1]["sequence"]}
+        connection, _SET_HEAD, {"run_id": run_id, "head": head, "length": row["sequence"]}
     )
 
 
 # -- in one PostgreSQL statement ----------------------------------------------------------------
 
 
-_SEPARATOR = "\x1f"
-"""Between the links' fields in :func:`chain_params`' texts: no canonical JSON, kind or record
-id holds it (JSON escapes every control character)."""
+def chain_params(run_id: str, links: Sequence[Link], annotations: Rows = ()) -> dict[str, Any]:
+    """The bound values :func:`chain_ctes` reads: the write's one link, unhashed."""
+    link = write_link(links, annotations)
+    return {
+        "c_run_id": run_id,
+        "c_kind": link.kind,
+        "c_record_id": link.record_id,
+        "c_text": link.text,
+        "c_stored": link.stored,
+    }
 
-# The statement's constants, written into its text rather than bound: each bound value is
-# converted and sent on every execution (eleven of them here), and these never change.
-_SEPARATOR_SQL: ColumnClause[str] = literal_column(f"E'\\x{ord(_SEPARATOR):02x}'", Text)
+
 _EMPTY: ColumnClause[str] = literal_column("''", Text)
 _ZERO: ColumnClause[int] = literal_column("0", Integer)
 
 
-def chain_params(run_id: str, links: Sequence[Link]) -> dict[str, Any]:
-    """The bound values :func:`chain_ctes` reads.
-
-    Each field of the links is one text, the links' values joined by a separator. Texts bind as
-    they are; a JSON array of the links (the first form) had the client encode every text again
-    and the server parse it, which was a third of the chain's cost on the commit.
-    """
-    join = _SEPARATOR.join
-    return {
-        "c_run_id": run_id,
-        "c_count": len(links),
-        "c_kinds": join(link.kind for link in links),
-        "c_ids": join(link.record_id for link in links),
-        "c_texts": join(link.text for link in links),
-        "c_stored": "".join("1" if link.stored else "0" for link in links),
-    }
-
-
 def chain_ctes(gate: CTE) -> tuple[CTE, ...]:
-    """The CTEs that append the links of a one-statement write, hashed by PostgreSQL.
+    """The CTEs that append a one-statement write's link, hashed by PostgreSQL.
 
-    The write is :mod:`engine.store.one_statement`'s; the links are appended only if ``gate``
+    The write is :mod:`engine.store.one_statement`'s; the link is appended only if ``gate``
     returned its row.
 
-    The head is read ``FOR UPDATE``: after a wait for the run's lock (the gate's own run-status
-    guard takes it), that returns the row as the writer before left it, not as the
-    statement's snapshot saw it, so the links follow that writer's. A recursive query then
-    hashes each link after the one before (``sha256(previous ‖ text)``, as
-    :func:`engine.core.evidence.link_hash`), from canonical texts built in Python.
+    The run row's ``UPDATE`` moves the head to ``sha256(head ‖ text)`` (as
+    :func:`engine.core.evidence.link_hash`) from the head it finds under the run's lock (the
+    gate's run-status guard takes it): after a wait for that lock, an ``UPDATE`` computes
+    from the row as the writer before left it, not as the statement's snapshot saw it, so the
+    link follows that writer's. The link's row is inserted from what the ``UPDATE`` returns.
     """
-
-    # The links' fields as arrays in the head's one row, split once, each link's read by
-    # subscript: one row joined to each step of the recursion, where joining the links as
-    # rows (``unnest``) built a hash table per step. The chain's backend CPU on a
-    # 10-annotation commit went from 136 to 120 µs (two interleaved A/B runs).
-    def split(name: str) -> Any:
-        return func.string_to_array(
-            bindparam(name, type_=Text), _SEPARATOR_SQL, type_=postgresql.ARRAY(Text)
-        )
-
-    head = (
-        select(
-            RUNS.c.id,
-            func.coalesce(RUNS.c.chain_head, _EMPTY).label("h"),
-            func.coalesce(RUNS.c.chain_length, _ZERO).label("n"),
-            split("c_kinds").label("kinds"),
-            split("c_ids").label("ids"),
-            split("c_texts").label("texts"),
-        )
-        .select_from(RUNS.join(gate, true()))
-        .where(RUNS.c.id == bindparam("c_run_id"))
-        .with_for_update(of=RUNS)
-        .cte("chain_head")
-    )
-    count = bindparam("c_count", type_=Integer)
-    chain = select(_ZERO.label("i"), head.c.h.label("h")).cte("chain", recursive=True)
-    following = chain.c.i + literal_column("1")
-    step = func.encode(
+    text = bindparam("c_text", type_=Text)
+    hashed = func.encode(
         func.sha256(
-            func.convert_to(chain.c.h.op("||")(head.c.texts[following]), literal_column("'UTF8'"))
+            func.convert_to(
+                func.coalesce(RUNS.c.chain_head, _EMPTY).op("||")(text),
+                literal_column("'UTF8'"),
+            )
         ),
         literal_column("'hex'"),
     )
-    chain = chain.union_all(
-        select(following, step.label("h"))
-        .select_from(chain.join(head, true()))
-        .where(chain.c.i < count)
-    )
-    stored = func.substr(bindparam("c_stored", type_=Text), chain.c.i, literal_column("1"))
-    links = (
-        select(
-            head.c.id.label("workflow_run_id"),
-            (head.c.n + chain.c.i).label("sequence"),
-            head.c.kinds[chain.c.i].label("kind"),
-            head.c.ids[chain.c.i].label("record_id"),
-            case((stored == literal_column("'1'"), head.c.texts[chain.c.i])).label("body"),
-            chain.c.h.label("hash"),
-        )
-        .select_from(chain.join(head, true()))
-        .where(chain.c.i > _ZERO)
-    )
-    insert = CHAIN_LINKS.insert().from_select(
-        ["workflow_run_id", "sequence", "kind", "record_id", "body", "hash"], links
-    )
-    moved: Update = (
+    moved = (
         RUNS.update()
-        .where(RUNS.c.id == head.c.id)
+        .where(RUNS.c.id == bindparam("c_run_id"), select(gate.c.id).exists())
         .values(
-            chain_head=select(chain.c.h).where(chain.c.i == count).scalar_subquery(),
-            chain_length=head.c.n + count,
+            chain_head=hashed,
+            chain_length=func.coalesce(RUNS.c.chain_length, _ZERO) + literal_column("1"),
             updated_at=RUNS.c.updated_at,
         )
+        .returning(RUNS.c.id, RUNS.c.chain_head, RUNS.c.chain_length)
+        .cte("chain_moved")
     )
-    return (insert.cte("chain_links"), moved.cte("chain_moved"))
+    link = select(
+        moved.c.id,
+        moved.c.chain_length,
+        bindparam("c_kind", type_=Text),
+        bindparam("c_record_id", type_=Text),
+        case((bindparam("c_stored", type_=Boolean), text)),
+        moved.c.chain_head,
+    )
+    insert = CHAIN_LINKS.insert().from_select(
+        ["workflow_run_id", "sequence", "kind", "record_id", "body", "hash"], link
+    )
+    return (moved, insert.cte("chain_link"))
 
 
 # -- runs written before the chain ----------------------------------------------------------
@@ -492,7 +491,13 @@ def chain_existing(connection: Connection, run_id: str) -> None:
         .order_by(STAGES.c.stage_number, STAGES.c.id)
     ).mappings()
     links.extend(stage_link(*(s[name] for name in stage_columns)) for s in stages)
-    rows, head = link_rows(run_id, None, 0, links)
+    # A link per record, as the chain was first written (before a write's records shared
+    # one): the chains revision 0011 made stay as they were, and the check reads both.
+    rows: list[dict[str, Any]] = []
+    head: str | None = None
+    for number, link in enumerate(links):
+        row, head = link_row(run_id, head, number, [link])
+        rows.append(row)
     for start in range(0, len(rows), 500):
         connection.execute(CHAIN_LINKS.insert(), rows[start : start + 500])
     connection.execute(_SET_HEAD, {"run_id": run_id, "head": head, "length": len(rows)})

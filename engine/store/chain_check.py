@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.core.evidence import BadRecord, ChainVerification, link_hash
+from engine.core.evidence import (
+    BadRecord,
+    ChainVerification,
+    link_hash,
+    text_digest,
+)
 from engine.store.chain import (
     ANNOTATION_FIELDS,
     SETTLED,
@@ -107,14 +112,14 @@ def check_chain(records: ChainRecords) -> ChainVerification:
     annotations, stages = records.annotations, records.stages
     run_id = str(run["id"])
     listed = [{k: link[k] for k in LINK_COLUMNS} for link in links]
+    walk = _Walk(run, annotations)
 
     def failed(bad: BadRecord, checked: int) -> ChainVerification:
-        return ChainVerification(run_id, False, checked, run["chain_head"], bad, listed)
+        return ChainVerification(
+            run_id, False, checked, run["chain_head"], bad, listed, walk.records
+        )
 
     previous: str | None = None
-    chained: set[str] = set()
-    last_outcome: dict[str, Mapping[Any, Any]] = {}
-    removed: set[str] = set()
     for number, link in enumerate(links, start=1):
         kind, record_id, body = link["kind"], link["record_id"], link["body"]
         if link["sequence"] != number:
@@ -122,31 +127,15 @@ def check_chain(records: ChainRecords) -> ChainVerification:
             return failed(
                 BadRecord(missing, kind, record_id, None, f"link {missing} is missing"), number - 1
             )
-        label: str | None = None
-        if kind == "annotation":
-            row = annotations.get(record_id)
-            if row is None:
-                problem = "the annotation was deleted"
-                return failed(BadRecord(number, kind, record_id, None, problem), number - 1)
-            label = str(row["key"])
-            text = annotation_link(row).text
-            chained.add(record_id)
-        elif kind == "run":
-            text = run_link(run).text
-        elif body is not None:
-            text = body
-            if kind == "stage":
-                last_outcome[record_id] = json.loads(body)
-                label = last_outcome[record_id].get("stage_id")
-            elif kind == "rerun":
-                removed.update(json.loads(body).get("removed", []))
-        else:
-            problem = "the link holds no record"
-            return failed(BadRecord(number, kind, record_id, None, problem), number - 1)
+        try:
+            text = walk.link_text(number, kind, record_id, body)
+        except _Bad as found:
+            return failed(found.record, number - 1)
         expected = link_hash(previous, text)
         if expected != link["hash"]:
             problem = "its record or link was changed after it was written"
-            holds = json.loads(text)
+            label = walk.label(kind, record_id)
+            holds = _loads(text)
             return failed(BadRecord(number, kind, record_id, label, problem, holds), number - 1)
         previous = expected
     checked = len(links)
@@ -157,15 +146,15 @@ def check_chain(records: ChainRecords) -> ChainVerification:
         )
         return failed(BadRecord(None, "head", run_id, None, problem), checked)
     for annotation_id, row in annotations.items():
-        if annotation_id not in chained:
+        if annotation_id not in walk.chained:
             problem = "the annotation has no link: it was inserted afterwards"
             holds = json.loads(annotation_link(row).text)
             return failed(
                 BadRecord(None, "annotation", annotation_id, str(row["key"]), problem, holds),
                 checked,
             )
-    for record_id, outcome in last_outcome.items():
-        if record_id not in stages and record_id not in removed:
+    for record_id, outcome in walk.last_outcome.items():
+        if record_id not in stages and record_id not in walk.removed:
             problem = "the stage record was deleted (no rerun removed it)"
             bad = BadRecord(None, "stage", record_id, outcome.get("stage_id"), problem, outcome)
             return failed(bad, checked)
@@ -173,7 +162,7 @@ def check_chain(records: ChainRecords) -> ChainVerification:
         if stage["status"] not in SETTLED:
             continue  # PENDING, RUNNING, CANCELLED: no outcome of its own to hold
         now = stage_link(*(stage[n] for n in STAGE_COLUMNS))
-        recorded = last_outcome.get(record_id)
+        recorded = walk.last_outcome.get(record_id)
         if recorded is None or json.loads(now.text) != recorded:
             problem = (
                 "the stage record holds an outcome no link recorded"
@@ -182,4 +171,93 @@ def check_chain(records: ChainRecords) -> ChainVerification:
             )
             bad = BadRecord(None, "stage", record_id, stage["stage_id"], problem, _holds(now))
             return failed(bad, checked)
-    return ChainVerification(run_id, True, checked, run["chain_head"], None, listed)
+    return ChainVerification(run_id, True, checked, run["chain_head"], None, listed, walk.records)
+
+
+class _Bad(Exception):
+    def __init__(self, record: BadRecord) -> None:
+        self.record = record
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@dataclass
+class _Walk:
+    """What the links walked so far recorded, and each link's text from the records now."""
+
+    run: Mapping[Any, Any]
+    annotations: dict[str, Mapping[Any, Any]]
+    chained: set[str] = field(default_factory=set)
+    last_outcome: dict[str, Mapping[Any, Any]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    records: int = 0
+
+    def label(self, kind: str, record_id: str) -> str | None:
+        if kind == "annotation" and record_id in self.annotations:
+            return str(self.annotations[record_id]["key"])
+        if kind == "stage" and record_id in self.last_outcome:
+            return self.last_outcome[record_id].get("stage_id")
+        return None
+
+    def link_text(self, number: int, kind: str, record_id: str, body: str | None) -> str:
+        """The text link ``number`` hashes, recomputed where its record is the source."""
+        if kind == "write":
+            if body is None:
+                raise _Bad(BadRecord(number, kind, record_id, None, "the link holds no records"))
+            members = _loads(body)
+            if not isinstance(members, list):
+                problem = "its record or link was changed after it was written"
+                raise _Bad(BadRecord(number, kind, record_id, None, problem, members))
+            for member in members:
+                self._member(number, member)
+            return body
+        if kind in ("annotation", "run"):
+            return self._recomputed(number, kind, record_id)
+        if body is None:
+            raise _Bad(BadRecord(number, kind, record_id, None, "the link holds no record"))
+        self._stored(kind, record_id, _loads(body))
+        return body
+
+    def _member(self, number: int, member: Any) -> None:
+        """Check one record of a write's link against the record now."""
+        if not isinstance(member, dict):
+            member = {}
+        kind, record_id = member.get("kind"), member.get("id")
+        if kind in ("annotation", "run") and isinstance(record_id, str):
+            text = self._recomputed(number, kind, record_id)
+            if text_digest(text) != member.get("sha256"):
+                problem = "its record was changed after it was written"
+                label = self.label(kind, record_id)
+                raise _Bad(BadRecord(number, kind, record_id, label, problem, json.loads(text)))
+        elif kind in ("stage", "rerun"):
+            self._stored(kind, record_id, member)
+        else:
+            problem = "the link holds a record of no known kind"
+            raise _Bad(BadRecord(number, "write", record_id, None, problem, member))
+
+    def _recomputed(self, number: int, kind: str, record_id: str) -> str:
+        """The canonical text of a record that never changes, from the record as it is now."""
+        self.records += 1
+        if kind == "run":
+            return run_link(self.run).text
+        row = self.annotations.get(record_id)
+        if row is None:
+            problem = "the annotation was deleted"
+            raise _Bad(BadRecord(number, kind, record_id, None, problem))
+        self.chained.add(record_id)
+        return annotation_link(row).text
+
+    def _stored(self, kind: str, record_id: Any, holds: Any) -> None:
+        """Take in a record the link keeps (a stage outcome, a rerun)."""
+        self.records += 1
+        if not isinstance(holds, dict):
+            return  # changed by hand: the link's hash finds it
+        if kind == "stage" and isinstance(record_id, str):
+            self.last_outcome[record_id] = holds
+        elif kind == "rerun":
+            self.removed.update(holds.get("removed", []))

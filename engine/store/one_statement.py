@@ -53,10 +53,9 @@ from engine.core.payloads import CommitResult, StageCommit, StageSpec
 from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
 from engine.store.annotation_rows import draft_rows
 from engine.store.chain import (
-    annotation_links,
     chain_ctes,
     chain_params,
-    link_rows,
+    link_row,
     outcome_link,
     run_link,
 )
@@ -249,9 +248,8 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     writes.add(ANNOTATIONS, "a", annotations)
     writes.add(LOGS, "l", outcome_logs(commit, record_id))
     writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now)
-    links = [outcome_link(record_id, spec.stage_id, commit.attempt, changes)]
-    links.extend(annotation_links(annotations))
-    writes.params.update(chain_params(commit.run_id, links))
+    outcome_record = outcome_link(record_id, spec.stage_id, commit.attempt, changes)
+    writes.params.update(chain_params(commit.run_id, [outcome_record], annotations))
     statement = partial(_commit_statement, tuple(changes), tuple(writes.inserts))
     if writes.run(connection, statement) is None:
         return None
@@ -270,8 +268,8 @@ def _commit_statement(changes: tuple[str, ...], inserts: tuple[_Rows, ...]) -> S
         .where(STAGES.c.id == bindparam("w_record_id"))
         .cte("applied")
     )
-    # The outcome's and annotations' chain links, hashed in the statement after the head
-    # it reads under the run's lock (engine.store.chain).
+    # The outcome's and annotations' chain link, hashed in the statement after the head
+    # it finds under the run's lock (engine.store.chain).
     return _gated(gate, inserts).add_cte(*chain_ctes(gate))
 
 
@@ -351,13 +349,12 @@ def create_in_one_statement(
         emitting = {row["id"] for draft, row in zip(drafts, rows, strict=True) if draft.emit_event}
         annotations.extend(rows)
         events.extend(annotation_events(rows, emitting))
-    # A new run's chain starts here: every link is known, hashed in Python.
-    links.extend(annotation_links(annotations))
-    chain, row["chain_head"] = link_rows(run_id, None, 0, links)
-    row["chain_length"] = len(chain)
+    # A new run's chain starts here: its one link is known, hashed in Python.
+    chain, row["chain_head"] = link_row(run_id, None, 0, links, annotations)
+    row["chain_length"] = 1
     writes.add(RUNS, "r", [row])
     writes.add(ANNOTATIONS, "a", annotations)
-    writes.add(CHAIN_LINKS, "c", chain)
+    writes.add(CHAIN_LINKS, "c", [chain])
     writes.add_events(run_id, events, causation_id=new.idempotency_key, now=now)
     if writes.run(connection, partial(_create_statement, tuple(writes.inserts))) is None:
         return None

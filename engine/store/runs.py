@@ -22,7 +22,7 @@ from engine.store.chain import (
     INSERT_LINKS,
     Link,
     append_links,
-    link_rows,
+    link_row,
     rerun_link,
     run_link,
 )
@@ -144,17 +144,22 @@ def create_run(
         same_request(session, existing_id, new)
         return existing_id, False
     row = run_row(new, run_id, now, temporal_workflow_id)
-    links, row["chain_head"] = link_rows(run_id, None, 0, [run_link(row)])
-    row["chain_length"] = 1
+    # The run's link: alone, or in one write with its first annotations (as the
+    # one-statement create writes them).
+    chain = [run_link(row)]
+    link, head = link_row(run_id, None, 0, chain) if not new.annotations else (None, None)
+    row["chain_head"], row["chain_length"] = head, int(link is not None)
     connection = session.connection()
     direct.execute(connection, _INSERT_RUN, row)
-    direct.execute_many(connection, INSERT_LINKS, links)
+    if link is not None:
+        direct.execute(connection, INSERT_LINKS, link)
     events: list[tuple[str, dict[str, Any]]] = [
         ("workflow:created", {"workflow_id": new.workflow_id})
     ]
     for drafts, _ in new.annotations:
-        _, created = write_annotations(session, drafts, RowContext(run_id, "run"), now)
+        _, created = write_annotations(session, drafts, RowContext(run_id, "run"), now, chain)
         events.extend(created)
+        chain = []
     append_events(session, run_id, events, causation_id=new.idempotency_key, now=now)
     return run_id, True
 

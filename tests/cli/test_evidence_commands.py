@@ -25,7 +25,7 @@ async def test_wfe_verify_export_and_bundle(
 
         result = await wfe("verify", run_id, *opts)
         assert result.exit_code == 0, result.stderr
-        assert "intact" in result.stdout and "links checked" in result.stdout
+        assert "intact" in result.stdout and "records) checked" in result.stdout
 
         result = await wfe("keys", "new", "--out", str(tmp_path / "k"))
         assert result.exit_code == 0, result.stderr

@@ -7,11 +7,17 @@ from datetime import timedelta
 from typing import Any
 
 from engine import Actor, RunCreate, RunCreateAnnotation, RunRerunFrom, RunStatus
+from engine.core.evidence import ChainVerification, link_records
 from engine.store import SqlStore
 from tests.helpers import running_kernel, triage_workflow
 from tests.integration.test_long_running import batch_workflow
 
 WAIT = timedelta(seconds=60)
+
+
+def records(found: ChainVerification) -> list[str]:
+    """The kinds of the records the chain's links cover, in order."""
+    return [kind for link in found.links for kind, _ in link_records(link)]
 
 
 async def triage_run(kernel: Any) -> str:
@@ -40,8 +46,9 @@ async def test_real_runs_verify_sequential_parallel_suspended_and_rerun(
         run_id = await triage_run(kernel)  # classify; notify ‖ enrich; route
         found = await kernel.verify(run_id)
         assert found.ok, found.first_bad
-        kinds = [link["kind"] for link in found.links]
+        kinds = records(found)
         assert kinds[0] == "run" and kinds.count("stage") == 4
+        assert found.records_checked == len(kinds)
 
         await kernel.annotations.attach(
             run_id, attributes={"review.ok": True}, actor=Actor(kind="user", id="al")
@@ -51,7 +58,7 @@ async def test_real_runs_verify_sequential_parallel_suspended_and_rerun(
         assert rerun.status == RunStatus.COMPLETED
         found = await kernel.verify(run_id)
         assert found.ok, found.first_bad
-        assert [link["kind"] for link in found.links].count("rerun") == 1
+        assert records(found).count("rerun") == 1
 
         created = await kernel.dispatch(RunCreate(workflow_id="batch", input={}))
         batch = await kernel.wait_for_run(created.workflow_run_id, timeout=WAIT)
@@ -59,4 +66,4 @@ async def test_real_runs_verify_sequential_parallel_suspended_and_rerun(
         found = await kernel.verify(batch.id)
         assert found.ok, found.first_bad
         # submitted (SUSPENDED), two polls (still SUSPENDED), then COMPLETED
-        assert [link["kind"] for link in found.links].count("stage") == 4
+        assert records(found).count("stage") == 4

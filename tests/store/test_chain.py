@@ -7,6 +7,7 @@ names the first record that was changed, deleted or inserted by hand in SQL afte
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +21,21 @@ from engine.core.evidence import (
     ChainVerification,
     canonical_json,
     link_hash,
+    link_records,
     normal,
+    reference,
     timestamp,
 )
 from engine.store import SqlStore
-from engine.store.chain import ANNOTATION_FIELDS, annotation_text, annotation_texts
+from engine.store.chain import (
+    ANNOTATION_FIELDS,
+    annotation_link,
+    annotation_references,
+    annotation_text,
+    annotation_texts,
+    stage_link,
+    write_link,
+)
 from engine.store.contract import NewStage, RowContext
 from engine.store.models import ChainLink, WorkflowAnnotation
 from tests.store.test_one_statement import (
@@ -35,8 +46,9 @@ from tests.store.test_one_statement import (
     stage_commit,
 )
 
-CREATED = 3
-"""Links of a new run: the run and its two annotations."""
+CREATED = 1
+"""Links of a new run: one write, of the run and its two annotations."""
+CREATED_RECORDS = 3
 
 
 async def _sql(store: SqlStore, statement: str, **params: Any) -> None:
@@ -145,23 +157,90 @@ def test_the_link_texts_of_rows_written_together_are_each_rows_own(
         assert written == _defined({**fields, "kind": "annotation"})
 
 
+def _records(found: ChainVerification) -> list[str]:
+    """The kinds of the records the links cover, in order."""
+    return [kind for link in found.links for kind, _ in link_records(link)]
+
+
+@given(annotation_batches())
+@settings(max_examples=200, deadline=None)
+def test_a_writes_references_to_annotations_are_the_defined_form(
+    rows: list[dict[str, Any]],
+) -> None:
+    for row, written in zip(rows, annotation_references(rows), strict=True):
+        text = annotation_text(row)
+        assert written == reference("annotation", str(row["id"]), text)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert json.loads(written) == {"id": str(row["id"]), "kind": "annotation", "sha256": digest}
+
+
 async def test_every_write_adds_a_link_and_the_chain_verifies(store: SqlStore) -> None:
     run_id = await committed_run(store)
     found = await store.verify_chain(run_id)
     assert found.ok, found.first_bad
-    # run + 2 create annotations + the outcome + its 4 annotations
-    assert found.links_checked == CREATED + 1 + 4
-    assert [link["kind"] for link in found.links][:4] == [
-        "run",
-        "annotation",
-        "annotation",
-        "stage",
-    ]
+    # one write each: the run with its 2 annotations; the outcome with its 4
+    assert found.links_checked == CREATED + 1
+    assert [link["kind"] for link in found.links] == ["write", "write"]
+    assert _records(found) == ["run", *["annotation"] * 2, "stage", *["annotation"] * 4]
+    assert found.records_checked == CREATED_RECORDS + 5
     await store.attach_annotations(
         run_id, [AnnotationDraft(key="review.ok", value=True)], RowContext(run_id, "run"), "c1"
     )
     found = await store.verify_chain(run_id)
-    assert found.ok and found.links_checked == CREATED + 5 + 1
+    assert found.ok and found.links_checked == CREATED + 2
+    assert found.links[-1]["kind"] == "annotation"  # a write of one record: its own link
+
+
+async def test_a_writes_link_is_the_defined_text(store: SqlStore) -> None:
+    """A third party recomputes a write's link from the definition in engine.core.evidence."""
+    run_id = await committed_run(store)
+    async with store.sessions() as session:
+        links = (
+            await session.scalars(
+                select(ChainLink)
+                .where(ChainLink.workflow_run_id == run_id)
+                .order_by(ChainLink.sequence)
+            )
+        ).all()
+        rows = (
+            (
+                await session.execute(
+                    select(*(WorkflowAnnotation.__table__.c[n] for n in ANNOTATION_FIELDS))
+                    .where(WorkflowAnnotation.workflow_run_id == run_id)
+                    .where(WorkflowAnnotation.scope == "stage")
+                )
+            )
+            .mappings()
+            .all()
+        )
+    commit = links[CREATED]
+    members = json.loads(commit.body or "")
+    stage, references = members[0], members[1:]
+    by_id = {row["id"]: row for row in rows}
+    expected = [stage]
+    for ref in references:
+        text = _defined({**_fields(by_id[ref["id"]]), "kind": "annotation"})
+        assert ref == {
+            "id": ref["id"],
+            "kind": "annotation",
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
+        expected.append(ref)
+    assert commit.body == _defined(expected)
+    assert commit.hash == hashlib.sha256((links[0].hash + _defined(expected)).encode()).hexdigest()
+
+
+def test_a_write_of_one_record_keeps_its_own_link() -> None:
+    link = stage_link("r1", "s1", 1, "COMPLETED", {"x": 1}, None)
+    assert write_link([link]) is link
+    row = {name: None for name in ANNOTATION_FIELDS} | {"id": "a1", "key": "k"}
+    assert write_link([annotation_link(row)]).kind == "annotation"
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    fields = {name: row[name] for name in ANNOTATION_FIELDS}
+    fields["created_at"] = timestamp(row["created_at"])
+    return fields
 
 
 async def test_a_failed_and_a_general_commit_verify(store: SqlStore) -> None:
@@ -174,7 +253,8 @@ async def test_a_failed_and_a_general_commit_verify(store: SqlStore) -> None:
     )
     assert (await store.commit_stage(commit)).committed
     found = await store.verify_chain(run_id)
-    assert found.ok and found.links_checked == CREATED + 2
+    assert found.ok and found.links_checked == CREATED + 1
+    assert _records(found)[CREATED_RECORDS:] == ["stage", "annotation"]
 
 
 async def test_concurrent_attaches_make_one_chain(store: SqlStore) -> None:
@@ -187,7 +267,7 @@ async def test_concurrent_attaches_make_one_chain(store: SqlStore) -> None:
     await asyncio.gather(*(attach(n) for n in range(20)))
     found = await store.verify_chain(run_id)
     assert found.ok, found.first_bad
-    assert found.links_checked == CREATED + 5 + 20
+    assert found.links_checked == CREATED + 1 + 20
 
 
 async def test_rerun_keeps_the_chain_valid(store: SqlStore) -> None:
@@ -235,7 +315,7 @@ async def test_a_deleted_annotation_is_named(store: SqlStore) -> None:
         )
     await _sql(store, "DELETE FROM workflow_annotations WHERE id = :id", id=row_id)
     bad = _bad(await store.verify_chain(run_id))
-    assert (bad.kind, bad.record_id, bad.sequence) == ("annotation", row_id, CREATED + 3)
+    assert (bad.kind, bad.record_id, bad.sequence) == ("annotation", row_id, CREATED + 1)
 
 
 async def test_an_inserted_annotation_is_named(store: SqlStore) -> None:
@@ -271,9 +351,16 @@ async def test_a_changed_input_is_named(store: SqlStore) -> None:
     assert (bad.kind, bad.sequence) == ("run", 1)
 
 
+async def _attach(store: SqlStore, run_id: str, number: int) -> None:
+    draft = AnnotationDraft(key=f"c.k{number}", value=number)
+    await store.attach_annotations(run_id, [draft], RowContext(run_id, "run"), f"c{number}")
+
+
 async def test_deleted_inserted_and_rewritten_links_are_named(store: SqlStore) -> None:
     run_id = await committed_run(store)
-    last = CREATED + 5
+    for number in range(2):
+        await _attach(store, run_id, number)
+    last = CREATED + 3
     await _sql(store, "DELETE FROM workflow_chain_links WHERE sequence = :n", n=last)
     assert _bad(await store.verify_chain(run_id)).kind == "head"
     await _sql(store, "DELETE FROM workflow_chain_links WHERE sequence = 2")
@@ -291,6 +378,7 @@ async def test_deleted_inserted_and_rewritten_links_are_named(store: SqlStore) -
 async def test_a_stage_link_rewritten_with_a_fresh_hash_breaks_the_next(store: SqlStore) -> None:
     """Rewriting a link's record and hash consistently still breaks the link after it."""
     run_id = await committed_run(store)
+    await _attach(store, run_id, 0)
     async with store.sessions() as session:
         links = (
             await session.scalars(
@@ -300,7 +388,7 @@ async def test_a_stage_link_rewritten_with_a_fresh_hash_breaks_the_next(store: S
             )
         ).all()
     stage = links[CREATED]
-    assert stage.kind == "stage" and stage.body is not None
+    assert stage.kind == "write" and stage.body is not None and "COMPLETED" in stage.body
     forged = stage.body.replace("COMPLETED", "FAILED")
     await _sql(
         store,
@@ -323,7 +411,7 @@ async def test_the_second_stage_links_after_the_first(store: SqlStore) -> None:
     assert (await store.commit_stage(commit)).committed
     found = await store.verify_chain(run_id)
     assert found.ok, found.first_bad
-    assert [link["kind"] for link in found.links].count("stage") == 2
+    assert _records(found).count("stage") == 2
 
 
 async def test_the_postgresql_commit_stays_one_statement(store: SqlStore) -> None:
@@ -351,7 +439,7 @@ async def test_a_one_statement_commit_racing_attaches_makes_one_chain(store: Sql
         assert results[2].committed
         found = await store.verify_chain(run_id)
         assert found.ok, found.first_bad
-        assert found.links_checked == CREATED + 5 + 4
+        assert found.links_checked == CREATED + 1 + 4
 
 
 async def test_the_legacy_migration_is_chained(store: SqlStore) -> None:
