@@ -12,9 +12,9 @@ deleting or inserting a record or a link afterwards breaks the chain from there 
 so a link appended at the end is checked against it too.
 
 One link per write, not one per record: a stage commit with ten annotations wrote eleven link
-rows, hashed one after another in SQL on PostgreSQL, and the chain cost 15.8% of that commit
-(``make bench``, session 9); as one row and one hash it is the run row's ``UPDATE`` and one
-insert.
+rows, hashed one after another in SQL on PostgreSQL, and the chain took 14.3-15.4% of that
+commit's CPU; as one row and one hash, 8.2-12.1% on the same VM (``bench/README.md``,
+session 10).
 
 Links are appended inside the transaction that writes their records, under the run's row
 lock, which every writer of a run takes: concurrent writers to one run (parallel stages,
