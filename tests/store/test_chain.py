@@ -191,17 +191,22 @@ async def test_every_write_adds_a_link_and_the_chain_verifies(store: SqlStore) -
     assert found.links[-1]["kind"] == "annotation"  # a write of one record: its own link
 
 
+async def _links(store: SqlStore, run_id: str) -> list[ChainLink]:
+    """The run's link rows, in order."""
+    async with store.sessions() as session:
+        found = await session.scalars(
+            select(ChainLink)
+            .where(ChainLink.workflow_run_id == run_id)
+            .order_by(ChainLink.sequence)
+        )
+        return list(found.all())
+
+
 async def test_a_writes_link_is_the_defined_text(store: SqlStore) -> None:
     """A third party recomputes a write's link from the definition in engine.core.evidence."""
     run_id = await committed_run(store)
+    links = await _links(store, run_id)
     async with store.sessions() as session:
-        links = (
-            await session.scalars(
-                select(ChainLink)
-                .where(ChainLink.workflow_run_id == run_id)
-                .order_by(ChainLink.sequence)
-            )
-        ).all()
         rows = (
             (
                 await session.execute(
@@ -379,14 +384,7 @@ async def test_a_stage_link_rewritten_with_a_fresh_hash_breaks_the_next(store: S
     """Rewriting a link's record and hash consistently still breaks the link after it."""
     run_id = await committed_run(store)
     await _attach(store, run_id, 0)
-    async with store.sessions() as session:
-        links = (
-            await session.scalars(
-                select(ChainLink)
-                .where(ChainLink.workflow_run_id == run_id)
-                .order_by(ChainLink.sequence)
-            )
-        ).all()
+    links = await _links(store, run_id)
     stage = links[CREATED]
     assert stage.kind == "write" and stage.body is not None and "COMPLETED" in stage.body
     forged = stage.body.replace("COMPLETED", "FAILED")
