@@ -885,9 +885,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=500, help="runs listed for list p50/p99")
     parser.add_argument("--repeat", type=int, default=30, help="timed cross-run queries")
     parser.add_argument("--commits", type=int, default=8000, help="commits prepared (upper bound)")
-    # 8 s of engine commits: about 1,300 a side on PostgreSQL at 1M rows on a slow 2-core VM.
-    # 4 s gave 650, and the chain's share of the commit's CPU read 8.2 to 12.3% over five runs
-    # of the same code (2026-12-07).
+    # 8 s of engine commits: 2,150 a side on PostgreSQL at 1M rows on a slow 2-core VM. 4 s
+    # gave 650 there, and the chain's share of the commit's CPU read 8.2 to 12.3% over five
+    # runs of the same code (2026-12-07).
     parser.add_argument("--commit-seconds", type=float, default=8.0)
     parser.add_argument(
         "--skip-commits", action="store_true", help="measure the reads only (bench.scale)"
