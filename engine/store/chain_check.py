@@ -175,6 +175,8 @@ def check_chain(records: ChainRecords) -> ChainVerification:
 
 
 class _Bad(Exception):
+    """A link's walk found ``record`` bad: the check stops there (raised from deep in a write)."""
+
     def __init__(self, record: BadRecord) -> None:
         self.record = record
 
