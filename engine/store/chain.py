@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from hashlib import sha256
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -310,12 +309,10 @@ def write_link(links: Sequence[Link], annotations: Rows = ()) -> Link:
 def annotation_references(rows: Rows) -> list[str]:
     """A write link's references to annotation rows (:func:`engine.core.evidence.reference`).
 
-    From the rows, with no :class:`Link` of each in between: a stage commit writes ten or more,
-    and the links and the general reference took a third of the chain's client CPU.
+    Built from the rows' texts taken together (:func:`annotation_texts`).
     """
     return [
-        f'{{"id":{encode_basestring(str(row["id"]))},"kind":"annotation","sha256":"'
-        f'{sha256(text.encode()).hexdigest()}"}}'
+        reference("annotation", str(row["id"]), text)
         for row, text in zip(rows, annotation_texts(rows), strict=True)
     ]
 
