@@ -46,7 +46,7 @@ def _commit_statement_without_chain(
 
 _SWAPS: list[tuple[Any, str, Any]] = [
     (one_statement, "_commit_statement", _commit_statement_without_chain),
-    (one_statement, "chain_params", lambda _run_id, _links, _annotations: {}),
+    (one_statement, "chain_params", lambda _links, _annotations: {}),
     (one_statement, "outcome_link", _nothing),
     (annotation_rows, "append_links", _nothing),
     (stage_rows, "outcome_link", _nothing),

@@ -61,6 +61,10 @@ __all__ = [
 ]
 
 
+_EXACT = 2.0**53
+"""Up to here every integer is a float of its own (and below 1e16, ``repr`` writes no exponent)."""
+
+
 def normal(value: Any) -> Any:
     """``value`` with its numbers and timestamps in canonical form.
 
@@ -74,7 +78,11 @@ def normal(value: Any) -> Any:
     if kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value} has no JSON form")
-        return int(Decimal(repr(value))) if value.is_integer() else value
+        if not value.is_integer():
+            return value
+        # Below 2**53 an integral float is the integer its shortest decimal reads: int() is it,
+        # without the Decimal (1.1 µs of a typed column's 1.3).
+        return int(value) if -_EXACT <= value <= _EXACT else int(Decimal(repr(value)))
     if kind is dict:
         return {k if type(k) is str else str(k): normal(v) for k, v in value.items()}
     if kind is list or kind is tuple:
@@ -180,15 +188,9 @@ def reference(kind: str, record_id: str, text: str) -> str:
 
     Written out: the keys are in order already, and a commit writes ten of these or more.
     """
-    return (
-        '{"id":'
-        + encode_basestring(record_id)
-        + ',"kind":'
-        + encode_basestring(kind)
-        + ',"sha256":"'
-        + text_digest(text)
-        + '"}'
-    )
+    sha256 = hashlib.sha256(text.encode()).hexdigest()
+    record, of_kind = encode_basestring(record_id), encode_basestring(kind)
+    return f'{{"id":{record},"kind":{of_kind},"sha256":"{sha256}"}}'
 
 
 def link_records(link: Mapping[str, Any]) -> list[tuple[str, str | None]]:

@@ -249,7 +249,7 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     writes.add(LOGS, "l", outcome_logs(commit, record_id))
     writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now)
     outcome_record = outcome_link(record_id, spec.stage_id, commit.attempt, changes)
-    writes.params.update(chain_params(commit.run_id, [outcome_record], annotations))
+    writes.params.update(chain_params([outcome_record], annotations))
     statement = partial(_commit_statement, tuple(changes), tuple(writes.inserts))
     if writes.run(connection, statement) is None:
         return None
@@ -270,7 +270,7 @@ def _commit_statement(changes: tuple[str, ...], inserts: tuple[_Rows, ...]) -> S
     )
     # The outcome's and annotations' chain link, hashed in the statement after the head
     # it finds under the run's lock (engine.store.chain).
-    return _gated(gate, inserts).add_cte(*chain_ctes(gate))
+    return _gated(gate, inserts).add_cte(*chain_ctes(gate, bindparam("w_run_id")))
 
 
 # -- the first stage of a run: start the run, open its first group ----------------------------
