@@ -188,9 +188,8 @@ def reference(kind: str, record_id: str, text: str) -> str:
 
     Written out: the keys are in order already, and a commit writes ten of these or more.
     """
-    sha256 = hashlib.sha256(text.encode()).hexdigest()
     record, of_kind = encode_basestring(record_id), encode_basestring(kind)
-    return f'{{"id":{record},"kind":{of_kind},"sha256":"{sha256}"}}'
+    return f'{{"id":{record},"kind":{of_kind},"sha256":"{text_digest(text)}"}}'
 
 
 def link_records(link: Mapping[str, Any]) -> list[tuple[str, str | None]]:

@@ -403,8 +403,10 @@ def chain_ctes(gate: CTE, run_id: BindParameter[str]) -> tuple[CTE, ...]:
     gate's run-status guard takes it): after a wait for that lock, an ``UPDATE`` computes
     from the row as the writer before left it, not as the statement's snapshot saw it, so the
     link follows that writer's. The link's row is inserted from what the ``UPDATE`` returns.
-    Its three parameters beyond the commit's own (the run, the record and whether the text is
-    kept were three more) cost the client about 5 µs of the chain's share.
+    It binds two parameters of its own, the link's kind and text. It bound five (the run, the
+    record and whether the text is kept as well), and SQLAlchemy's work for the chain's part
+    of the statement then took 17 µs of the commit's client CPU (``bench/README.md``,
+    session 11).
     """
     text = bindparam("c_text", type_=Text)
     hashed = func.encode(

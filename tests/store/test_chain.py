@@ -238,6 +238,8 @@ async def test_a_writes_link_is_the_defined_text(store: SqlStore) -> None:
     commit = links[CREATED]
     members = json.loads(commit.body or "")
     stage, references = members[0], members[1:]
+    # The link's record is the stage record its outcome applied to (the statement's own row).
+    assert (commit.kind, commit.record_id) == ("write", stage["id"])
     by_id = {row["id"]: row for row in rows}
     expected = [stage]
     for ref in references:
