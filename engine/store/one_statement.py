@@ -51,6 +51,7 @@ from sqlalchemy.sql.expression import CTE
 from engine.core.ids import new_id
 from engine.core.payloads import CommitResult, StageCommit, StageSpec
 from engine.core.records import RunStatus, StageOutcomeStatus, StageStartAction
+from engine.store import direct
 from engine.store.annotation_rows import draft_rows
 from engine.store.chain import (
     chain_ctes,
@@ -143,10 +144,10 @@ class _Writes:
         if not self.fits:
             return None
         try:
-            gate: str | None = connection.execute(statement(), self.params).scalar()
-            return gate
+            rows = direct.execute(connection, statement(), self.params)
         except IntegrityError:
             return None
+        return str(rows[0][0]) if rows else None
 
 
 def _gated(gate: CTE, inserts: tuple[_Rows, ...]) -> Select[Any]:

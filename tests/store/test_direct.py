@@ -1,8 +1,8 @@
 """Hot statements through the driver (:mod:`engine.store.direct`) against ``Connection.execute``.
 
-On SQLite the statement goes to the driver as SQLAlchemy compiled it; on PostgreSQL, and for
-any statement SQLAlchemy has work to do at execution, it is ``Connection.execute``. Either way
-the caller must see the same rows, the same types, the same errors and the same statements.
+The statement goes to the driver (sqlite3, psycopg) as SQLAlchemy compiled it; for any
+statement SQLAlchemy has work to do at execution, it is ``Connection.execute``. Either way the
+caller must see the same rows, the same types, the same errors and the same statements.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, bindparam, event, select, update
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
 from engine.store import SqlStore, direct
 from engine.store.models import CHAIN_LINKS, RUNS, STAGES
+from engine.store.refusals import unfixable
 from tests.store.test_one_statement import running_first_stage, stage_commit
 
 TOUCH = (
@@ -124,15 +125,15 @@ async def test_statement_listeners_see_each_statement(store: SqlStore) -> None:
     assert any(statement.startswith("UPDATE workflow_runs SET") for statement in seen)
 
 
-@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
-async def test_a_runs_hot_statements_all_go_to_the_driver_on_sqlite(store: SqlStore) -> None:
+async def test_a_runs_hot_statements_all_go_to_the_driver(store: SqlStore) -> None:
     """Nothing on the hot path falls back to ``Connection.execute`` (a missed default would)."""
     direct._cache.clear()
     run_id, record_id = await running_first_stage(store)  # RunCreate, the first stage's begin
     await store.commit_stage(stage_commit(run_id, record_id))
     await store.get_run(run_id)
-    fallbacks = [form for form in direct._cache.values() if form is None]
-    assert len(direct._cache) >= 8 and not fallbacks
+    fallbacks = [sorted(key[2]) for key, form in direct._cache.items() if form is None]
+    # SQLite writes statement by statement; PostgreSQL in one statement per write.
+    assert len(direct._cache) >= (8 if store.is_sqlite else 4) and not fallbacks
 
 
 async def test_many_rows_store_what_sqlalchemy_stores(store: SqlStore) -> None:
@@ -165,12 +166,44 @@ async def test_many_rows_store_what_sqlalchemy_stores(store: SqlStore) -> None:
         direct.execute_many(connection, LINKS, links(ours))  # the same sequences again
 
 
-async def test_a_value_the_types_refuse_fails_as_with_sqlalchemy(store: SqlStore) -> None:
-    """SQLite's type processors fail as ``StatementError``; psycopg's JSON dump as TypeError."""
+async def test_a_value_the_types_refuse_fails_as_a_statement_error(store: SqlStore) -> None:
+    """SQLite's type processors fail as ``StatementError``, and so does psycopg's JSON dump,
+    which SQLAlchemy lets out as a bare ``TypeError``: ``refusals.unfixable`` then knows no
+    retry can store it (the commit settles FAILED instead of retrying)."""
     run_id, _ = await running_first_stage(store)
     params = {"run_id": run_id, "at": datetime.now(UTC), "config": {"x": object()}}
     with pytest.raises(Exception) as theirs, store.sync_engine.begin() as connection:
         via_sqlalchemy(connection, TOUCH, params)
-    with pytest.raises(type(theirs.value)), store.sync_engine.begin() as connection:
+    with pytest.raises(StatementError) as ours, store.sync_engine.begin() as connection:
         direct.execute(connection, TOUCH, params)
     assert store.is_sqlite == isinstance(theirs.value, StatementError)
+    refused = theirs.value.orig if isinstance(theirs.value, StatementError) else theirs.value
+    assert type(ours.value.orig) is type(refused)
+    assert unfixable(ours.value) is not None
+
+
+async def test_errors_hide_their_parameters_and_a_lost_connection_is_dropped(
+    store: SqlStore,
+) -> None:
+    """Parameters are stage outputs and annotations: not for worker logs, as with SQLAlchemy."""
+    ours, _ = await running_first_stage(store)
+    secret = "s3cret-stage-id"
+    row = {"workflow_run_id": ours, "sequence": 1, "kind": secret, "record_id": "r", "hash": "h"}
+    with pytest.raises(IntegrityError) as raised, store.sync_engine.begin() as connection:
+        direct.execute_many(connection, LINKS, [row, row])
+    assert secret not in str(raised.value) and "hidden due to hide_parameters" in str(raised.value)
+    if store.is_sqlite:
+        return
+    with store.sync_engine.connect() as connection:
+        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with store.sync_engine.connect() as killer:
+            killer.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
+        with pytest.raises(OperationalError) as lost:
+            direct.execute(
+                connection, TOUCH, {"run_id": ours, "at": datetime.now(UTC), "config": {}}
+            )
+        assert lost.value.connection_invalidated and connection.invalidated
+    with store.sync_engine.connect() as connection:  # the pool hands out a live one
+        assert direct.execute(
+            connection, TOUCH, {"run_id": ours, "at": datetime.now(UTC), "config": {}}
+        )
