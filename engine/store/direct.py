@@ -16,17 +16,18 @@ CPU per stage commit on one thread; over 200 concurrent runs of the 10-stage ben
 pipeline, 18.9 → 14.7 ms of store-thread CPU and 68 → 60 ms of process CPU per run. On
 PostgreSQL, the 10-annotation stage commit: 3,397 and 3,720 → 3,126 and 3,049 µs of CPU
 (client and server, two interleaved pairs of ``bench.annotations`` quick runs), and in a
-single run of the benchmark pipeline 2.60 → 2.23 ms of wall time per commit (``bench/README.md``).
+single run of the benchmark pipeline 2.60 → 2.23 ms of wall time per commit
+(``bench/README.md``, session 12).
 
 Only statements that need nothing from SQLAlchemy at execution go this way: no Python-side
 column defaults to compute (every column with one is given), no expanding ``IN`` or literal
-binds, on a synchronous driver (the store's threads); several rows of the same parameters go through
-:func:`execute_many`, which returns nothing. Anything else runs through
+binds, on a synchronous driver (the store's threads); several rows of the same parameters go
+through :func:`execute_many`, which returns nothing. Anything else runs through
 ``Connection.execute``. Listeners of ``before_cursor_execute`` still see each statement (the
 benchmarks count them). Errors come out as SQLAlchemy's: a database's refusal as its
 ``DBAPIError`` subclass, and a value refused on its way to the database (a type processor's,
-or psycopg's adaptation of it) as ``StatementError``, which :func:`engine.store.refusals.unfixable`
-recognizes; a lost connection is invalidated.
+or psycopg's adaptation of it) as ``StatementError``, which
+:func:`engine.store.refusals.unfixable` recognizes; a lost connection is invalidated.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class _Compiled:
     """Their result processors, per the column type codes the driver reports: some need them
     (PostgreSQL's floats and numerics), as in SQLAlchemy's own result handling."""
 
-    def typed(self, dialect: Any, rows: list[tuple[Any, ...]], codes: tuple[Any, ...]) -> Any:
+    def typed(
+        self, dialect: Any, rows: list[tuple[Any, ...]], codes: tuple[Any, ...]
+    ) -> list[tuple[Any, ...]]:
+        """``rows`` with their values converted as SQLAlchemy would for these column types."""
         processors = self.results.get(codes)
         if processors is None:
             processors = self.results[codes] = tuple(
@@ -144,6 +148,10 @@ def _compiled_for(
 
 
 def _values(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+    """The driver's parameters: a mapping by key, or one per ``?`` in their order.
+
+    A parameter the SQL uses twice is there twice in the second form.
+    """
     values = []
     for _key, name, given, fixed, processor in compiled.binds:
         value = params[name] if given else fixed
@@ -178,13 +186,16 @@ def _run(
                 listener(connection, None, compiled.sql, parameters, None, many)
         assert raw is not None
         cursor = raw.cursor()
-        if many:
-            cursor.executemany(compiled.sql, values)
-            return [], ()
-        cursor.execute(compiled.sql, parameters)
-        if not cursor.description:
-            return [], ()
-        return cursor.fetchall(), tuple(column[1] for column in cursor.description)
+        try:
+            if many:
+                cursor.executemany(compiled.sql, values)
+                return [], ()
+            cursor.execute(compiled.sql, parameters)
+            if not cursor.description:
+                return [], ()
+            return cursor.fetchall(), tuple(column[1] for column in cursor.description)
+        finally:
+            cursor.close()
     except Exception as error:
         lost = isinstance(error, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
             error, raw, None
@@ -218,8 +229,7 @@ def execute(
     rows, codes = _run(connection, compiled, [params], many=False)
     if not compiled.returned or not rows:
         return rows
-    typed: list[tuple[Any, ...]] = compiled.typed(connection.dialect, rows, codes)
-    return typed
+    return compiled.typed(connection.dialect, rows, codes)
 
 
 def execute_many(connection: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]) -> None:
