@@ -358,9 +358,9 @@ def append_links(
     if not links and not annotations:
         return
     connection = session.connection() if isinstance(session, Session) else session
-    # Through the driver on SQLite (engine.store.direct): SQLAlchemy's work per statement
-    # (about 50 µs) was most of the chain's cost on the stage commit, where SQLite runs each
-    # of these in a few µs.
+    # Through the driver (engine.store.direct), on both backends: on SQLite, SQLAlchemy's work
+    # per statement (about 50 µs) was most of the chain's cost on the stage commit, where
+    # SQLite runs each of these in a few µs.
     found = direct.execute(connection, _HEAD, {"run_id": run_id})
     if not found:
         return  # the run is gone: so are its records
