@@ -392,8 +392,13 @@ _EMPTY: ColumnClause[str] = literal_column("''", Text)
 _ZERO: ColumnClause[int] = literal_column("0", Integer)
 
 
-def chain_ctes(gate: CTE, run_id: BindParameter[str]) -> tuple[CTE, ...]:
+def chain_ctes(
+    gate: CTE, run_id: BindParameter[str], run_values: Mapping[str, Any] | None = None
+) -> tuple[CTE, ...]:
     """The CTEs that append a one-statement commit's link, hashed by PostgreSQL.
+
+    ``run_values`` are more columns the run row's ``UPDATE`` sets (a commit that completes the
+    run): PostgreSQL lets a statement update a row once, and the chain's head is on that row.
 
     The commit is :mod:`engine.store.one_statement`'s, of run ``run_id``; the link is appended
     only if ``gate`` (the stage record's ``UPDATE``) returned its row, which is the link's record.
@@ -422,9 +427,12 @@ def chain_ctes(gate: CTE, run_id: BindParameter[str]) -> tuple[CTE, ...]:
         RUNS.update()
         .where(RUNS.c.id == run_id, select(gate.c.id).exists())
         .values(
-            chain_head=hashed,
-            chain_length=func.coalesce(RUNS.c.chain_length, _ZERO) + literal_column("1"),
-            updated_at=RUNS.c.updated_at,
+            {
+                "updated_at": RUNS.c.updated_at,
+                **(run_values or {}),
+                "chain_head": hashed,
+                "chain_length": func.coalesce(RUNS.c.chain_length, _ZERO) + literal_column("1"),
+            }
         )
         .returning(RUNS.c.id, RUNS.c.chain_head, RUNS.c.chain_length)
         .cte("chain_moved")

@@ -14,24 +14,12 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.core.annotations import AnnotationDraft
-from engine.core.payloads import LogDraft, StageCommit
+from engine.core.payloads import LogDraft
 from engine.core.records import RunStatus
 from engine.store import SqlStore
 from engine.store.contract import AnnotationFilters
 from engine.store.models import WorkflowAnnotation, WorkflowLog
-from tests.store.test_one_statement import running_first_stage, stage_commit
-
-
-def last_stage_commit(run_id: str, record_id: str, **outcome: object) -> StageCommit:
-    """A commit of the run's only stage: completing it completes the run."""
-    commit = stage_commit(run_id, record_id)
-    return commit.model_copy(
-        update={
-            "open_next": [],
-            "completes_run": True,
-            "outcome": commit.outcome.model_copy(update=outcome),
-        }
-    )
+from tests.store.test_one_statement import last_stage_commit, running_first_stage, stage_commit
 
 
 async def stage_of(store: SqlStore, run_id: str) -> object:
@@ -67,7 +55,12 @@ async def test_an_error_message_with_nul_is_stored_spelled_out(store: SqlStore) 
     assert (await stage_of(store, run_id)).error_message == "a\\x00b"  # type: ignore[attr-defined]
 
 
-async def test_rows_the_database_refuses_fail_the_stage_with_its_reason(store: SqlStore) -> None:
+@pytest.mark.parametrize("last", [True, False], ids=["completing the run", "opening the next"])
+async def test_rows_the_database_refuses_fail_the_stage_with_its_reason(
+    store: SqlStore, last: bool
+) -> None:
+    """Refused, not cut short: on PostgreSQL both commits are one statement, whose casts
+    must not truncate a string to its column's length."""
     if store.is_sqlite:
         pytest.skip("SQLite does not enforce VARCHAR lengths, so it refuses nothing here")
     run_id, record_id = await running_first_stage(store)
@@ -75,7 +68,13 @@ async def test_rows_the_database_refuses_fail_the_stage_with_its_reason(store: S
     # A log level longer than its VARCHAR(8) column passes the value check (it is valid
     # text) and is refused by PostgreSQL with DataError on every try.
     bad_log = LogDraft(at=now, level="VERBOSE-DEBUG", message="x")
-    commit = last_stage_commit(run_id, record_id, logs=[bad_log])
+    if last:
+        commit = last_stage_commit(run_id, record_id, logs=[bad_log])
+    else:
+        commit = stage_commit(run_id, record_id)
+        commit = commit.model_copy(
+            update={"outcome": commit.outcome.model_copy(update={"logs": [bad_log]})}
+        )
 
     result = await store.commit_stage(commit)
 

@@ -97,6 +97,18 @@ def stage_commit(run_id: str, record_id: str, status: str = "completed") -> Stag
     )
 
 
+def last_stage_commit(run_id: str, record_id: str, **outcome: object) -> StageCommit:
+    """A commit of the run's only stage: completing it completes the run."""
+    commit = stage_commit(run_id, record_id)
+    return commit.model_copy(
+        update={
+            "open_next": [],
+            "completes_run": True,
+            "outcome": commit.outcome.model_copy(update=outcome),
+        }
+    )
+
+
 @contextmanager
 def counted(store: SqlStore) -> Iterator[list[str]]:
     """The SQL statements the store's synchronous engine runs meanwhile."""
@@ -130,6 +142,9 @@ async def written(store: SqlStore, run_id: str) -> dict[str, list[tuple[Any, ...
                 WorkflowRun.total_cost,
                 WorkflowRun.total_tokens,
                 WorkflowRun.temporal_workflow_id,
+                WorkflowRun.output,
+                WorkflowRun.completed_at.is_not(None),
+                WorkflowRun.chain_length,
             ).where(WorkflowRun.id == run_id)
         )
         keys = await session.execute(
@@ -236,6 +251,42 @@ async def test_one_statement_writes_what_the_general_commit_writes(
         if status == "completed"
         else ["stage:progress", "stage:failed", "annotation:created"]
     )
+
+
+async def test_a_commit_that_completes_the_run_writes_what_the_general_commit_writes(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last stage's commit: on PostgreSQL a read of the run's totals, then one statement.
+
+    The same run row (status, output, totals, version), events and result as the general
+    commit's, and a chain that verifies.
+    """
+    run_id, record_id = await running_first_stage(store)
+    with counted(store) as statements:
+        result = await store.commit_stage(last_stage_commit(run_id, record_id))
+    assert result.committed and result.completed_run and not result.opened
+    if not store.is_sqlite:
+        assert len(statements) == 2 and statements[1].lstrip().startswith("WITH")
+
+    monkeypatch.setattr(sql_store_module, "fits_one_statement", lambda commit: False)
+    general_run, general_record = await running_first_stage(store)
+    general = await store.commit_stage(last_stage_commit(general_run, general_record))
+    assert general.completed_run and general.decisions == result.decisions
+
+    mine, theirs = await written(store, run_id), await written(store, general_run)
+    durations = []
+    for rows in (mine, theirs):
+        (run,) = rows["run"]
+        assert run[3] == RunStatus.COMPLETED and run[-3] == {"answer": 42} and run[-2]
+        sequence, kind, body = rows["events"][-1]
+        assert kind == "workflow:completed"
+        durations.append(body.pop("duration"))
+        assert body["total_cost"] == 0.5 and body["output"] == {"answer": 42}
+    assert all(isinstance(ms, int) and ms >= 0 for ms in durations)
+    assert _without_run_ids(mine, run_id) == _without_run_ids(theirs, general_run)
+    for run in (run_id, general_run):
+        found = await store.verify_chain(run)
+        assert found.ok, found.first_bad
 
 
 async def test_a_repeated_commit_writes_nothing_more(store: SqlStore) -> None:
