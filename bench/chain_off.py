@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam
+from sqlalchemy import Select, bindparam, select
 
 from engine.store import annotation_rows, one_statement, stage_rows
-from engine.store.models import STAGES
+from engine.store.models import RUNS, STAGES
+from engine.store.runs import COMPLETION
 
 __all__ = ["chain_off"]
 
@@ -32,16 +33,26 @@ def _nothing(*_args: Any, **_kwargs: Any) -> None:
 
 @lru_cache(maxsize=256)
 def _commit_statement_without_chain(
-    changes: tuple[str, ...], inserts: tuple[Any, ...]
+    changes: tuple[str, ...], inserts: tuple[Any, ...], completes: bool
 ) -> Select[Any]:
     """``one_statement._commit_statement`` without the chain's CTEs (cached apart, so that
-    switching does not rebuild either side's statements)."""
+    switching does not rebuild either side's statements). A commit that completes the run
+    still updates the run row, which the chain's ``UPDATE`` does with it on."""
     gate = (
         stage_rows.outcome_update(changes, suspended=False)
         .where(STAGES.c.id == bindparam("w_record_id"))
         .cte("applied")
     )
-    return one_statement._gated(gate, inserts)
+    statement = one_statement._gated(gate, inserts)
+    if not completes:
+        return statement
+    completed = (
+        RUNS.update()
+        .where(RUNS.c.id == bindparam("w_run_id"), select(gate.c.id).exists())
+        .values(COMPLETION)
+        .cte("completed")
+    )
+    return statement.add_cte(completed)
 
 
 _SWAPS: list[tuple[Any, str, Any]] = [

@@ -272,7 +272,7 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
         if completion is None:
             return None  # the run is gone: the general commit says so
         run_values, completed = completion
-        writes.params.update({f"r_{name}": value for name, value in run_values.items()})
+        writes.params.update(run_values)
         events.append(completed)
     writes.add_events(commit.run_id, events, causation_id=commit.commit_id, now=now)
     outcome_record = outcome_link(record_id, spec.stage_id, commit.attempt, changes)

@@ -43,7 +43,6 @@ from engine.store.sql import append_events, insert_ignore, lock_run
 
 __all__ = [
     "COMPLETION",
-    "COMPLETION_COLUMNS",
     "COMPLETION_READ",
     "NewRun",
     "NewStage",
@@ -432,7 +431,7 @@ COMPLETION_READ = (
 """What a run's completion reads: when the run and its execution began, and each stage's
 record id and metrics (one row per stage; a run without stages has one row)."""
 
-COMPLETION_COLUMNS = (
+_COMPLETION_COLUMNS = (
     "status",
     "completed_at",
     "duration_ms",
@@ -450,7 +449,7 @@ Event = tuple[str, dict[str, Any]]
 def run_completion(
     found: Sequence[Sequence[Any]], output: Any, now: datetime
 ) -> tuple[dict[str, Any], Event]:
-    """A completed run's :data:`COMPLETION_COLUMNS` and its ``workflow:completed`` event.
+    """A completed run's :data:`COMPLETION` parameters and its ``workflow:completed`` event.
 
     ``found`` is :data:`COMPLETION_READ`'s rows with the stages as the completing commit leaves
     them. Both ways of completing a run build them here: :func:`complete_run` reads after its
@@ -463,14 +462,14 @@ def run_completion(
     total_tokens = sum(int(m.get("total_tokens", 0) or 0) for m in metrics)
     duration = _ms(now, created_at) or 0
     values = {
-        "status": RunStatus.COMPLETED,
-        "completed_at": now,
-        "duration_ms": duration,
-        "execution_duration_ms": _ms(now, found[0][1]) if found else None,
-        "output": output,
-        "total_cost": total_cost,
-        "total_tokens": total_tokens,
-        "updated_at": now,
+        "r_status": RunStatus.COMPLETED,
+        "r_completed_at": now,
+        "r_duration_ms": duration,
+        "r_execution_duration_ms": _ms(now, found[0][1]) if found else None,
+        "r_output": output,
+        "r_total_cost": total_cost,
+        "r_total_tokens": total_tokens,
+        "r_updated_at": now,
     }
     body = {
         "duration": duration,
@@ -482,11 +481,11 @@ def run_completion(
 
 
 COMPLETION: dict[str, Any] = {
-    **{name: bindparam(f"r_{name}", type_=RUNS.c[name].type) for name in COMPLETION_COLUMNS},
+    **{name: bindparam(f"r_{name}", type_=RUNS.c[name].type) for name in _COMPLETION_COLUMNS},
     "version": RUNS.c.version + 1,
 }
 """A completion's values in a run row's ``UPDATE``: :func:`run_completion`'s, bound as
-``r_<column>``."""
+``r_<column>``, one per column of ``_COMPLETION_COLUMNS``."""
 _COMPLETE = RUNS.update().where(RUNS.c.id == bindparam("run_id")).values(COMPLETION)
 
 
@@ -502,8 +501,7 @@ def complete_run(session: Session, run_id: str, *, output: Any, now: datetime) -
     connection = session.connection()
     found = direct.execute(connection, COMPLETION_READ, {"run_id": run_id})
     values, event = run_completion(found, output, now)
-    params = {f"r_{name}": value for name, value in values.items()}
-    direct.execute(connection, _COMPLETE, {"run_id": run_id, **params})
+    direct.execute(connection, _COMPLETE, {"run_id": run_id, **values})
     return event
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
@@ -27,6 +28,7 @@ from engine.core.evidence import (
     reference,
     timestamp,
 )
+from engine.core.records import RunStatus
 from engine.store import SqlStore
 from engine.store.chain import (
     ANNOTATION_FIELDS,
@@ -42,9 +44,14 @@ from engine.store.models import ChainLink, WorkflowAnnotation
 from tests.store.test_one_statement import (
     FIRST,
     SECOND,
+    _without_run_ids,
     counted,
+    last_stage_commit,
     running_first_stage,
     stage_commit,
+)
+from tests.store.test_one_statement import (
+    written as written_rows,
 )
 
 CREATED = 1
@@ -206,6 +213,34 @@ async def test_every_write_adds_a_link_and_the_chain_verifies(store: SqlStore) -
     found = await store.verify_chain(run_id)
     assert found.ok and found.links_checked == CREATED + 2
     assert found.links[-1]["kind"] == "annotation"  # a write of one record: its own link
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["completing the run", "opening the next"])
+async def test_the_benchmarks_chain_off_commit_writes_the_same_without_links(
+    store: SqlStore, last: bool
+) -> None:
+    """``bench.chain_off``, the counterfactual issue 21's budget is judged on, commits what
+    the engine commits (the run completed, or the next stage opened) and adds no link."""
+    from bench.chain_off import chain_off
+
+    make = last_stage_commit if last else stage_commit
+    chained, unchained = await running_first_stage(store), await running_first_stage(store)
+    assert (await store.commit_stage(make(*chained))).committed
+    with chain_off():
+        result = await store.commit_stage(make(*unchained))
+    assert result.committed and result.completed_run == last
+    assert set(result.opened) == (set() if last else {"second"})
+
+    async def rows(run_id: str) -> Any:
+        found = await written_rows(store, run_id)
+        found["run"] = [run[:-1] for run in found["run"]]  # all but the chain's length
+        found["events"] = [(seq, kind) for seq, kind, _ in found["events"]]  # (durations)
+        return _without_run_ids(found, run_id)
+
+    assert await rows(chained[0]) == await rows(unchained[0])
+    status = (await written_rows(store, unchained[0]))["run"][0][3]
+    assert status == (RunStatus.COMPLETED if last else RunStatus.RUNNING)
+    assert len(await _links(store, chained[0])) == len(await _links(store, unchained[0])) + 1
 
 
 async def _links(store: SqlStore, run_id: str) -> list[ChainLink]:
