@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, select
 
 from engine.store import annotation_rows, one_statement, stage_rows
-from engine.store.models import RUNS, STAGES
+from engine.store.models import RUNS
 from engine.store.runs import COMPLETION
 
 __all__ = ["chain_off"]
@@ -38,11 +38,7 @@ def _commit_statement_without_chain(
     """``one_statement._commit_statement`` without the chain's CTEs (cached apart, so that
     switching does not rebuild either side's statements). A commit that completes the run
     still updates the run row, which the chain's ``UPDATE`` does with it on."""
-    gate = (
-        stage_rows.outcome_update(changes, suspended=False)
-        .where(STAGES.c.id == bindparam("w_record_id"))
-        .cte("applied")
-    )
+    gate = one_statement.commit_gate(changes)
     statement = one_statement._gated(gate, inserts)
     if not completes:
         return statement

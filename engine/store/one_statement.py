@@ -93,6 +93,7 @@ from engine.store.stage_rows import (
 __all__ = [
     "ROWS_PER_TABLE",
     "begin_in_one_statement",
+    "commit_gate",
     "commit_in_one_statement",
     "create_in_one_statement",
     "fits_one_statement",
@@ -266,6 +267,8 @@ def commit_in_one_statement(connection: Connection, commit: StageCommit) -> Comm
     writes.add(STAGES, "s", stages)
     writes.add(ANNOTATIONS, "a", annotations)
     writes.add(LOGS, "l", outcome_logs(commit, record_id))
+    if not writes.fits:
+        return None  # before the completion's read, which would then be for nothing
     completes = outcome.status == StageOutcomeStatus.COMPLETED and commit.completes_run
     if completes:
         completion = _completion(connection, commit, record_id, changes)
@@ -311,16 +314,21 @@ def _completion(
     return run_completion(stages, commit.outcome.output, commit.now)
 
 
+def commit_gate(changes: tuple[str, ...]) -> CTE:
+    """The stage commit's gate: the record's ``UPDATE`` setting ``changes``, with its guard."""
+    return (
+        outcome_update(changes, suspended=False)
+        .where(STAGES.c.id == bindparam("w_record_id"))
+        .cte("applied")
+    )
+
+
 @lru_cache(maxsize=256)
 def _commit_statement(
     changes: tuple[str, ...], inserts: tuple[_Rows, ...], completes: bool
 ) -> Select[Any]:
     """Built once per shape: building a statement costs more than running it."""
-    gate = (
-        outcome_update(changes, suspended=False)
-        .where(STAGES.c.id == bindparam("w_record_id"))
-        .cte("applied")
-    )
+    gate = commit_gate(changes)
     # The run's completion, if this commit completes it, goes in the chain's UPDATE of the run
     # row: the only one a statement may make.
     completion = COMPLETION if completes else None
