@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -167,24 +168,30 @@ class WorkflowStage(Base):
 
     __tablename__ = "workflow_stages"
     __table_args__ = (
+        # Its leading column serves every read by run and the foreign key's cascade.
         UniqueConstraint("workflow_run_id", "stage_id"),
-        Index(None, "next_poll_at"),
-        Index(None, "status", "waiting_since"),
+        # The approvals inbox; only waiting records take an entry. Each index costs every stage
+        # commit a write or two, so none is kept that no query uses (migration 0014).
+        Index(
+            None,
+            "status",
+            "waiting_since",
+            postgresql_where=text("waiting_since IS NOT NULL"),
+            sqlite_where=text("waiting_since IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
-    workflow_run_id: Mapped[str] = mapped_column(
-        ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True
-    )
+    workflow_run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"))
     stage_id: Mapped[str] = mapped_column(String(255))
     stage_name: Mapped[str] = mapped_column(String(255))
     stage_number: Mapped[int] = mapped_column(Integer)
     execution_group: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING.value, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING.value)
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)

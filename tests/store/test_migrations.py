@@ -31,7 +31,8 @@ REVISION_9 = "0009"
 REVISION_7 = "0007"
 REVISION_11 = "0011"
 REVISION_12 = "0012"
-HEAD = "0013"
+REVISION_13 = "0013"
+HEAD = "0014"
 MODEL_TABLES = set(Base.metadata.tables)
 
 
@@ -203,6 +204,7 @@ def test_migrations_have_a_single_linear_head() -> None:
     chain = [s.revision for s in script.walk_revisions("base", "heads")]
     assert chain == [
         HEAD,
+        REVISION_13,
         REVISION_12,
         REVISION_11,
         REVISION_7,
@@ -224,7 +226,8 @@ def test_migrations_have_a_single_linear_head() -> None:
     assert script.get_revision(REVISION_7).down_revision == REVISION_9
     assert script.get_revision(REVISION_11).down_revision == REVISION_7
     assert script.get_revision(REVISION_12).down_revision == REVISION_11
-    assert script.get_revision(HEAD).down_revision == REVISION_12
+    assert script.get_revision(REVISION_13).down_revision == REVISION_12
+    assert script.get_revision(HEAD).down_revision == REVISION_13
 
 
 LOOKUP_INDEXES = {
