@@ -7,9 +7,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.core import clock, ids
 from engine.core.ids import new_id
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _seconds_of(made_id: str) -> float:
+    """The time an id carries (its first ten digits: milliseconds), in seconds."""
+    id_ms = 0
+    for char in made_id[:10]:
+        id_ms = id_ms * 32 + ALPHABET.index(char)
+    return id_ms / 1000
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +45,7 @@ def test_a_far_off_clock_takes_the_servers_time(skew: int) -> None:
     assert abs(clock.offset() - timedelta(seconds=skew)) < timedelta(seconds=1)
     assert abs(clock.now() - datetime.now(UTC) - timedelta(seconds=skew)) < timedelta(seconds=1)
     # The time part of new ids follows it.
-    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
-    id_ms = 0
-    for char in new_id()[:10]:
-        id_ms = id_ms * 32 + alphabet.index(char)
-    assert abs(id_ms / 1000 - time.time() - skew) < 1
+    assert abs(_seconds_of(new_id()) - time.time() - skew) < 1
 
 
 def test_the_least_delayed_recent_observation_wins() -> None:
@@ -67,3 +75,22 @@ def test_ids_follow_the_clock_back_after_a_correction() -> None:
     assert new_id() < ahead  # not held 10 minutes ahead of every other process's ids
     first, second = new_id(), new_id()
     assert first < second  # and increasing again
+
+
+def _digit_by_digit(value: int, length: int) -> str:
+    """The ids' encoding by its definition: base-32 digits, most significant first."""
+    return "".join(ALPHABET[(value >> (5 * place)) & 31] for place in reversed(range(length)))
+
+
+@given(st.integers(min_value=0, max_value=2**50 - 1), st.integers(min_value=0, max_value=2**80 - 1))
+def test_ids_encode_time_and_entropy_digit_for_digit(ms: int, entropy: int) -> None:
+    assert ids._encode(ms, 10) == _digit_by_digit(ms, 10)
+    assert ids._encode(entropy, 16) == _digit_by_digit(entropy, 16)
+    if ms + 1 < 2**50:  # equal-length digits sort as their numbers do
+        assert ids._encode(ms, 10) < ids._encode(ms + 1, 10)
+
+
+def test_ids_of_one_millisecond_share_its_time_and_increase() -> None:
+    made = [new_id() for _ in range(200)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(abs(_seconds_of(made_id) - time.time()) < 5 for made_id in made)
