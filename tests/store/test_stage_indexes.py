@@ -1,4 +1,4 @@
-"""The stage commit finds its record by a unique index, on a new database too.
+"""The stage commit finds its record without an index on ``status``, on a new database too.
 
 An index leading with ``status`` let PostgreSQL, before its first ``ANALYZE`` of the table,
 find the record a stage commit updates by reading every RUNNING stage of every run: a cost that
@@ -60,7 +60,7 @@ def _index_names(node: object) -> list[str]:
 
 
 @pytest.mark.parametrize("empty_database_url", BACKENDS, indirect=True)
-async def test_the_stage_commit_finds_its_record_by_a_unique_index(
+async def test_the_stage_commit_finds_its_record_without_a_status_index(
     empty_database_url: str,
 ) -> None:
     store = SqlStore(empty_database_url)
